@@ -1,0 +1,142 @@
+"""System checks: a misconfigured ``ASYNC_ACTIONS`` is reported at startup with a hint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from async_actions.conf import DEFAULTS, SETTING_NAME, action_settings
+
+_POSITIVE_NUMBERS = (
+    "PROGRESS_DB_INTERVAL",
+    "PUSH_INTERVAL",
+    "HEARTBEAT_INTERVAL",
+    "STALE_AFTER",
+    "CANCEL_POLL_INTERVAL",
+    "POLL_INTERVAL",
+)
+_NON_NEGATIVE_NUMBERS = ("SHUTDOWN_TIMEOUT", "SHUTDOWN_GRACE")
+_POSITIVE_INTEGERS = (
+    "MAX_WORKERS",
+    "LOG_LIMIT",
+    "MAX_REQUEST_BYTES",
+    "MAX_PROGRESS_DATA_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "MAX_MESSAGE_LENGTH",
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMessage]:
+    raw = getattr(settings, SETTING_NAME, {})
+    if not isinstance(raw, dict):
+        return [
+            Error(
+                f"{SETTING_NAME} must be a dict, not {type(raw).__name__}.",
+                hint="Set ASYNC_ACTIONS = {'MAX_WORKERS': 4, ...} in your settings.",
+                id="async_actions.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in sorted(set(raw) - set(DEFAULTS)):
+        errors.append(
+            Error(
+                f"{SETTING_NAME}[{key!r}] is not a known setting.",
+                hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.",
+                id="async_actions.E002",
+            )
+        )
+    for key in _POSITIVE_NUMBERS:
+        value = raw.get(key, DEFAULTS[key])
+        if not _is_number(value) or value <= 0:
+            errors.append(_bad(key, value, "a number of seconds greater than 0"))
+    for key in _NON_NEGATIVE_NUMBERS:
+        value = raw.get(key, DEFAULTS[key])
+        if not _is_number(value) or value < 0:
+            errors.append(_bad(key, value, "a number of seconds, 0 or more"))
+    for key in _POSITIVE_INTEGERS:
+        value = raw.get(key, DEFAULTS[key])
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(_bad(key, value, "a whole number, 1 or more"))
+    limit = raw.get("MAX_ACTIVE_PER_OWNER")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        errors.append(_bad("MAX_ACTIVE_PER_OWNER", limit, "None or a whole number, 1 or more"))
+    retention = raw.get("RETENTION", DEFAULTS["RETENTION"])
+    if not (isinstance(retention, timedelta) or _is_number(retention)) or (
+        (retention.total_seconds() if isinstance(retention, timedelta) else retention) <= 0
+    ):
+        errors.append(_bad("RETENTION", retention, "a timedelta or seconds greater than 0"))
+    heartbeat, stale = raw.get("HEARTBEAT_INTERVAL", 5.0), raw.get("STALE_AFTER", 60.0)
+    if _is_number(heartbeat) and _is_number(stale) and stale <= 2 * heartbeat:
+        errors.append(
+            Error(
+                f"{SETTING_NAME}['STALE_AFTER'] ({stale}) must be more than twice "
+                f"HEARTBEAT_INTERVAL ({heartbeat}), or live actions will be taken for lost.",
+                hint="Raise STALE_AFTER or lower HEARTBEAT_INTERVAL.",
+                id="async_actions.E004",
+            )
+        )
+    if errors:
+        return errors
+    errors.extend(_check_runner())
+    errors.extend(_check_channel_layer(raw))
+    return errors
+
+
+def _bad(key: str, value: Any, expected: str) -> Error:
+    return Error(
+        f"{SETTING_NAME}[{key!r}] is {value!r}; it must be {expected}.",
+        hint=f"Remove it to use the default ({DEFAULTS[key]!r}) or set a valid value.",
+        id="async_actions.E003",
+    )
+
+
+def _check_runner() -> list[CheckMessage]:
+    try:
+        runner_class = action_settings.import_path("RUNNER")
+    except ImportError as exc:
+        return [
+            Error(
+                f"{SETTING_NAME}['RUNNER'] could not be imported: {exc}",
+                hint="Use 'async_actions.runners.thread.ThreadRunner' or "
+                "'async_actions.runners.tasks.TasksRunner'.",
+                id="async_actions.E005",
+            )
+        ]
+    from async_actions.runners import get_runner
+    from async_actions.runners.base import BaseRunner
+
+    if not (isinstance(runner_class, type) and issubclass(runner_class, BaseRunner)):
+        return [
+            Error(
+                f"{SETTING_NAME}['RUNNER'] must name a subclass of BaseRunner.",
+                id="async_actions.E006",
+            )
+        ]
+    return list(get_runner().check())
+
+
+def _check_channel_layer(raw: dict[str, Any]) -> list[CheckMessage]:
+    alias = raw.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"])
+    if alias is None:
+        return []
+    layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
+    if alias not in layers:
+        return [
+            Warning(
+                f"{SETTING_NAME}['CHANNEL_LAYER'] is {alias!r} but CHANNEL_LAYERS has no such "
+                "alias, so progress is not pushed live (pages fall back to polling).",
+                hint="Add CHANNEL_LAYERS = {'default': {'BACKEND': "
+                "'channels.layers.InMemoryChannelLayer'}} or set CHANNEL_LAYER to None.",
+                id="async_actions.W001",
+            )
+        ]
+    return []

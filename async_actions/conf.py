@@ -1,0 +1,100 @@
+"""The one settings object: ``ASYNC_ACTIONS`` merged over documented defaults.
+
+Like DRF's ``api_settings`` it reads Django settings lazily and forgets its cache on
+``setting_changed`` so ``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+SETTING_NAME = "ASYNC_ACTIONS"
+
+#: Every key, its default and (in docs/settings.md) what it means.
+DEFAULTS: dict[str, Any] = {
+    # Dotted path of the runner class that executes actions.
+    "RUNNER": "async_actions.runners.thread.ThreadRunner",
+    # Threads in the ThreadRunner pool.
+    "MAX_WORKERS": 4,
+    # Seconds between database writes of progress while an action runs.
+    "PROGRESS_DB_INTERVAL": 0.5,
+    # Seconds between channel-layer pushes of progress while an action runs.
+    "PUSH_INTERVAL": 0.05,
+    # Seconds between heartbeats of running actions.
+    "HEARTBEAT_INTERVAL": 5.0,
+    # Seconds without a heartbeat after which a running action counts as lost.
+    "STALE_AFTER": 60.0,
+    # Seconds a running action may take to learn of a cancel made in another process.
+    "CANCEL_POLL_INTERVAL": 1.0,
+    # Seconds shutdown waits for running actions before asking them to cancel.
+    "SHUTDOWN_TIMEOUT": 10.0,
+    # Seconds shutdown waits after asking for cancellation before marking actions failed.
+    "SHUTDOWN_GRACE": 5.0,
+    # Log records kept per action (oldest dropped first).
+    "LOG_LIMIT": 200,
+    # How long a finished action is kept before the purge command removes it.
+    "RETENTION": timedelta(days=7),
+    # Seconds between status polls when the browser has no WebSocket.
+    "POLL_INTERVAL": 2.0,
+    # Channel layer alias used for live progress (None disables pushes).
+    "CHANNEL_LAYER": "default",
+    # Django Tasks backend alias used by the TasksRunner.
+    "TASKS_BACKEND": "default",
+    # Largest accepted request JSON in bytes.
+    "MAX_REQUEST_BYTES": 1_000_000,
+    # Largest progress ``data`` or response JSON in bytes.
+    "MAX_PROGRESS_DATA_BYTES": 65_536,
+    # Largest handler result (the response) as JSON in bytes.
+    "MAX_RESPONSE_BYTES": 1_000_000,
+    # Longest progress message in characters (longer ones are truncated).
+    "MAX_MESSAGE_LENGTH": 1_000,
+    # Active (pending or running) actions one owner may have; None means no limit.
+    "MAX_ACTIVE_PER_OWNER": None,
+}
+
+#: Keys whose values are dotted paths imported on access.
+IMPORT_STRINGS = {"RUNNER"}
+
+
+class ActionSettings:
+    """Attribute access to ``ASYNC_ACTIONS`` with defaults filled in."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(django_settings, SETTING_NAME, None) or {}
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(f"Invalid ASYNC_ACTIONS setting: {name!r}")
+        if name not in self._cache:
+            self._cache[name] = self.user_settings.get(name, DEFAULTS[name])
+        return self._cache[name]
+
+    def import_path(self, name: str) -> Any:
+        """Import the dotted path a setting names (raises ImportError on a bad path)."""
+        return import_string(getattr(self, name))
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+action_settings = ActionSettings()
+
+
+@receiver(setting_changed)
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        action_settings.reload()
+        from async_actions import runners
+
+        runners.reset_runner()

@@ -1,0 +1,286 @@
+"""The handler registry: what work exists and how to find it by name in any process.
+
+A handler is found by name. Names registered in this process win; a dotted-path name
+(functions started with :func:`perform`, view classes) is imported on demand so a worker
+in another process can run it without the site importing anything special.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from async_actions.context import ActionContext
+    from async_actions.service import StartResult
+
+__all__ = [
+    "ActionHandler",
+    "HandlerError",
+    "get_handler",
+    "handler",
+    "perform",
+    "registered_handlers",
+]
+
+
+class HandlerError(ImproperlyConfigured):
+    """A handler is defined or used wrongly; the message says how to fix it."""
+
+
+_registry: dict[str, ActionHandler] = {}
+_lock = threading.RLock()
+
+
+class ActionHandler:
+    """Base class for a kind of work.
+
+    Subclasses that set ``name`` register themselves. ``can_handle`` lets
+    ``service.start(request=...)`` pick a handler without naming one.
+    """
+
+    #: Unique name stored on each action; subclasses without one are abstract.
+    name: ClassVar[str] = ""
+    #: Whether clients (the REST API) may start this handler by name.
+    public: ClassVar[bool] = True
+    #: How many times the action may run when a worker is lost mid-way.
+    max_attempts: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            register(cls())
+
+    def can_handle(self, request: Any) -> bool:
+        """Whether this handler accepts ``request`` when no handler name is given."""
+        return False
+
+    def handle(self, ctx: ActionContext) -> Any:
+        """Do the work; the return value (JSON) becomes the action's response."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement handle(ctx)")
+
+    @property
+    def source(self) -> str:
+        """Where the handler is defined, to tell duplicates from re-imports."""
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class FunctionHandler(ActionHandler):
+    """Wraps a plain function ``func(ctx)`` registered with :func:`handler`."""
+
+    def __init__(
+        self,
+        name: str,
+        func: Callable[[ActionContext], Any],
+        *,
+        can_handle: Callable[[Any], bool] | None = None,
+        public: bool = True,
+        max_attempts: int = 1,
+    ) -> None:
+        self.name = name  # type: ignore[misc]
+        self.func = func
+        self._can_handle = can_handle
+        self.public = public  # type: ignore[misc]
+        self.max_attempts = max_attempts  # type: ignore[misc]
+
+    def can_handle(self, request: Any) -> bool:
+        return bool(self._can_handle and self._can_handle(request))
+
+    def handle(self, ctx: ActionContext) -> Any:
+        return self.func(ctx)
+
+    @property
+    def source(self) -> str:
+        return _dotted_path(self.func) or repr(self.func)
+
+
+class PerformHandler(ActionHandler):
+    """Runs an importable function started with :func:`perform`.
+
+    The request holds ``args`` and ``kwargs``; the name is the function's dotted path.
+    Not public: the API must not become a way to call arbitrary functions.
+    """
+
+    public = False
+
+    def __init__(self, path: str, func: Callable[..., Any]) -> None:
+        self.name = path  # type: ignore[misc]
+        self.func = func
+
+    def handle(self, ctx: ActionContext) -> Any:
+        request = ctx.request or {}
+        return self.func(*request.get("args", []), **request.get("kwargs", {}))
+
+    @property
+    def source(self) -> str:
+        return self.name
+
+
+def register(instance: ActionHandler) -> ActionHandler:
+    """Add a handler; a second, different definition under one name is an error."""
+    name = instance.name
+    if not isinstance(name, str) or not name.strip():
+        raise HandlerError(f"{instance!r} needs a non-empty string name.")
+    if len(name) > 255:
+        raise HandlerError(f"Handler name {name[:40]!r}... is longer than 255 characters.")
+    with _lock:
+        existing = _registry.get(name)
+        if existing is not None and existing.source != instance.source:
+            raise HandlerError(
+                f"Two handlers are named {name!r}: {existing.source} and {instance.source}. "
+                "Give one of them another name."
+            )
+        _registry[name] = instance
+    return instance
+
+
+def unregister(name: str) -> None:
+    with _lock:
+        _registry.pop(name, None)
+
+
+def registered_handlers() -> dict[str, ActionHandler]:
+    """A copy of the registry: name to handler."""
+    with _lock:
+        return dict(_registry)
+
+
+def handler(
+    name: str,
+    *,
+    can_handle: Callable[[Any], bool] | None = None,
+    public: bool = True,
+    max_attempts: int = 1,
+) -> Callable[[Callable[[ActionContext], Any]], Callable[[ActionContext], Any]]:
+    """Register ``func(ctx)`` as a handler called ``name``; the function is returned as is."""
+    if callable(name):
+        raise HandlerError('Use @handler("name"), with a name, not bare @handler.')
+
+    def decorator(func: Callable[[ActionContext], Any]) -> Callable[[ActionContext], Any]:
+        register(
+            FunctionHandler(
+                name, func, can_handle=can_handle, public=public, max_attempts=max_attempts
+            )
+        )
+        return func
+
+    return decorator
+
+
+def get_handler(name: str, *, import_paths: bool = True) -> ActionHandler | None:
+    """The handler called ``name``, importing a dotted path when ``import_paths`` allows.
+
+    Only trusted callers (the executor, :func:`perform`) import: a name that arrives
+    from a client must already be registered.
+    """
+    with _lock:
+        found = _registry.get(name)
+    if found is not None or not import_paths or "." not in name:
+        return found
+    try:
+        obj = import_string(name)
+    except ImportError:
+        return None
+    with _lock:
+        found = _registry.get(name)  # importing a view module may have registered it
+    if found is not None:
+        return found
+    if inspect.isclass(obj) and hasattr(obj, "as_action_handler"):
+        return register(obj.as_action_handler())
+    if inspect.isfunction(obj):
+        return register(PerformHandler(name, obj))
+    return None
+
+
+def find_handler_for(request: Any) -> ActionHandler | None:
+    """The first public handler whose ``can_handle`` accepts ``request``."""
+    for candidate in registered_handlers().values():
+        if candidate.public and candidate.can_handle(request):
+            return candidate
+    return None
+
+
+def _dotted_path(func: Any) -> str | None:
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", "")
+    if not module or not qualname or "<" in qualname:
+        return None
+    return f"{module}.{qualname}"
+
+
+def importable_path(func: Callable[..., Any]) -> str:
+    """The dotted path another process can import ``func`` by, or a HandlerError."""
+    if not callable(func) or not inspect.isfunction(func):
+        raise HandlerError(
+            f"perform() takes a module-level function, not {func!r}. "
+            "Wrap methods, partials and callables in a plain function."
+        )
+    qualname = func.__qualname__
+    if func.__name__ == "<lambda>":
+        raise HandlerError("perform() cannot run a lambda: define a module-level function.")
+    if "<locals>" in qualname:
+        raise HandlerError(
+            f"perform() cannot run the nested function {qualname!r}: "
+            "a worker process could not import it. Move it to module level."
+        )
+    path = f"{func.__module__}.{qualname}"
+    if func.__module__ == "__main__":
+        raise HandlerError(
+            f"perform() cannot run {path}: functions in __main__ cannot be imported by a "
+            "worker. Move it to a module."
+        )
+    try:
+        imported = import_string(path)
+    except ImportError as exc:
+        raise HandlerError(f"perform() cannot import {path}: {exc}") from exc
+    if inspect.unwrap(imported) is not inspect.unwrap(func):
+        raise HandlerError(f"{path} does not import back to the same function.")
+    return path
+
+
+def check_json(value: Any, what: str) -> None:
+    """Raise TypeError naming ``what`` unless ``value`` is plain JSON."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must be JSON-serializable: {exc}") from None
+
+
+def perform(
+    func: Callable[..., Any],
+    *args: Any,
+    user: Any = None,
+    session_key: str | None = None,
+    idempotency_key: str | None = None,
+    **kwargs: Any,
+) -> StartResult:
+    """Start ``func(*args, **kwargs)`` as an action; arguments must be JSON.
+
+    Inside ``func``, :func:`async_actions.context.current` gives the ActionContext for
+    progress and cancellation.
+    """
+    from async_actions import service
+
+    path = importable_path(func)
+    request = {"args": list(args), "kwargs": kwargs}
+    check_json(request, f"Arguments to {path}")
+    with _lock:
+        if path not in _registry:
+            register(PerformHandler(path, func))
+    return service.start(
+        path,
+        request,
+        user=user,
+        session_key=session_key,
+        idempotency_key=idempotency_key,
+        _trusted=True,
+    )

@@ -1,0 +1,177 @@
+"""The ``Action`` row: everything a piece of long-running work does, stored."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import NoReverseMatch, reverse
+from django.utils.translation import gettext_lazy as _
+
+
+class ActionQuerySet(models.QuerySet["Action"]):
+    def active(self) -> ActionQuerySet:
+        return self.filter(status__in=Action.ACTIVE_STATUSES)
+
+    def finished(self) -> ActionQuerySet:
+        return self.filter(status__in=Action.TERMINAL_STATUSES)
+
+    def owned_by(self, user: Any = None, session_key: str | None = None) -> ActionQuerySet:
+        """Actions that belong to a user, or (anonymous) to a session; staff see all."""
+        if user is not None and getattr(user, "is_authenticated", False):
+            if user.is_staff:
+                return self.all()
+            return self.filter(user=user)
+        if session_key:
+            return self.filter(user__isnull=True, session_key=session_key)
+        return self.none()
+
+
+class Action(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        RUNNING = "running", _("Running")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
+        CANCELLED = "cancelled", _("Cancelled")
+
+    ACTIVE_STATUSES = (Status.PENDING, Status.RUNNING)
+    TERMINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    handler = models.CharField(_("handler"), max_length=255)
+    request = models.JSONField(_("request"), default=dict, blank=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    percent = models.FloatField(_("percent"), default=0.0)
+    message = models.TextField(_("message"), blank=True, default="")
+    data = models.JSONField(_("progress data"), null=True, blank=True)
+    response = models.JSONField(_("response"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True, default="")
+    traceback = models.TextField(_("traceback"), blank=True, default="")
+    log = models.JSONField(_("log"), default=list, blank=True)
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="async_actions",
+    )
+    session_key = models.CharField(_("session key"), max_length=64, blank=True, default="")
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, blank=True, default="")
+
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    heartbeat_at = models.DateTimeField(_("heartbeat"), null=True, blank=True)
+    expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
+
+    cancel_requested = models.BooleanField(_("cancel requested"), default=False)
+    attempt = models.PositiveIntegerField(_("attempt"), default=0)
+    seq = models.BigIntegerField(_("sequence"), default=0)
+    retry_of = models.ForeignKey(
+        "self",
+        verbose_name=_("retry of"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="retries",
+    )
+
+    objects = ActionQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("action")
+        verbose_name_plural = _("actions")
+        ordering = ("-created_at",)
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="aa_status_created"),
+            models.Index(fields=["user", "-created_at"], name="aa_user_created"),
+            models.Index(fields=["session_key", "-created_at"], name="aa_session_created"),
+            models.Index(fields=["handler", "-created_at"], name="aa_handler_created"),
+            models.Index(fields=["expires_at"], name="aa_expires"),
+            models.Index(
+                fields=["heartbeat_at"],
+                name="aa_running_heartbeat",
+                condition=Q(status="running"),
+            ),
+        ]
+        constraints = [
+            # One active action per owner and idempotency key, enforced by the database
+            # so two racing starts cannot both insert.
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"],
+                name="aa_idempotency_user",
+                condition=Q(user__isnull=False)
+                & ~Q(idempotency_key="")
+                & Q(status__in=["pending", "running"]),
+            ),
+            models.UniqueConstraint(
+                fields=["session_key", "idempotency_key"],
+                name="aa_idempotency_session",
+                condition=Q(user__isnull=True)
+                & ~Q(idempotency_key="")
+                & Q(status__in=["pending", "running"]),
+            ),
+            models.CheckConstraint(
+                condition=Q(percent__gte=0) & Q(percent__lte=100), name="aa_percent_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.short_id} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        try:
+            return reverse("async_actions:processing", kwargs={"pk": self.pk})
+        except NoReverseMatch:
+            return ""
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.TERMINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish (or to now while running)."""
+        from django.utils import timezone
+
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The public state pushed to browsers and returned by the status endpoint."""
+        return {
+            "id": str(self.id),
+            "handler": self.handler,
+            "status": self.status,
+            "percent": self.percent,
+            "message": self.message,
+            "data": self.data,
+            "seq": self.seq,
+            "error": self.error if self.status == self.Status.FAILED else "",
+            "cancel_requested": self.cancel_requested,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

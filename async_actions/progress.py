@@ -1,0 +1,381 @@
+"""Publishing progress: coalesced database writes and channel-layer pushes.
+
+A handler may call ``set_progress`` in a tight loop. Each call only updates memory and
+bumps ``seq``; the database is written at most every ``PROGRESS_DB_INTERVAL`` and the
+channel layer pushed at most every ``PUSH_INTERVAL``. The monitor thread flushes
+trailing changes, and the final state is always written and pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from async_actions.conf import action_settings
+
+if TYPE_CHECKING:
+    from async_actions.models import Action
+
+logger = logging.getLogger("async_actions")
+
+EVENT_TYPE = "action.update"
+
+
+class ProgressError(ValueError):
+    """A handler reported progress that cannot be stored; the message says why."""
+
+
+def group_name(action_id: UUID | str) -> str:
+    """The channel-layer group that carries one action's events."""
+    return f"async_actions.{UUID(str(action_id)).hex}"
+
+
+def validate_percent(percent: Any) -> float:
+    try:
+        value = float(percent)
+    except (TypeError, ValueError):
+        raise ProgressError(f"percent must be a number from 0 to 100, not {percent!r}") from None
+    if not math.isfinite(value) or value < 0 or value > 100:
+        raise ProgressError(f"percent must be a number from 0 to 100, not {percent!r}")
+    return value
+
+
+def validate_data(data: Any, limit: int | None = None) -> Any:
+    try:
+        text = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProgressError(f"progress data must be JSON-serializable: {exc}") from None
+    limit = action_settings.MAX_PROGRESS_DATA_BYTES if limit is None else limit
+    if len(text) > limit:
+        raise ProgressError(
+            f"progress data is {len(text)} bytes as JSON; the limit is {limit} "
+            "(ASYNC_ACTIONS['MAX_PROGRESS_DATA_BYTES'])"
+        )
+    return data
+
+
+def event_for(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A channel-layer message; the JSON text is made once, not once per subscriber."""
+    return {
+        "type": EVENT_TYPE,
+        "seq": snapshot["seq"],
+        "status": snapshot["status"],
+        "text": json.dumps({"type": "update", "action": snapshot}),
+    }
+
+
+class Publisher:
+    """Coalesces one running action's progress into writes and pushes."""
+
+    def __init__(self, action: Action) -> None:
+        self.action_id = action.pk
+        self._handler = action.handler
+        self._created_at = action.created_at
+        self._started_at = action.started_at
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._seq = action.seq
+        self._percent = action.percent
+        self._message = action.message
+        self._data = action.data
+        self._log: collections.deque[dict[str, Any]] = collections.deque(
+            action.log or [], maxlen=max(0, int(action_settings.LOG_LIMIT))
+        )
+        self._db_interval = float(action_settings.PROGRESS_DB_INTERVAL)
+        self._push_interval = float(action_settings.PUSH_INTERVAL)
+        self._max_message = int(action_settings.MAX_MESSAGE_LENGTH)
+        self._data_limit = int(action_settings.MAX_PROGRESS_DATA_BYTES)
+        self._written_seq = action.seq
+        self._pushed_seq = action.seq
+        self._log_dirty = False
+        self._last_write = 0.0
+        self._last_push = 0.0
+        self.cancel_requested = action.cancel_requested
+        #: Set when the row left ``running`` behind our back (recovered or finished).
+        self.lost = False
+        self.writes = 0
+
+    # -- called from the handler thread -------------------------------------------------
+    def update(self, percent: Any = None, message: Any = None, data: Any = None) -> None:
+        if percent is not None:
+            percent = validate_percent(percent)
+        if message is not None:
+            message = str(message)[: self._max_message]
+        if data is not None:
+            validate_data(data, self._data_limit)
+        now = time.monotonic()
+        with self._lock:
+            if percent is not None:
+                self._percent = percent
+            if message is not None:
+                self._message = message
+            if data is not None:
+                self._data = data
+            self._seq += 1
+            push_due = now - self._last_push >= self._push_interval
+            write_due = now - self._last_write >= self._db_interval
+        if push_due:
+            self.push()
+        if write_due and self._write_lock.acquire(blocking=False):
+            try:
+                self._write()
+            finally:
+                self._write_lock.release()
+
+    def add_log(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._log.append(entry)
+            self._log_dirty = True
+
+    # -- called from the monitor thread -------------------------------------------------
+    def flush_due(self, now: float) -> None:
+        """Push and write changes that no later ``update`` carried out."""
+        with self._lock:
+            push_due = self._seq > self._pushed_seq and now - self._last_push >= self._push_interval
+            write_due = (self._seq > self._written_seq or self._log_dirty) and (
+                now - self._last_write >= self._db_interval
+            )
+        if push_due:
+            self.push()
+        if write_due:
+            with self._write_lock:
+                self._write()
+
+    # -- internals ----------------------------------------------------------------------
+    def snapshot(self, **final: Any) -> dict[str, Any]:
+        with self._lock:
+            return self._snapshot_locked(**final)
+
+    def _snapshot_locked(self, **final: Any) -> dict[str, Any]:
+        return {
+            "id": str(self.action_id),
+            "handler": self._handler,
+            "status": final.get("status", "running"),
+            "percent": final.get("percent", self._percent),
+            "message": self._message,
+            "data": self._data,
+            "seq": self._seq,
+            "error": final.get("error", ""),
+            "cancel_requested": self.cancel_requested,
+            "created_at": _iso(self._created_at),
+            "started_at": _iso(self._started_at),
+            "finished_at": _iso(final.get("finished_at")),
+        }
+
+    def push(self) -> None:
+        with self._lock:
+            self._last_push = time.monotonic()
+            self._pushed_seq = self._seq
+            snapshot = self._snapshot_locked()
+        pusher.push(self.action_id, snapshot)
+
+    def _write(self) -> None:
+        from async_actions.models import Action
+
+        with self._lock:
+            self._last_write = time.monotonic()
+            seq, log_dirty = self._seq, self._log_dirty
+            fields: dict[str, Any] = {
+                "percent": self._percent,
+                "message": self._message,
+                "data": self._data,
+                "seq": seq,
+                "heartbeat_at": timezone.now(),
+            }
+            if log_dirty:
+                fields["log"] = list(self._log)
+            self._log_dirty = False
+        try:
+            updated = Action.objects.filter(pk=self.action_id, status="running").update(**fields)
+        except DatabaseError:
+            logger.warning("Progress of action %s not written; will retry", self.action_id)
+            close_old_connections()
+            with self._lock:
+                self._log_dirty = self._log_dirty or log_dirty
+            return
+        self.writes += 1
+        with self._lock:
+            self._written_seq = max(self._written_seq, seq)
+        if not updated:
+            self.lost = True
+
+    def finish(
+        self,
+        status: str,
+        *,
+        response: Any = None,
+        error: str = "",
+        traceback: str = "",
+        retry_for: float = 0.0,
+    ) -> bool:
+        """Write and push the final state; True if this process wrote it.
+
+        Retries for ``retry_for`` seconds when the database is down, so a short outage
+        does not leave the action running.
+        """
+        from async_actions.models import Action
+
+        now = timezone.now()
+        with self._write_lock:
+            with self._lock:
+                self._seq += 1
+                percent = 100.0 if status == Action.Status.SUCCEEDED else self._percent
+                fields: dict[str, Any] = {
+                    "status": status,
+                    "percent": percent,
+                    "message": self._message,
+                    "data": self._data,
+                    "seq": self._seq,
+                    "log": list(self._log),
+                    "response": response,
+                    "error": error,
+                    "traceback": traceback,
+                    "finished_at": now,
+                    "heartbeat_at": now,
+                    "expires_at": now + retention(),
+                }
+                snapshot = self._snapshot_locked(
+                    status=status, percent=percent, error=error, finished_at=now
+                )
+            deadline = time.monotonic() + retry_for
+            delay = 0.1
+            while True:
+                try:
+                    updated = Action.objects.filter(pk=self.action_id, status="running").update(
+                        **fields
+                    )
+                    break
+                except DatabaseError:
+                    close_old_connections()
+                    if time.monotonic() >= deadline:
+                        logger.exception("Final state of action %s not written", self.action_id)
+                        return False
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            self.writes += 1
+        if updated:
+            pusher.push(self.action_id, snapshot)
+        return bool(updated)
+
+
+def retention() -> Any:
+    from datetime import timedelta
+
+    value = action_settings.RETENTION
+    return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class Pusher:
+    """Sends events to the channel layer without blocking the caller.
+
+    The in-memory layer only works on the event loop its consumers run on, so events
+    for it are handed to that loop thread-safely; other layers (Redis) get a private
+    loop thread of their own.
+    """
+
+    def __init__(self) -> None:
+        self._server_loop: asyncio.AbstractEventLoop | None = None
+        self._own_loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._layer_cache: tuple[str | None, Any] | None = None
+        self.failures = 0
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the server's loop (called by consumers as they connect)."""
+        self._server_loop = loop
+
+    def reset(self) -> None:
+        self._layer_cache = None
+
+    def layer(self) -> Any:
+        alias = action_settings.CHANNEL_LAYER
+        cached = self._layer_cache
+        if cached is not None and cached[0] == alias:
+            return cached[1]
+        layer = None
+        if alias:
+            from channels.layers import get_channel_layer
+
+            try:
+                layer = get_channel_layer(alias)
+            except Exception:
+                logger.exception("Channel layer %r could not be loaded", alias)
+        self._layer_cache = (alias, layer)
+        return layer
+
+    def push(self, action_id: UUID | str, snapshot: dict[str, Any]) -> None:
+        layer = self.layer()
+        if layer is None:
+            return
+        message = event_for(snapshot)
+        coro_factory = lambda: layer.group_send(group_name(action_id), message)  # noqa: E731
+        if _is_in_memory(layer):
+            loop = self._server_loop
+            if loop is None or loop.is_closed():
+                return  # no consumer has ever connected in this process: nobody listens
+            self._submit(loop, coro_factory)
+        else:
+            self._submit(self._private_loop(), coro_factory)
+
+    def _submit(self, loop: asyncio.AbstractEventLoop, coro_factory: Any) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            task = loop.create_task(coro_factory())
+            task.add_done_callback(self._done)
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro_factory(), loop)
+        except RuntimeError:  # loop closed between the check and the call
+            return
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Any) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self.failures += 1
+            if self.failures == 1 or self.failures % 1000 == 0:
+                logger.warning("Channel layer push failed (%d so far): %r", self.failures, exc)
+
+    def _private_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._own_loop is None or self._own_loop.is_closed():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="async-actions-push", daemon=True
+                )
+                thread.start()
+                self._own_loop = loop
+            return self._own_loop
+
+
+def _is_in_memory(layer: Any) -> bool:
+    from channels.layers import InMemoryChannelLayer
+
+    return isinstance(layer, InMemoryChannelLayer)
+
+
+pusher = Pusher()
+
+
+def push_action(action: Action) -> None:
+    """Push the stored state of ``action`` (after a change made outside a publisher)."""
+    pusher.push(action.pk, action.snapshot())

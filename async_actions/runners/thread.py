@@ -1,0 +1,162 @@
+"""The embedded runner: a bounded thread pool inside the web server process."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+from django.core import checks
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from async_actions.conf import action_settings
+from async_actions.runners.base import BaseRunner
+
+logger = logging.getLogger("async_actions")
+
+SHUTDOWN_ERROR = "The server shut down while the action was running."
+
+
+class ThreadRunner(BaseRunner):
+    """Runs actions on up to ``MAX_WORKERS`` daemon threads.
+
+    Threads are daemons so a stuck handler cannot hold the process open; shutdown (at
+    exit or SIGTERM) waits ``SHUTDOWN_TIMEOUT``, asks the rest to cancel, waits
+    ``SHUTDOWN_GRACE``, and marks whatever still runs as failed.
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        super().__init__()
+        self.max_workers = int(max_workers or action_settings.MAX_WORKERS)
+        self._queue: queue.SimpleQueue[UUID | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._active: set[UUID] = set()
+        self._active_changed = threading.Condition(self._lock)
+        self._closed = False
+        atexit.register(self.shutdown)
+        _install_sigterm()
+
+    def dispatch(self, action_id: UUID) -> None:
+        if not self.accepting:
+            return  # stays pending; recovery picks it up after the restart
+        self._queue.put(action_id)
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"async-actions-{len(self._threads) + 1}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle = max(0, self._idle - 1)
+
+    def _work(self) -> None:
+        from async_actions.executor import execute
+
+        while True:
+            action_id = self._queue.get()
+            if action_id is None or not self.accepting:
+                break
+            with self._lock:
+                self._active.add(action_id)
+            try:
+                execute(action_id)
+            except Exception:
+                logger.exception("Runner thread failed on action %s", action_id)
+            finally:
+                with self._lock:
+                    self._active.discard(action_id)
+                    self._idle += 1
+                    self._active_changed.notify_all()
+        close_old_connections()
+
+    @property
+    def active_count(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no action runs here; True if that happened in time."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._active:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._active_changed.wait(remaining)
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.accepting = False
+        from async_actions.monitor import monitor
+
+        wait = float(action_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
+        if not self.wait_idle(wait):
+            logger.warning("Shutdown: asking %d running actions to cancel", self.active_count)
+            for ctx in monitor.contexts():
+                if ctx.action_id in self._active:
+                    ctx.request_cancel()
+            self.wait_idle(float(action_settings.SHUTDOWN_GRACE))
+        with self._lock:
+            left = list(self._active)
+        if left:
+            _mark_failed(left, SHUTDOWN_ERROR)
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def close(self) -> None:
+        atexit.unregister(self.shutdown)
+        self.shutdown(timeout=0)
+
+    def check(self) -> Iterable[checks.CheckMessage]:
+        if self.max_workers < 1:
+            yield checks.Error(
+                "ASYNC_ACTIONS['MAX_WORKERS'] must be at least 1.", id="async_actions.E010"
+            )
+
+
+def _mark_failed(ids: list[UUID], error: str) -> None:
+    from async_actions.models import Action
+
+    now = timezone.now()
+    try:
+        Action.objects.filter(pk__in=ids, status=Action.Status.RUNNING).update(
+            status=Action.Status.FAILED, error=error, finished_at=now, heartbeat_at=now
+        )
+    except DatabaseError:
+        logger.exception("Shutdown: could not mark %d actions failed", len(ids))
+
+
+def _install_sigterm() -> None:
+    """Turn SIGTERM into a normal exit so atexit shutdown runs.
+
+    Only when nobody else handles SIGTERM (daphne and uvicorn do, and exit normally).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    except (ValueError, OSError):  # pragma: no cover - exotic embedders
+        pass
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    sys.exit(128 + signum)

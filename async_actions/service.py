@@ -1,0 +1,289 @@
+"""The public operations on actions; everything else (views, API, admin) calls these.
+
+Expected outcomes come back as :class:`OpStatus` values, never as exceptions: a
+finished action, a missing one, a database that is down. Programmer errors (a request
+that is not JSON) raise early with a message that says how to fix them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from async_actions.conf import action_settings
+from async_actions.handlers import find_handler_for, get_handler
+from async_actions.models import Action
+from async_actions.monitor import monitor
+from async_actions.progress import push_action, retention, validate_data, validate_percent
+from async_actions.runners import get_runner
+from async_actions.signals import action_finished
+
+__all__ = [
+    "OpStatus",
+    "StartResult",
+    "cancel",
+    "complete",
+    "fail",
+    "start",
+    "update_progress",
+]
+
+logger = logging.getLogger("async_actions")
+
+
+class OpStatus(enum.Enum):
+    """The outcome of a service operation."""
+
+    OK = "ok"
+    #: No handler name given and none accepts the request, or the name is unknown.
+    NO_HANDLER = "no_handler"
+    #: The runner is shutting down; try again on another process or later.
+    SHUTDOWN_IN_PROGRESS = "shutdown_in_progress"
+    #: The database raised; nothing was half-written.
+    DB_FAILED = "db_failed"
+    #: No action has that id.
+    NOT_FOUND = "not_found"
+    #: The action already ended; a terminal state never changes.
+    ACTION_COMPLETED = "action_completed"
+    #: The owner already has ``MAX_ACTIVE_PER_OWNER`` actions pending or running.
+    LIMIT_REACHED = "limit_reached"
+
+
+@dataclass(frozen=True)
+class StartResult:
+    status: OpStatus
+    action: Action | None = None
+    #: False when an idempotency key returned an action that already existed.
+    created: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status is OpStatus.OK
+
+
+def _owner(user: Any, session_key: str | None) -> tuple[Any, str]:
+    if user is not None and getattr(user, "is_authenticated", False):
+        return user, ""
+    return None, session_key or ""
+
+
+def _check_request(request: Any) -> None:
+    try:
+        text = json.dumps(request, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"The action request must be JSON-serializable: {exc}") from None
+    limit = int(action_settings.MAX_REQUEST_BYTES)
+    if len(text.encode()) > limit:
+        raise ValueError(
+            f"The action request is {len(text)} bytes as JSON; the limit is {limit} "
+            "(ASYNC_ACTIONS['MAX_REQUEST_BYTES'])."
+        )
+
+
+def start(
+    handler: str | None = None,
+    request: Any = None,
+    *,
+    user: Any = None,
+    session_key: str | None = None,
+    idempotency_key: str | None = None,
+    public_only: bool = False,
+    retry_of: Action | None = None,
+) -> StartResult:
+    """Create an action and dispatch it to the runner once the transaction commits.
+
+    ``public_only`` is for names that come from clients: only registered, public
+    handlers are accepted, and no dotted path is imported.
+    """
+    request = {} if request is None else request
+    _check_request(request)
+    if idempotency_key is not None and len(idempotency_key) > 255:
+        raise ValueError("idempotency_key must be at most 255 characters.")
+    runner = get_runner()
+    if not runner.accepting:
+        return StartResult(OpStatus.SHUTDOWN_IN_PROGRESS)
+    if handler:
+        found = get_handler(handler, import_paths=not public_only)
+        if found is None or (public_only and not found.public):
+            return StartResult(OpStatus.NO_HANDLER)
+    else:
+        found = find_handler_for(request)
+        if found is None:
+            return StartResult(OpStatus.NO_HANDLER)
+    owner_user, owner_session = _owner(user, session_key)
+    owned = Action.objects.filter(user=owner_user) if owner_user else None
+    if owned is None:
+        owned = Action.objects.filter(user__isnull=True, session_key=owner_session)
+    key = idempotency_key or ""
+    try:
+        with transaction.atomic():
+            if key:
+                existing = owned.active().filter(idempotency_key=key).first()
+                if existing is not None:
+                    return StartResult(OpStatus.OK, existing, created=False)
+            limit = action_settings.MAX_ACTIVE_PER_OWNER
+            if (
+                limit is not None
+                and (owner_user or owner_session)
+                and owned.active().count() >= int(limit)
+            ):
+                return StartResult(OpStatus.LIMIT_REACHED)
+            action = Action.objects.create(
+                handler=found.name,
+                request=request,
+                user=owner_user,
+                session_key=owner_session,
+                idempotency_key=key,
+                retry_of=retry_of,
+            )
+            transaction.on_commit(partial(runner.dispatch, action.pk))
+    except IntegrityError:
+        # Lost a race on the idempotency key: the other start's action is the answer.
+        try:
+            existing = owned.active().filter(idempotency_key=key).first() if key else None
+        except DatabaseError:
+            return StartResult(OpStatus.DB_FAILED)
+        if existing is None:
+            logger.exception("Could not create action for %s", found.name)
+            return StartResult(OpStatus.DB_FAILED)
+        return StartResult(OpStatus.OK, existing, created=False)
+    except DatabaseError:
+        logger.exception("Could not create action for %s", found.name)
+        return StartResult(OpStatus.DB_FAILED)
+    return StartResult(OpStatus.OK, action, created=True)
+
+
+def _pk(action_id: Any) -> UUID | None:
+    if isinstance(action_id, Action):
+        return action_id.pk
+    try:
+        return UUID(str(action_id))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _missing_or_done(pk: UUID) -> OpStatus:
+    return (
+        OpStatus.ACTION_COMPLETED if Action.objects.filter(pk=pk).exists() else OpStatus.NOT_FOUND
+    )
+
+
+def _after_change(pk: UUID, finished: str | None = None) -> None:
+    try:
+        action = Action.objects.get(pk=pk)
+    except (Action.DoesNotExist, DatabaseError):
+        return
+    push_action(action)
+    if finished:
+        action_finished.send(sender=Action, action=action, status=finished)
+
+
+def update_progress(
+    action_id: Any, percent: float | None = None, message: str | None = None, data: Any = None
+) -> OpStatus:
+    """Report progress for an action from outside its handler (another process, a hook)."""
+    pk = _pk(action_id)
+    if pk is None:
+        return OpStatus.NOT_FOUND
+    local = monitor.local(pk)
+    if local is not None:
+        local.set_progress(percent, message, data)
+        return OpStatus.OK
+    fields: dict[str, Any] = {"seq": F("seq") + 1}
+    if percent is not None:
+        fields["percent"] = validate_percent(percent)
+    if message is not None:
+        fields["message"] = str(message)[: int(action_settings.MAX_MESSAGE_LENGTH)]
+    if data is not None:
+        fields["data"] = validate_data(data)
+    try:
+        updated = Action.objects.filter(pk=pk, status__in=Action.ACTIVE_STATUSES).update(**fields)
+        if not updated:
+            return _missing_or_done(pk)
+    except DatabaseError:
+        return OpStatus.DB_FAILED
+    _after_change(pk)
+    return OpStatus.OK
+
+
+def _finish(pk: UUID, status: str, **fields: Any) -> OpStatus:
+    now = timezone.now()
+    try:
+        updated = Action.objects.filter(pk=pk, status__in=Action.ACTIVE_STATUSES).update(
+            status=status,
+            finished_at=now,
+            expires_at=now + retention(),
+            seq=F("seq") + 1,
+            **fields,
+        )
+        if not updated:
+            return _missing_or_done(pk)
+    except DatabaseError:
+        return OpStatus.DB_FAILED
+    local = monitor.local(pk)
+    if local is not None:
+        local.request_cancel()  # the handler's own result would be ignored now
+    _after_change(pk, finished=status)
+    return OpStatus.OK
+
+
+def complete(action_id: Any, response: Any = None) -> OpStatus:
+    """End an action as succeeded with ``response`` (JSON)."""
+    pk = _pk(action_id)
+    if pk is None:
+        return OpStatus.NOT_FOUND
+    try:
+        json.dumps(response, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"The response must be JSON-serializable: {exc}") from None
+    return _finish(pk, Action.Status.SUCCEEDED, response=response, percent=100.0)
+
+
+def fail(action_id: Any, error: str) -> OpStatus:
+    """End an action as failed; ``error`` is shown to the user, so keep it readable."""
+    pk = _pk(action_id)
+    if pk is None:
+        return OpStatus.NOT_FOUND
+    return _finish(pk, Action.Status.FAILED, error=str(error))
+
+
+def cancel(action_id: Any) -> OpStatus:
+    """Cancel: a pending action ends at once, a running one is asked to stop."""
+    pk = _pk(action_id)
+    if pk is None:
+        return OpStatus.NOT_FOUND
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            if Action.objects.filter(pk=pk, status=Action.Status.PENDING).update(
+                status=Action.Status.CANCELLED,
+                cancel_requested=True,
+                finished_at=now,
+                expires_at=now + retention(),
+                seq=F("seq") + 1,
+            ):
+                finished: str | None = Action.Status.CANCELLED
+            elif Action.objects.filter(pk=pk, status=Action.Status.RUNNING).update(
+                cancel_requested=True
+            ):
+                finished = None
+            else:
+                return _missing_or_done(pk)
+    except DatabaseError:
+        return OpStatus.DB_FAILED
+    local = monitor.local(pk)
+    if local is not None and finished is None:
+        local.request_cancel()
+        local.push_state()  # the running publisher owns seq, so it tells the watchers
+    else:
+        _after_change(pk, finished=finished)
+    return OpStatus.OK

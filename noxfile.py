@@ -1,0 +1,54 @@
+"""The test matrix: Python x Django x database. ``nox`` runs every session.
+
+CI legs: Python 3.11 + Django 5.2 and Python 3.13 + Django 6.1, each on SQLite and on
+PostgreSQL. PostgreSQL sessions skip when the server is missing, unless
+AA_REQUIRE_SERVICES=1 (CI) makes that an error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import nox
+
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "tests"]
+
+LEGS = [
+    ("3.11", "django>=5.2,<5.3"),
+    ("3.13", "django>=6.1,<6.2"),
+]
+
+
+def _postgres_up() -> bool:
+    try:
+        with socket.create_connection((os.environ.get("AA_PG_HOST", "127.0.0.1"), 5432), 1):
+            return True
+    except OSError:
+        return False
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+@nox.parametrize(
+    "python,django",
+    [nox.param(py, dj, id=f"py{py}-{dj.split('>=')[1].split(',')[0]}") for py, dj in LEGS],
+)
+@nox.parametrize("db", ["sqlite", "postgres"])
+def tests(session: nox.Session, django: str, db: str) -> None:
+    if db == "postgres" and not _postgres_up():
+        if os.environ.get("AA_REQUIRE_SERVICES") == "1":
+            session.error("PostgreSQL is not reachable on 127.0.0.1:5432")
+        session.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    session.install("-e", ".[dev]", django)
+    args = list(session.posargs)
+    if db == "postgres":
+        # Browser and multi-process tests run once per leg, in the SQLite session.
+        args = ["-m", "not browser", *args]
+    session.run("pytest", *args, env={"AA_TEST_DB": db})

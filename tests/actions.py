@@ -1,0 +1,85 @@
+"""Handlers and performable functions used by the tests (importable by dotted path)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from async_actions.context import ActionContext, ActionError, current
+from async_actions.handlers import ActionHandler, handler
+
+#: Tests set these to hold a handler at a known point.
+gates: dict[str, threading.Event] = {}
+
+
+def gate(name: str) -> threading.Event:
+    return gates.setdefault(name, threading.Event())
+
+
+@handler("tests.echo")
+def echo(ctx: ActionContext) -> Any:
+    return {"echo": ctx.request}
+
+
+@handler("tests.progress")
+def progress_steps(ctx: ActionContext) -> Any:
+    steps = int(ctx.request.get("steps", 10))
+    for i in range(steps):
+        ctx.set_progress(100 * (i + 1) / steps, f"step {i + 1}", {"step": i + 1})
+    return steps
+
+
+@handler("tests.wait")
+def wait_for_gate(ctx: ActionContext) -> Any:
+    """Runs until its gate opens or it is cancelled."""
+    ctx.set_progress(10, "waiting")
+    name = ctx.request.get("gate", "default")
+    while not gate(name).wait(0.01):
+        ctx.raise_if_cancelled()
+    return "released"
+
+
+@handler("tests.stubborn")
+def stubborn(ctx: ActionContext) -> Any:
+    """Ignores cancellation until its gate opens (a handler that never checks)."""
+    gate(ctx.request.get("gate", "stubborn")).wait(60)
+    return "late"
+
+
+@handler("tests.boom")
+def boom(ctx: ActionContext) -> Any:
+    raise RuntimeError("secret path /etc/passwd in SQL")
+
+
+@handler("tests.user_error")
+def user_error(ctx: ActionContext) -> Any:
+    raise ActionError("Row 3 is not a number")
+
+
+@handler("tests.bad_response")
+def bad_response(ctx: ActionContext) -> Any:
+    return {"when": object()}
+
+
+@handler("tests.logs")
+def logs(ctx: ActionContext) -> Any:
+    for i in range(int(ctx.request.get("count", 5))):
+        ctx.log.info("line %d", i)
+    return None
+
+
+class Doubler(ActionHandler):
+    name = "tests.doubler"
+
+    def can_handle(self, request: Any) -> bool:
+        return isinstance(request, dict) and "double" in request
+
+    def handle(self, ctx: ActionContext) -> Any:
+        return ctx.request["double"] * 2
+
+
+def add(a: int, b: int) -> int:
+    ctx = current()
+    if ctx is not None:
+        ctx.set_progress(50, "adding")
+    return a + b

@@ -1,0 +1,49 @@
+"""Test settings: the example project, on SQLite (default) or PostgreSQL.
+
+``AA_TEST_DB=postgres`` selects the PostgreSQL server at ``AA_PG_HOST`` (127.0.0.1).
+"""
+
+import os
+import tempfile
+
+from example_project.settings import *  # noqa: F403
+
+DB = os.environ.get("AA_TEST_DB", "sqlite")
+
+if DB == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("AA_PG_NAME", "test"),
+            "USER": os.environ.get("AA_PG_USER", "postgres"),
+            "HOST": os.environ.get("AA_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("AA_PG_PORT", "5432"),
+            "TEST": {"NAME": f"test_async_actions_{os.getpid()}"},
+        }
+    }
+else:
+    # A file, not shared-cache memory: worker threads need real locking and WAL.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.path.join(tempfile.gettempdir(), f"aa_dev_{os.getpid()}.sqlite3"),
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+            "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"aa_test_{os.getpid()}.sqlite3")},
+        }
+    }
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+ASYNC_ACTIONS = {
+    "HEARTBEAT_INTERVAL": 0.5,
+    "STALE_AFTER": 5.0,
+    "CANCEL_POLL_INTERVAL": 0.1,
+    "SHUTDOWN_TIMEOUT": 2.0,
+    "SHUTDOWN_GRACE": 2.0,
+}
+LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests"]  # noqa: F405  (tests/actions.py handlers)
