@@ -8,8 +8,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 STAMP=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$STAMP" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    echo "Installing into .venv (log: .venv/install.log)..."
+    if ! { .venv/bin/python -m pip install --upgrade pip \
+           && .venv/bin/python -m pip install -e ".[dev]"; } >.venv/install.log 2>&1; then
+        grep -v "is ignored" .venv/install.log | tail -30
+        exit 1
+    fi
     rm -f .venv/.installed-*
     touch "$STAMP"
 fi
