@@ -16,5 +16,6 @@ def countdown(ctx: ActionContext) -> dict[str, Any]:
         ctx.set_progress(100 * done / seconds, f"{seconds - done} seconds left")
         if ctx.wait_cancelled(1.0):
             ctx.raise_if_cancelled()
+    ctx.set_progress(100, "Lift-off")
     ctx.log.info("Counted down %d seconds", seconds)
     return {"seconds": seconds}

@@ -1,0 +1,188 @@
+"""``manage.py async_actions_run <handler> --request '<json>'``: run an action from a terminal.
+
+Shows a live progress bar until the action ends; Ctrl-C asks the action to cancel (a
+second Ctrl-C leaves at once). The exit code tells the outcome, for scripts and cron.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import time
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, close_old_connections
+
+from async_actions import service
+from async_actions.models import Action
+from async_actions.monitor import monitor
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 3
+EXIT_NOT_STARTED = 4
+EXIT_INTERRUPTED = 130
+
+
+class Command(BaseCommand):
+    help = (
+        "Start an action and follow it with a live progress bar. Exit code: 0 succeeded, "
+        "1 failed, 2 bad usage, 3 cancelled, 4 could not start, 130 left with a second Ctrl-C."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("handler", help="Handler name, e.g. reports.build")
+        parser.add_argument(
+            "--request", default="{}", help="The action's request as JSON (default {})"
+        )
+        parser.add_argument("--user", help="Username that owns the action")
+        parser.add_argument(
+            "--idempotency-key", help="Return the running action with this key, if any"
+        )
+        parser.add_argument(
+            "--detach", action="store_true", help="Print the action id and exit at once"
+        )
+        parser.add_argument(
+            "--interval", type=float, default=0.2, help="Seconds between screen updates"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            request = json.loads(options["request"])
+        except json.JSONDecodeError as exc:
+            raise CommandError(
+                f"--request is not valid JSON: {exc}", returncode=EXIT_USAGE
+            ) from None
+        user = None
+        if options["user"]:
+            User = get_user_model()
+            try:
+                user = User.objects.get(**{User.USERNAME_FIELD: options["user"]})
+            except User.DoesNotExist:
+                raise CommandError(f"No user {options['user']!r}.", returncode=EXIT_USAGE) from None
+        try:
+            result = service.start(
+                options["handler"],
+                request,
+                user=user,
+                idempotency_key=options["idempotency_key"],
+            )
+        except (TypeError, ValueError) as exc:
+            raise CommandError(str(exc), returncode=EXIT_USAGE) from None
+        if result.status is service.OpStatus.NO_HANDLER:
+            raise CommandError(f"No handler named {options['handler']!r}.", returncode=EXIT_USAGE)
+        if not result.ok or result.action is None:
+            raise CommandError(
+                f"The action could not start: {result.status.name}.", returncode=EXIT_NOT_STARTED
+            )
+        action = result.action
+        if options["detach"]:
+            self.stdout.write(str(action.pk))
+            return
+        self.stderr.write(f"Action {action.pk} ({action.handler})")
+        final = self._follow(action, options["interval"])
+        self._exit(final)
+
+    def _follow(self, action: Action, interval: float) -> Action:
+        interrupts = 0
+
+        def on_interrupt(signum: int, frame: Any) -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts == 1:
+                self.stderr.write("\nCancelling… (Ctrl-C again to leave without waiting)")
+                service.cancel(action.pk)
+            else:
+                self.stderr.write(f"\nLeft action {action.pk} without waiting.")
+                sys.exit(EXIT_INTERRUPTED)
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        bar = ProgressLine(self.stdout, tty=self.stdout.isatty())
+        try:
+            while True:
+                state = self._state(action)
+                if state is not None:
+                    bar.show(state)
+                    if state["status"] in Action.TERMINAL_STATUSES:
+                        break
+                time.sleep(interval)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+        action.refresh_from_db()
+        return action
+
+    def _state(self, action: Action) -> dict[str, Any] | None:
+        ctx = monitor.local(action.pk)
+        if ctx is not None:  # running here: read memory, fresher than the database
+            return ctx._publisher.snapshot()
+        try:
+            action.refresh_from_db()
+        except DatabaseError:
+            close_old_connections()
+            return None
+        return action.snapshot()
+
+    def _exit(self, action: Action) -> None:
+        if action.status == Action.Status.SUCCEEDED:
+            self.stdout.write(json.dumps(action.response, indent=2))
+            return
+        if action.status == Action.Status.CANCELLED:
+            self.stderr.write("Cancelled.")
+            sys.exit(EXIT_CANCELLED)
+        self.stderr.write(f"Failed: {action.error}")
+        if action.traceback:
+            self.stderr.write(action.traceback)
+        sys.exit(EXIT_FAILED)
+
+
+class ProgressLine:
+    """One redrawn line on a terminal; a line per visible change elsewhere (logs, CI)."""
+
+    def __init__(self, out: Any, *, tty: bool) -> None:
+        self.out = out
+        self.tty = tty
+        self.started = time.monotonic()
+        self.last: tuple[int, str, str] | None = None
+
+    def show(self, state: dict[str, Any]) -> None:
+        percent = float(state.get("percent") or 0.0)
+        key = (int(percent), state.get("message") or "", state["status"])
+        if not self.tty and key == self.last:
+            return
+        self.last = key
+        line = self.render(percent, key[1], key[2])
+        if self.tty:
+            self.out.write("\r\x1b[2K" + line, ending="")
+            self.out.flush()
+        else:
+            self.out.write(line)
+
+    def render(self, percent: float, message: str, status: str) -> str:
+        width = shutil.get_terminal_size((80, 20)).columns
+        elapsed = time.monotonic() - self.started
+        eta = ""
+        if 0 < percent < 100 and status == "running":
+            eta = f" ETA {_clock(elapsed * (100 - percent) / percent)}"
+        head = f"{percent:5.1f}% {_clock(elapsed)}{eta} {status}"
+        cells = 30 if width >= 80 else 10
+        filled = int(cells * percent / 100)
+        bar = "[" + "#" * filled + "." * (cells - filled) + "]"
+        text = f"{bar} {head}"
+        if message:
+            text += f" {message}"
+        return text[: width - 1] if self.tty else text
+
+    def close(self) -> None:
+        if self.tty and self.last is not None:
+            self.out.write("")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
