@@ -60,3 +60,43 @@ def tests(session: nox.Session, django: str, db: str) -> None:
         # Browser and multi-process tests run once per leg, in the SQLite session.
         args = ["-m", "not browser", *args]
     session.run("pytest", *args, env={"AA_TEST_DB": db})
+
+
+@nox.session(python="3.11")
+def package(session: nox.Session) -> None:
+    """Build sdist and wheel, check them, and run the suite against the installed wheel."""
+    import pathlib
+    import shutil
+    import tempfile
+    import zipfile
+
+    session.install("build", "twine")
+    dist = pathlib.Path(tempfile.mkdtemp(prefix="aa-dist-"))
+    session.run("python", "-m", "build", "--outdir", str(dist))
+    session.run("twine", "check", "--strict", *map(str, dist.iterdir()))
+    wheel = next(dist.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in (
+        "async_actions/py.typed",
+        "async_actions/migrations/0001_initial.py",
+        "async_actions/static/async_actions/",
+        "async_actions/templates/async_actions/",
+    ):
+        if not any(name.startswith(needed) for name in names):
+            session.error(f"{needed} is missing from {wheel.name}")
+    session.install(f"{wheel}[dev]")
+    # Run the tests from a copy without the source package, so the wheel is what imports.
+    work = pathlib.Path(tempfile.mkdtemp(prefix="aa-wheel-tests-"))
+    for item in ("tests", "example_project", "manage.py", "pyproject.toml"):
+        source = pathlib.Path(item)
+        if source.is_dir():
+            shutil.copytree(source, work / item)
+        else:
+            shutil.copy(source, work / item)
+    session.chdir(work)
+    session.run(
+        "python",
+        "-c",
+        "import async_actions, sys; assert 'site-packages' in async_actions.__file__",
+    )
+    session.run("pytest", "-m", "not browser and not slow", *session.posargs)
