@@ -94,11 +94,9 @@ class ActionConsumer(AsyncWebsocketConsumer):
         session_key = getattr(session, "session_key", None) if session is not None else None
         return Action.objects.owned_by(self.scope.get("user"), session_key)
 
-    @database_sync_to_async
-    def _visible(self) -> bool:
-        return self._owned().filter(pk=self.action_id).exists()
+    async def _visible(self) -> bool:
+        return await database_sync_to_async(self._owned().filter(pk=self.action_id).exists)()
 
-    @database_sync_to_async
-    def _snapshot(self) -> dict[str, Any] | None:
-        action = Action.objects.filter(pk=self.action_id).first()
+    async def _snapshot(self) -> dict[str, Any] | None:
+        action = await database_sync_to_async(Action.objects.filter(pk=self.action_id).first)()
         return action.snapshot() if action is not None else None

@@ -12,4 +12,5 @@ urlpatterns = [
     path("t/boom/", include(views.BoomView.urls())),
     path("t/user-error/", include(views.UserErrorView.urls())),
     path("t/upload/", include(views.UploadView.urls())),
+    path("t/steps/", include(views.StepsView.urls())),
 ]

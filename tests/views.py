@@ -51,3 +51,16 @@ class UploadView(AsyncFormView):
         with default_storage.open(data["upload"]) as handle:
             content = handle.read().decode()
         return {"data": data, "content": content}
+
+
+class StepsView(BaseAsyncView):
+    """Waits at its gate, then reports ``steps`` progress updates and succeeds."""
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        ctx.set_progress(0, "ready")
+        while not gate(data.get("gate", "steps")).wait(0.01):
+            ctx.raise_if_cancelled()
+        steps = int(data.get("steps", 50))
+        for i in range(steps):
+            ctx.set_progress(100 * (i + 1) / steps, f"step {i + 1}")
+        return steps
