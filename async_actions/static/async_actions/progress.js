@@ -90,15 +90,17 @@
         return;
       }
       this.socket = socket;
-      socket.onopen = function () {
-        opened = true;
-        self.failures = 0;
-        self.stopPolling();
-        self.notice("");
-      };
       socket.onmessage = function (event) {
         var message;
         try { message = JSON.parse(event.data); } catch (err) { return; }
+        if (!opened) {
+          // The server's first frame is the snapshot: only now is the socket useful
+          // (a proxy may accept the upgrade and then say nothing).
+          opened = true;
+          self.failures = 0;
+          self.stopPolling();
+          self.notice("");
+        }
         if (message && message.type === "update" && message.action) self.apply(message.action);
       };
       socket.onclose = function (event) {
