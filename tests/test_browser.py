@@ -69,14 +69,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
-        cwd=ROOT, env=env, check=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
     )
     port = _free_port()
     log = open(tmp / "daphne.log", "w")  # noqa: SIM115  (closed below)
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "example_project.asgi:application"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "example_project.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -115,9 +129,9 @@ def context(browser: Any) -> Iterator[Any]:
 RECORDER = """
 document.addEventListener("aa:update", (event) => {
   const a = event.detail;
+  const bar = document.querySelector('[role="progressbar"]');
   window.aaSeen({status: a.status, percent: a.percent, message: a.message, seq: a.seq,
-                 title: document.title,
-                 valuenow: document.querySelector('[role="progressbar"]').getAttribute("aria-valuenow")});
+                 title: document.title, valuenow: bar.getAttribute("aria-valuenow")});
 });
 """
 
@@ -161,7 +175,9 @@ def test_submitting_the_form_moves_the_bar_and_lands_on_the_result(
     page.screenshot(path=str(SCREENSHOT), animations="disabled")
     assert int(bar.get_attribute("aria-valuenow")) >= 40
     wait_result(page)
-    assert page.locator("[data-testid=total]").inner_text() == str(sum((i * 37) % 101 for i in range(4)))
+    assert page.locator("[data-testid=total]").inner_text() == str(
+        sum((i * 37) % 101 for i in range(4))
+    )
     percents = [update["percent"] for update in seen]
     assert any(0 < p < 100 for p in percents), percents
     assert percents == sorted(percents)
@@ -199,9 +215,7 @@ def test_with_websockets_blocked_polling_still_reaches_the_result(
     assert seen[-1]["status"] == "succeeded"
 
 
-def test_without_javascript_the_meta_refresh_reaches_the_result(
-    browser: Any, server: str
-) -> None:
+def test_without_javascript_the_meta_refresh_reaches_the_result(browser: Any, server: str) -> None:
     ctx = browser.new_context(java_script_enabled=False)
     try:
         page = ctx.new_page()

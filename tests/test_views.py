@@ -69,9 +69,7 @@ def test_post_starts_the_action_and_answers_303_to_the_processing_page(
     assert action.response == {"echo": {"word": "hi"}}
 
 
-def test_anonymous_visitor_gets_a_session_that_owns_the_action(
-    client: Client, runner: Any
-) -> None:
+def test_anonymous_visitor_gets_a_session_that_owns_the_action(client: Client, runner: Any) -> None:
     pk = start(client)
     action = Action.objects.get(pk=pk)
     assert action.user is None
@@ -122,9 +120,7 @@ def test_result_of_a_running_action_redirects_to_processing(client: Client, runn
     finished(pk)
 
 
-def test_status_json_reports_progress_result_url_and_completed(
-    client: Client, runner: Any
-) -> None:
+def test_status_json_reports_progress_result_url_and_completed(client: Client, runner: Any) -> None:
     pk = start(client)
     finished(pk)
     data = client.get(reverse("echo_view:status", kwargs={"pk": pk})).json()
@@ -139,8 +135,13 @@ def test_status_json_reports_progress_result_url_and_completed(
 
 @pytest.mark.parametrize(
     ("status", "percent", "completed"),
-    [("pending", 0, False), ("running", 37.5, 37.5), ("failed", 10, "ERROR"),
-     ("cancelled", 10, "ERROR"), ("succeeded", 100, True)],
+    [
+        ("pending", 0, False),
+        ("running", 37.5, 37.5),
+        ("failed", 10, "ERROR"),
+        ("cancelled", 10, "ERROR"),
+        ("succeeded", 100, True),
+    ],
 )
 def test_completed_follows_the_netsight_convention(
     client: Client, status: str, percent: float, completed: Any
@@ -213,9 +214,10 @@ def test_staff_see_the_traceback_on_the_failed_page(runner: Any, make_user: Any)
     finished(pk)
     page = staff.get(reverse("boom_view:result", kwargs={"pk": pk}))
     assert b"secret path" in page.content
-    assert "secret path" in staff.get(reverse("boom_view:status", kwargs={"pk": pk})).json()[
-        "traceback"
-    ]
+    assert (
+        "secret path"
+        in staff.get(reverse("boom_view:status", kwargs={"pk": pk})).json()["traceback"]
+    )
 
 
 def test_action_error_message_is_shown_to_the_user(client: Client, runner: Any) -> None:
