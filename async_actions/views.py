@@ -243,6 +243,8 @@ class BaseAsyncView(View):
             "cancel_url": self.url_for("cancel", action),
             "start_url": self.url_for("initial"),
             "poll_interval": float(action_settings.POLL_INTERVAL),
+            # Whole seconds for the no-JavaScript <meta refresh>; 0 would reload at once.
+            "refresh_seconds": max(1, round(float(action_settings.POLL_INTERVAL))),
         }
 
     @property

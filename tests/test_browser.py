@@ -163,6 +163,10 @@ def test_submitting_the_form_moves_the_bar_and_lands_on_the_result(
 ) -> None:
     page = context.new_page()
     seen = record(page)
+    frames: list[str] = []
+    polls: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
+    page.on("request", lambda request: "/status/" in request.url and polls.append(request.url))
     submit_report(page, server, rows=4, seconds=1.0)
     bar = page.locator('[role="progressbar"]')
     page.wait_for_function(
@@ -183,6 +187,10 @@ def test_submitting_the_form_moves_the_bar_and_lands_on_the_result(
     assert percents == sorted(percents)
     assert seen[-1]["status"] == "succeeded"
     assert any(update["title"].startswith("60%") for update in seen), seen
+    # Live over the WebSocket: worker thread -> in-memory layer -> daphne's loop -> browser.
+    assert not polls, polls
+    assert sum('"status": "running"' in frame for frame in frames) >= 5, frames
+    assert any('"status": "succeeded"' in frame for frame in frames)
 
 
 def test_two_tabs_on_one_action_both_see_every_stage(context: Any, server: str) -> None:
