@@ -7,4 +7,5 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
+    path("reports/", include(views.ReportView.urls())),
 ]

@@ -47,3 +47,5 @@ ASYNC_ACTIONS = {
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests"]  # noqa: F405  (tests/actions.py handlers)
+
+ROOT_URLCONF = "tests.urls"  # the example project's URLs plus tests/views.py

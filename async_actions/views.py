@@ -1,0 +1,387 @@
+"""Views a site subclasses: a start page, the processing page, the result page.
+
+Subclass :class:`BaseAsyncView` (or :class:`AsyncFormView`), write ``run(ctx, data)``,
+and mount ``include(MyView.urls())``. The class is also the action's handler, found by
+its dotted path, so a worker in another process runs the same ``run()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django import forms
+from django.core.files.base import File
+from django.core.files.storage import default_storage
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError, models
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.translation import gettext as _
+from django.views import View
+
+from async_actions import service
+from async_actions.conf import action_settings
+from async_actions.handlers import ActionHandler, register
+from async_actions.models import Action
+from async_actions.service import OpStatus
+
+if TYPE_CHECKING:
+    from async_actions.context import ActionContext
+
+__all__ = ["AsyncFormView", "BaseAsyncView"]
+
+logger = logging.getLogger("async_actions")
+
+#: Seconds a client is asked to wait after a 503 (shutdown, database down).
+RETRY_AFTER = 5
+
+
+class _ViewHandler(ActionHandler):
+    """Runs a view's ``run()``; not public, so API clients cannot start views by name."""
+
+    public = False
+
+    def __init__(self, view_class: type[BaseAsyncView]) -> None:
+        self.name = view_class.handler_name()  # type: ignore[misc]
+        self.view_class = view_class
+
+    def handle(self, ctx: ActionContext) -> Any:
+        return self.view_class().run(ctx, ctx.request)
+
+    @property
+    def source(self) -> str:
+        return self.name
+
+
+class BaseAsyncView(View):
+    """Start page on GET; POST starts ``run()`` as an action and redirects to its progress.
+
+    Pages: ``template_name`` (initial), ``processing_template_name``,
+    ``result_template_name``, ``failed_template_name``, ``cancelled_template_name``.
+    """
+
+    template_name: ClassVar[str] = "async_actions/start.html"
+    processing_template_name: ClassVar[str] = "async_actions/processing.html"
+    result_template_name: ClassVar[str] = "async_actions/result.html"
+    failed_template_name: ClassVar[str] = "async_actions/failed.html"
+    cancelled_template_name: ClassVar[str] = "async_actions/cancelled.html"
+    error_template_name: ClassVar[str] = "async_actions/unavailable.html"
+    #: Shown as the page heading; defaults to the class name in words.
+    title: ClassVar[str] = ""
+    #: The URL namespace ``urls()`` mounts under; defaults to the class name in snake case.
+    url_namespace: ClassVar[str] = ""
+    #: Set by ``urls()`` for each page: which page this instance serves.
+    page: str = "initial"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Register concrete views at import, so this process finds them without the
+        # dotted-path import a separate worker does.
+        if "run" in cls.__dict__:
+            register(cls.as_action_handler())
+
+    # -- the work ----------------------------------------------------------------------
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        """Do the work (in a worker, without a request); return JSON for the result page."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement run(ctx, data)")
+
+    @classmethod
+    def handler_name(cls) -> str:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def as_action_handler(cls) -> ActionHandler:
+        """The handler a worker uses to run this view's ``run()``."""
+        return _ViewHandler(cls)
+
+    # -- URLs --------------------------------------------------------------------------
+    @classmethod
+    def namespace(cls) -> str:
+        return cls.url_namespace or re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+
+    @classmethod
+    def urls(cls, **initkwargs: Any) -> tuple[list[Any], str]:
+        """Patterns for ``include()``: initial, processing, result, status and cancel."""
+        pages = [
+            ("", "initial"),
+            ("processing/<uuid:pk>/", "processing"),
+            ("result/<uuid:pk>/", "result"),
+            ("status/<uuid:pk>/", "status"),
+            ("cancel/<uuid:pk>/", "cancel"),
+        ]
+        patterns = [
+            path(route, cls.as_view(page=name, **initkwargs), name=name) for route, name in pages
+        ]
+        return patterns, cls.namespace()
+
+    def url_for(self, name: str, action: Action | None = None) -> str:
+        """A URL of this view's set, in the namespace the request came through."""
+        match = self.request.resolver_match
+        prefix = f"{match.namespace}:" if match is not None and match.namespace else ""
+        kwargs = {"pk": action.pk} if action is not None else None
+        return reverse(f"{prefix}{name}", kwargs=kwargs)
+
+    # -- dispatch ----------------------------------------------------------------------
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            if self.page == "initial":
+                return super().dispatch(request, *args, **kwargs)
+            action = self.get_action(kwargs["pk"])
+            if self.page == "cancel":
+                if request.method != "POST":
+                    return self.http_method_not_allowed(request, *args, **kwargs)
+                return self.cancel(action)
+            if request.method not in ("GET", "HEAD"):
+                return self.http_method_not_allowed(request, *args, **kwargs)
+            handler = getattr(self, f"{self.page}_page")
+            return handler(action)
+        except DatabaseError:
+            logger.exception("Database error in %s", type(self).__qualname__)
+            return self.unavailable(
+                _("The service is temporarily unavailable. Please try again in a moment."),
+                status=503,
+            )
+
+    def get_queryset(self) -> models.QuerySet[Action]:
+        """Actions the visitor may see: theirs (user or session); staff see all."""
+        request = self.request
+        return Action.objects.owned_by(
+            getattr(request, "user", None), _session_key(request, create=False)
+        ).filter(handler=self.handler_name())
+
+    def get_action(self, pk: uuid.UUID) -> Action:
+        action = self.get_queryset().filter(pk=pk).first()
+        if action is None:
+            raise Http404(_("No such action."))
+        return action
+
+    # -- the pages ---------------------------------------------------------------------
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return self.initial_page()
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not self.run_process():
+            return self.initial_page()
+        return self.start(self.get_run_data())
+
+    def run_process(self) -> bool:
+        """Whether this request starts the action (default: every POST)."""
+        return self.request.method == "POST"
+
+    def get_run_data(self) -> Any:
+        """The JSON handed to ``run()``; by default the POST fields (lists for repeats)."""
+        data = {}
+        for key in self.request.POST:
+            if key == "csrfmiddlewaretoken":
+                continue
+            values = self.request.POST.getlist(key)
+            data[key] = values[0] if len(values) == 1 else values
+        return data
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("view", self)
+        kwargs.setdefault("title", self.get_title())
+        return kwargs
+
+    def get_title(self) -> str:
+        if self.title:
+            return self.title
+        words = re.sub(r"(?<!^)(?=[A-Z])", " ", type(self).__name__.removesuffix("View"))
+        return words.capitalize()
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HttpResponse:
+        return TemplateResponse(
+            self.request, template, self.get_context_data(**context), status=status
+        )
+
+    def initial_page(self, **context: Any) -> HttpResponse:
+        """The start page (GET, or a POST that did not start an action)."""
+        return self.render(self.template_name, **context)
+
+    def processing_page(self, action: Action) -> HttpResponse:
+        """Live progress while the action runs; a finished action goes to its result."""
+        if action.is_finished:
+            return redirect(self.url_for("result", action))
+        return self.render(self.processing_template_name, **self.action_context(action))
+
+    def result_page(self, action: Action) -> HttpResponse:
+        """The outcome: the result, or a readable failed or cancelled page."""
+        if action.is_active:
+            return redirect(self.url_for("processing", action))
+        context = self.action_context(action)
+        if action.status == Action.Status.CANCELLED:
+            return self.render(self.cancelled_template_name, **context)
+        if action.status == Action.Status.FAILED:
+            return self.render(self.failed_template_name, **context)
+        return self.render(self.result_template_name, response=action.response, **context)
+
+    def status_page(self, action: Action) -> HttpResponse:
+        """The status JSON the progress element polls when it has no WebSocket."""
+        return JsonResponse(self.status_json(action), headers={"Cache-Control": "no-store"})
+
+    def status_json(self, action: Action) -> dict[str, Any]:
+        snapshot = action.snapshot()
+        snapshot["result_url"] = self.url_for("result", action)
+        snapshot["completed"] = _completed(action)
+        if self.is_staff:
+            snapshot["traceback"] = action.traceback
+        return snapshot
+
+    def action_context(self, action: Action) -> dict[str, Any]:
+        return {
+            "action": action,
+            "show_traceback": self.is_staff and bool(action.traceback),
+            "processing_url": self.url_for("processing", action),
+            "result_url": self.url_for("result", action),
+            "status_url": self.url_for("status", action),
+            "cancel_url": self.url_for("cancel", action),
+            "start_url": self.url_for("initial"),
+            "poll_interval": float(action_settings.POLL_INTERVAL),
+            # Whole seconds for the no-JavaScript <meta refresh>; 0 would reload at once.
+            "refresh_seconds": max(1, round(float(action_settings.POLL_INTERVAL))),
+        }
+
+    @property
+    def is_staff(self) -> bool:
+        user = getattr(self.request, "user", None)
+        return bool(user is not None and user.is_authenticated and user.is_staff)
+
+    # -- operations --------------------------------------------------------------------
+    def start(self, data: Any) -> HttpResponse:
+        """Start the action with ``data`` and answer 303 to its processing page."""
+        request = self.request
+        result = service.start(
+            self.handler_name(),
+            data,
+            user=getattr(request, "user", None),
+            session_key=_session_key(request, create=True),
+        )
+        if result.status is OpStatus.OK and result.action is not None:
+            return redirect_303(self.url_for("processing", result.action))
+        if result.status is OpStatus.LIMIT_REACHED:
+            return self.unavailable(
+                _("You already have as many actions running as allowed. Wait for one to finish."),
+                status=429,
+            )
+        if result.status is OpStatus.SHUTDOWN_IN_PROGRESS:
+            message = _("The server is restarting. Please try again in a moment.")
+        elif result.status is OpStatus.DB_FAILED:
+            message = _("The service is temporarily unavailable. Please try again in a moment.")
+        else:
+            logger.error("Could not start %s: %s", self.handler_name(), result.status)
+            message = _("This action cannot be started right now.")
+        return self.unavailable(message, status=503)
+
+    def cancel(self, action: Action) -> HttpResponse:
+        """Ask the action to stop; JSON for scripts, a redirect for plain forms."""
+        status = service.cancel(action.pk)
+        wants_json = "application/json" in self.request.headers.get("Accept", "")
+        if wants_json:
+            code = {OpStatus.OK: 202, OpStatus.ACTION_COMPLETED: 409}.get(status, 503)
+            return JsonResponse({"status": status.value}, status=code)
+        action.refresh_from_db()
+        page = "result" if action.is_finished else "processing"
+        return redirect_303(self.url_for(page, action))
+
+    def unavailable(self, message: str, *, status: int) -> HttpResponse:
+        response = self.render(self.error_template_name, status=status, message=message)
+        if status in (429, 503):
+            response["Retry-After"] = str(RETRY_AFTER)
+        return response
+
+
+class AsyncFormView(BaseAsyncView):
+    """A form on the start page; valid ``cleaned_data`` (as JSON) goes to ``run()``.
+
+    Uploaded files are saved to the default storage and passed as storage names.
+    """
+
+    template_name: ClassVar[str] = "async_actions/form.html"
+    form_class: ClassVar[type[forms.BaseForm] | None] = None
+    #: Storage folder for uploaded files; each action's files get a folder below it.
+    upload_to: ClassVar[str] = "async_actions/uploads"
+
+    def get_form_class(self) -> type[forms.BaseForm]:
+        if self.form_class is None:
+            raise NotImplementedError(f"{type(self).__qualname__} needs a form_class")
+        return self.form_class
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.request.method == "POST":
+            kwargs.update(data=self.request.POST, files=self.request.FILES)
+        return kwargs
+
+    def get_form(self) -> forms.BaseForm:
+        return self.get_form_class()(**self.get_form_kwargs())
+
+    def initial_page(self, **context: Any) -> HttpResponse:
+        context.setdefault("form", self.get_form())
+        status = 400 if context["form"].is_bound and context["form"].errors else 200
+        return self.render(self.template_name, status=status, **context)
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not self.run_process():
+            return self.initial_page()
+        form = self.get_form()
+        if not form.is_valid():
+            return self.form_invalid(form)
+        return self.start(self.form_data(form))
+
+    def form_invalid(self, form: forms.BaseForm) -> HttpResponse:
+        return self.initial_page(form=form)
+
+    def form_data(self, form: forms.BaseForm) -> Any:
+        """``cleaned_data`` as JSON: files become storage names, models their keys."""
+        folder = f"{self.upload_to.rstrip('/')}/{uuid.uuid4().hex}"
+        return {key: self._to_json(value, folder) for key, value in form.cleaned_data.items()}
+
+    def _to_json(self, value: Any, folder: str) -> Any:
+        if isinstance(value, File):
+            name = value.name.rsplit("/", 1)[-1] if value.name else "upload"
+            return default_storage.save(f"{folder}/{name}", value)
+        if isinstance(value, models.Model):
+            return value.pk
+        if isinstance(value, models.QuerySet):
+            return [obj.pk for obj in value]
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._to_json(item, folder) for item in value]
+        if isinstance(value, dict):
+            return {str(k): self._to_json(v, folder) for k, v in value.items()}
+        return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def redirect_303(url: str) -> HttpResponse:
+    """See Other: the browser follows with GET, so reload does not resubmit the form."""
+    response = HttpResponse(status=303)
+    response["Location"] = url
+    return response
+
+
+def _completed(action: Action) -> bool | float | str:
+    """The ``completed`` field: True, False (pending), the percent, or "ERROR"."""
+    if action.status == Action.Status.SUCCEEDED:
+        return True
+    if action.status in (Action.Status.FAILED, Action.Status.CANCELLED):
+        return "ERROR"
+    if action.status == Action.Status.PENDING:
+        return False
+    return action.percent
+
+
+def _session_key(request: HttpRequest, *, create: bool) -> str | None:
+    """The visitor's session key; an anonymous visitor starting work gets a session."""
+    session = getattr(request, "session", None)
+    if session is None:
+        return None
+    user = getattr(request, "user", None)
+    if session.session_key is None and create and not (user and user.is_authenticated):
+        session.save()
+        session.modified = True  # so SessionMiddleware sends the cookie
+    return session.session_key

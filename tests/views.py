@@ -1,0 +1,66 @@
+"""Views used by the view, consumer and browser tests (importable by dotted path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.core.files.storage import default_storage
+
+from async_actions.context import ActionContext, ActionError
+from async_actions.views import AsyncFormView, BaseAsyncView
+from tests.actions import gate
+
+
+class EchoView(BaseAsyncView):
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        ctx.set_progress(50, "echoing")
+        return {"echo": data}
+
+
+class GateView(BaseAsyncView):
+    """Runs until the gate named in the POST opens, or it is cancelled."""
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        ctx.set_progress(10, "waiting at the gate")
+        while not gate(data.get("gate", "view")).wait(0.01):
+            ctx.raise_if_cancelled()
+        return "released"
+
+
+class BoomView(BaseAsyncView):
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        raise RuntimeError("secret path /etc/passwd in SQL")
+
+
+class UserErrorView(BaseAsyncView):
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        raise ActionError("Row 3 is not a number")
+
+
+class UploadForm(forms.Form):
+    count = forms.IntegerField(min_value=1, max_value=10)
+    when = forms.DateField()
+    upload = forms.FileField()
+
+
+class UploadView(AsyncFormView):
+    form_class = UploadForm
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        with default_storage.open(data["upload"]) as handle:
+            content = handle.read().decode()
+        return {"data": data, "content": content}
+
+
+class StepsView(BaseAsyncView):
+    """Waits at its gate, then reports ``steps`` progress updates and succeeds."""
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        ctx.set_progress(0, "ready")
+        while not gate(data.get("gate", "steps")).wait(0.01):
+            ctx.raise_if_cancelled()
+        steps = int(data.get("steps", 50))
+        for i in range(steps):
+            ctx.set_progress(100 * (i + 1) / steps, f"step {i + 1}")
+        return steps
