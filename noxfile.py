@@ -14,7 +14,7 @@ import socket
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "package"]
 # CI must run both legs; elsewhere a missing interpreter skips its session with a reason.
 nox.options.error_on_missing_interpreters = os.environ.get("AA_REQUIRE_SERVICES") == "1"
 
