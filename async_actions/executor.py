@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from async_actions import concurrency
@@ -45,13 +45,20 @@ def claim(action_id: UUID | str) -> Action | None:
     twice or two workers race for it. A pending action is not claimed before its
     ``run_after``, nor while another action with its concurrency key runs: the
     database's unique index on running keys fails this UPDATE, and the action waits.
+    Actions waiting for a key run in the order they were created.
     """
+    return _claim(action_id)[0]
+
+
+def _claim(action_id: UUID | str) -> tuple[Action | None, bool]:
+    """The claimed action (or None), and whether the claim failed on a busy key."""
     now = timezone.now()
     try:
         with transaction.atomic():
             won = (
                 Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
                 .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+                .exclude(Exists(_older_waiters(now)))
                 .update(
                     status=Action.Status.RUNNING,
                     started_at=now,
@@ -62,10 +69,25 @@ def claim(action_id: UUID | str) -> Action | None:
             )
     except IntegrityError:
         logger.debug("Action %s waits: its concurrency key is busy", action_id)
-        return None
+        return None, True
     if not won:
-        return None
-    return Action.objects.get(pk=action_id)
+        return None, False
+    return Action.objects.get(pk=action_id), False
+
+
+def _older_waiters(now: Any) -> Any:
+    """Due pending actions with the same key created before the outer one."""
+    return (
+        Action.objects.filter(
+            status=Action.Status.PENDING, concurrency_key=OuterRef("concurrency_key")
+        )
+        .exclude(concurrency_key="")
+        .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+        .filter(
+            Q(created_at__lt=OuterRef("created_at"))
+            | Q(created_at=OuterRef("created_at"), pk__lt=OuterRef("pk"))
+        )
+    )
 
 
 def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = None) -> str | None:
@@ -76,9 +98,9 @@ def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = No
     """
     close_old_connections()
     try:
-        action = claim(action_id)
-        if action is None:
-            _redispatch_if_early(action_id)
+        action, key_busy = _claim(action_id)
+        if action is None and not key_busy:  # a busy key's holder wakes it when done
+            _not_claimed(action_id)
     except DatabaseError:
         logger.exception("Could not claim action %s; it stays pending", action_id)
         close_old_connections()
@@ -91,19 +113,25 @@ def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = No
         close_old_connections()
 
 
-def _redispatch_if_early(action_id: UUID | str) -> None:
-    """A pending action delivered before its ``run_after`` is dispatched again then."""
+def _not_claimed(action_id: UUID | str) -> None:
+    """Make sure a pending action that could not be claimed is not forgotten.
+
+    Delivered before its ``run_after``: dispatch it again then. Behind an older action
+    waiting for a free key: wake the oldest (its dispatch may have been lost).
+    """
     from async_actions.runners import get_runner
 
-    run_after = (
-        Action.objects.filter(
-            pk=action_id, status=Action.Status.PENDING, run_after__gt=timezone.now()
-        )
-        .values_list("run_after", flat=True)
+    row = (
+        Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
+        .values("run_after", "concurrency_key")
         .first()
     )
-    if run_after is not None:
-        get_runner().dispatch_at(UUID(str(action_id)), run_after)
+    if row is None:
+        return
+    if row["run_after"] is not None and row["run_after"] > timezone.now():
+        get_runner().dispatch_at(UUID(str(action_id)), row["run_after"])
+    elif row["concurrency_key"]:
+        concurrency.release(row["concurrency_key"])
 
 
 def _call(handler: ActionHandler, ctx: ActionContext, publisher: Publisher) -> Any:

@@ -14,6 +14,9 @@ import threading
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+
 from async_actions.context import ActionCancelled, _current
 
 if TYPE_CHECKING:
@@ -86,6 +89,9 @@ class ActionLoop:
             raise ActionCancelled() from None
         finally:
             _current.reset(token)
+            # Like Django after an async request: the thread that ran the handler's
+            # sync_to_async calls does not keep a database connection open.
+            await sync_to_async(close_old_connections)()
 
     def stop(self) -> None:
         """Stop the loop (tests); a later ``run`` starts a fresh one."""
