@@ -197,7 +197,7 @@ def flaky(ctx: ActionContext) -> Any:
     return {"attempt": ctx.attempt}
 
 
-@handler("caps.flaky_slow", max_attempts=2, retry_on=(FlakyService,), retry_backoff=3600)
+@handler("caps.flaky_slow", max_attempts=2, retry_on=(FlakyService,), retry_backoff=300)
 def flaky_slow(ctx: ActionContext) -> Any:
     if ctx.attempt == 1:
         raise FlakyService("try again much later")
