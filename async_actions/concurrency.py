@@ -29,8 +29,17 @@ logger = logging.getLogger("async_actions")
 
 
 def key_for(handler: ActionHandler, request: Any) -> str:
-    """The handler's key for ``request`` ("" for none); a bad key is a HandlerError."""
-    key = handler.get_concurrency_key(request)
+    """The handler's key for ``request`` ("" for none).
+
+    A key function that fails on the request is a ValueError (bad input, like an
+    oversized request); one that returns a non-string is a HandlerError.
+    """
+    try:
+        key = handler.get_concurrency_key(request)
+    except Exception as exc:
+        raise ValueError(
+            f"Handler {handler.name!r} could not derive a concurrency key from the request: {exc!r}"
+        ) from exc
     if key is None or key == "":
         return ""
     if not isinstance(key, str) or len(key) > 255:

@@ -58,7 +58,7 @@ def _claim(action_id: UUID | str) -> tuple[Action | None, bool]:
             won = (
                 Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
                 .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
-                .exclude(Exists(_older_waiters(now)))
+                .filter(Q(concurrency_key="") | ~Exists(_older_waiters(now)))
                 .update(
                     status=Action.Status.RUNNING,
                     started_at=now,

@@ -229,6 +229,12 @@ def test_a_key_function_returning_a_non_string_is_a_clear_error(runner):
         unregister("caps.bad_key")
 
 
+def test_a_request_the_key_function_cannot_read_is_a_value_error(runner):
+    with pytest.raises(ValueError, match="could not derive a concurrency key"):
+        service.start("caps.export_per_customer", {"no_customer": 1})
+    assert not Action.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
