@@ -19,7 +19,13 @@ _POSITIVE_NUMBERS = (
     "CANCEL_POLL_INTERVAL",
     "POLL_INTERVAL",
 )
-_NON_NEGATIVE_NUMBERS = ("SHUTDOWN_TIMEOUT", "SHUTDOWN_GRACE")
+_NON_NEGATIVE_NUMBERS = (
+    "SHUTDOWN_TIMEOUT",
+    "SHUTDOWN_GRACE",
+    "TIME_LIMIT_GRACE",
+    "RETRY_BACKOFF",
+    "RETRY_BACKOFF_MAX",
+)
 _POSITIVE_INTEGERS = (
     "MAX_WORKERS",
     "LOG_LIMIT",
@@ -69,6 +75,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
     limit = raw.get("MAX_ACTIVE_PER_OWNER")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         errors.append(_bad("MAX_ACTIVE_PER_OWNER", limit, "None or a whole number, 1 or more"))
+    time_limit = raw.get("TIME_LIMIT")
+    if time_limit is not None and (not _is_number(time_limit) or time_limit <= 0):
+        errors.append(_bad("TIME_LIMIT", time_limit, "None or seconds greater than 0"))
     retention = raw.get("RETENTION", DEFAULTS["RETENTION"])
     if not (isinstance(retention, timedelta) or _is_number(retention)) or (
         (retention.total_seconds() if isinstance(retention, timedelta) else retention) <= 0

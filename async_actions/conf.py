@@ -56,6 +56,15 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGE_LENGTH": 1_000,
     # Active (pending or running) actions one owner may have; None means no limit.
     "MAX_ACTIVE_PER_OWNER": None,
+    # Seconds a handler may run before it is asked to cancel; None means no limit.
+    # A handler's own ``time_limit`` wins.
+    "TIME_LIMIT": None,
+    # Seconds after the time limit before the action is failed and its thread abandoned.
+    "TIME_LIMIT_GRACE": 30.0,
+    # Seconds before the first retry of a handler with ``retry_on``; doubles per attempt.
+    "RETRY_BACKOFF": 1.0,
+    # Longest wait between retries, in seconds.
+    "RETRY_BACKOFF_MAX": 600.0,
 }
 
 #: Keys whose values are dotted paths imported on access.

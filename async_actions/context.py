@@ -6,6 +6,7 @@ import contextvars
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -73,6 +74,8 @@ class ActionContext:
         self.started_monotonic = time.monotonic()
         self._publisher = publisher
         self._cancel = threading.Event()
+        self._cancel_callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
         logger = logging.Logger(f"async_actions.actions.{action.handler}", logging.DEBUG)
         logger.parent = _parent_logger
         logger.addHandler(_ActionLogHandler(publisher))
@@ -104,7 +107,27 @@ class ActionContext:
 
     def request_cancel(self) -> None:
         self._publisher.cancel_requested = True
-        self._cancel.set()
+        self._signal_cancel()
+
+    def _signal_cancel(self) -> None:
+        """Set the flag and run the cancel callbacks once (an async task's ``cancel``)."""
+        with self._callbacks_lock:
+            first = not self._cancel.is_set()
+            self._cancel.set()
+            callbacks = list(self._cancel_callbacks) if first else []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                _parent_logger.exception("Cancel callback of %s failed", self.action_id)
+
+    def _on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when cancellation is requested (now, if it already was)."""
+        with self._callbacks_lock:
+            self._cancel_callbacks.append(callback)
+            already = self._cancel.is_set()
+        if already:
+            callback()
 
     def push_state(self) -> None:
         """Push the current state now (after a change watchers should see at once)."""

@@ -6,23 +6,32 @@ Django Tasks worker on another machine.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import traceback as tb
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db import DatabaseError, close_old_connections
-from django.db.models import F
+from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from async_actions import concurrency
 from async_actions.conf import action_settings
 from async_actions.context import ActionCancelled, ActionContext, ActionError, _current
 from async_actions.handlers import get_handler
+from async_actions.limits import time_limit_error, watchdog
+from async_actions.loop import action_loop
 from async_actions.models import Action
 from async_actions.monitor import monitor
 from async_actions.progress import ProgressError, Publisher
+from async_actions.retries import retry_later
 from async_actions.signals import action_finished, action_started
+
+if TYPE_CHECKING:
+    from async_actions.handlers import ActionHandler
 
 logger = logging.getLogger("async_actions")
 
@@ -33,26 +42,65 @@ def claim(action_id: UUID | str) -> Action | None:
     """Move the action from pending to running in one conditional UPDATE.
 
     Only one caller wins, so an action runs once even when its message is delivered
-    twice or two workers race for it.
+    twice or two workers race for it. A pending action is not claimed before its
+    ``run_after``, nor while another action with its concurrency key runs: the
+    database's unique index on running keys fails this UPDATE, and the action waits.
+    Actions waiting for a key run in the order they were created.
     """
+    return _claim(action_id)[0]
+
+
+def _claim(action_id: UUID | str) -> tuple[Action | None, bool]:
+    """The claimed action (or None), and whether the claim failed on a busy key."""
     now = timezone.now()
-    won = Action.objects.filter(pk=action_id, status=Action.Status.PENDING).update(
-        status=Action.Status.RUNNING,
-        started_at=now,
-        heartbeat_at=now,
-        attempt=F("attempt") + 1,
-        seq=F("seq") + 1,
-    )
+    try:
+        with transaction.atomic():
+            won = (
+                Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
+                .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+                .filter(Q(concurrency_key="") | ~Exists(_older_waiters(now)))
+                .update(
+                    status=Action.Status.RUNNING,
+                    started_at=now,
+                    heartbeat_at=now,
+                    attempt=F("attempt") + 1,
+                    seq=F("seq") + 1,
+                )
+            )
+    except IntegrityError:
+        logger.debug("Action %s waits: its concurrency key is busy", action_id)
+        return None, True
     if not won:
-        return None
-    return Action.objects.get(pk=action_id)
+        return None, False
+    return Action.objects.get(pk=action_id), False
 
 
-def execute(action_id: UUID | str) -> str | None:
-    """Run the action if it is still pending; return its final status (None if not run)."""
+def _older_waiters(now: Any) -> Any:
+    """Due pending actions with the same key created before the outer one."""
+    return (
+        Action.objects.filter(
+            status=Action.Status.PENDING, concurrency_key=OuterRef("concurrency_key")
+        )
+        .exclude(concurrency_key="")
+        .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+        .filter(
+            Q(created_at__lt=OuterRef("created_at"))
+            | Q(created_at=OuterRef("created_at"), pk__lt=OuterRef("pk"))
+        )
+    )
+
+
+def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = None) -> str | None:
+    """Run the action if it is still pending; return its final status (None if not run).
+
+    ``on_abandon`` is called (from another thread) if the handler outlives its hard time
+    limit, so the runner can replace the thread that is stuck in it.
+    """
     close_old_connections()
     try:
-        action = claim(action_id)
+        action, key_busy = _claim(action_id)
+        if action is None and not key_busy:  # a busy key's holder wakes it when done
+            _not_claimed(action_id)
     except DatabaseError:
         logger.exception("Could not claim action %s; it stays pending", action_id)
         close_old_connections()
@@ -60,36 +108,83 @@ def execute(action_id: UUID | str) -> str | None:
     if action is None:
         return None
     try:
-        return run_claimed(action)
+        return run_claimed(action, on_abandon=on_abandon)
     finally:
         close_old_connections()
 
 
-def run_claimed(action: Action) -> str:
+def _not_claimed(action_id: UUID | str) -> None:
+    """Make sure a pending action that could not be claimed is not forgotten.
+
+    Delivered before its ``run_after``: dispatch it again then. Behind an older action
+    waiting for a free key: wake the oldest (its dispatch may have been lost).
+    """
+    from async_actions.runners import get_runner
+
+    row = (
+        Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
+        .values("run_after", "concurrency_key")
+        .first()
+    )
+    if row is None:
+        return
+    if row["run_after"] is not None and row["run_after"] > timezone.now():
+        get_runner().dispatch_at(UUID(str(action_id)), row["run_after"])
+    elif row["concurrency_key"]:
+        concurrency.release(row["concurrency_key"])
+
+
+def _call(handler: ActionHandler, ctx: ActionContext, publisher: Publisher) -> Any:
+    """Call the handler; a coroutine it returns (``async def``) runs on the action loop."""
+    result = handler.handle(ctx)
+    if inspect.isawaitable(result):
+        publisher.inline_writes = False
+        result = action_loop.run(ctx, result)
+    return result
+
+
+def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None) -> str:
     publisher = Publisher(action)
     ctx = ActionContext(action, publisher)
     monitor.register(ctx, publisher)
     token = _current.set(ctx)
     status, response, error, trace = Action.Status.SUCCEEDED, None, "", ""
+    handler: ActionHandler | None = None
+    retry: Exception | None = None
     try:
         action_started.send(sender=Action, action=action)
         handler = get_handler(action.handler)
         if handler is None:
             raise ActionError(f"No handler named {action.handler!r} is available in this worker.")
-        response = handler.handle(ctx)
-        response = _checked_response(response)
+        watchdog.watch(
+            ctx,
+            publisher,
+            handler.get_time_limit(),
+            concurrency_key=action.concurrency_key,
+            on_abandon=on_abandon,
+        )
+        response = _checked_response(_call(handler, ctx, publisher))
     except ActionCancelled:
         status = Action.Status.CANCELLED
-    except ActionError as exc:
-        status, error = Action.Status.FAILED, str(exc) or UNEXPECTED_ERROR
-        trace = tb.format_exc()
-    except ProgressError as exc:
-        status, error, trace = Action.Status.FAILED, str(exc), tb.format_exc()
-    except Exception:
-        status, error, trace = Action.Status.FAILED, UNEXPECTED_ERROR, tb.format_exc()
-        logger.exception("Action %s (%s) failed", action.pk, action.handler)
+    except Exception as exc:
+        if handler is not None and not ctx.cancelled and handler.should_retry(exc, action.attempt):
+            retry = exc
+        else:
+            status, error, trace = _failure(exc, action)
     finally:
         _current.reset(token)
+        limit = watchdog.soft_limit_hit(action.pk)
+        watchdog.unwatch(action.pk)
+    if retry is not None and handler is not None:
+        try:
+            if retry_later(action, handler, publisher, retry):
+                concurrency.release(action.concurrency_key)
+                return Action.Status.PENDING
+        finally:
+            monitor.unregister(action.pk)
+        return Action.Status.RUNNING  # not written: whoever ended the row decided
+    if limit is not None and status == Action.Status.CANCELLED:
+        status, error = Action.Status.FAILED, time_limit_error(limit)
     if status != Action.Status.SUCCEEDED:
         response = None
     try:
@@ -103,12 +198,24 @@ def run_claimed(action: Action) -> str:
     finally:
         monitor.unregister(action.pk)
     if written:
+        concurrency.release(action.concurrency_key)
         try:
             action.refresh_from_db()
         except DatabaseError:
             close_old_connections()
         action_finished.send(sender=Action, action=action, status=status)
     return status
+
+
+def _failure(exc: Exception, action: Action) -> tuple[str, str, str]:
+    """Status, user-facing error and (staff-only) traceback for an exception."""
+    trace = "".join(tb.format_exception(exc))
+    if isinstance(exc, ActionError):
+        return Action.Status.FAILED, str(exc) or UNEXPECTED_ERROR, trace
+    if isinstance(exc, ProgressError):
+        return Action.Status.FAILED, str(exc), trace
+    logger.error("Action %s (%s) failed", action.pk, action.handler, exc_info=exc)
+    return Action.Status.FAILED, UNEXPECTED_ERROR, trace
 
 
 def _checked_response(response: Any) -> Any:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from async_actions.service import StartResult
 
 __all__ = [
+    "FROM_SETTINGS",
     "ActionHandler",
     "HandlerError",
     "get_handler",
@@ -38,6 +39,22 @@ _registry: dict[str, ActionHandler] = {}
 _lock = threading.RLock()
 
 
+class _FromSettings:
+    """Marks a capability that takes its value from ``ASYNC_ACTIONS`` settings."""
+
+    def __repr__(self) -> str:
+        return "FROM_SETTINGS"
+
+
+#: ``time_limit`` default: use ``ASYNC_ACTIONS['TIME_LIMIT']`` (``None`` means no limit).
+FROM_SETTINGS: Any = _FromSettings()
+
+#: The ``on_busy`` choices: wait in ``pending`` until the key frees, or refuse the start.
+ON_BUSY_CHOICES = ("wait", "refuse")
+
+ConcurrencyKey = str | Callable[[Any], "str | None"] | None
+
+
 class ActionHandler:
     """Base class for a kind of work.
 
@@ -49,8 +66,25 @@ class ActionHandler:
     name: ClassVar[str] = ""
     #: Whether clients (the REST API) may start this handler by name.
     public: ClassVar[bool] = True
-    #: How many times the action may run when a worker is lost mid-way.
+    #: How many times the action may run in all: retries after a ``retry_on`` exception
+    #: and re-runs after a lost worker count against it.
     max_attempts: ClassVar[int] = 1
+    #: Actions whose keys are equal never run at the same time. Keys are site-wide, so
+    #: two handlers may share one; override :meth:`get_concurrency_key` to derive the
+    #: key from the request ("one export per customer").
+    concurrency_key: ClassVar[ConcurrencyKey] = None
+    #: While the key is busy a start either ``"wait"``\s in pending or is ``"refuse"``\d
+    #: (``OpStatus.BUSY``).
+    on_busy: ClassVar[str] = "wait"
+    #: Seconds before the handler is asked to cancel (``None``: no limit); after
+    #: ``TIME_LIMIT_GRACE`` more it is failed and its thread abandoned.
+    time_limit: ClassVar[float | None] = FROM_SETTINGS
+    #: Exceptions after which the action is tried again while attempts are left.
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Seconds before the first retry, doubling each time (``None``: ``RETRY_BACKOFF``).
+    retry_backoff: ClassVar[float | None] = None
+    #: The longest wait between retries (``None``: ``RETRY_BACKOFF_MAX``).
+    retry_backoff_max: ClassVar[float | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -64,6 +98,37 @@ class ActionHandler:
     def handle(self, ctx: ActionContext) -> Any:
         """Do the work; the return value (JSON) becomes the action's response."""
         raise NotImplementedError(f"{type(self).__qualname__} must implement handle(ctx)")
+
+    def get_concurrency_key(self, request: Any) -> str | None:
+        """The key that keeps actions for ``request`` from running at the same time."""
+        key = self.concurrency_key
+        return key(request) if callable(key) else key
+
+    def get_time_limit(self) -> float | None:
+        """Seconds this handler may run before it is asked to cancel, or None."""
+        if self.time_limit is FROM_SETTINGS:
+            from async_actions.conf import action_settings
+
+            return action_settings.TIME_LIMIT
+        return self.time_limit
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """Whether attempt number ``attempt``, ended by ``exc``, gets another try."""
+        return (
+            bool(self.retry_on) and isinstance(exc, self.retry_on) and attempt < self.max_attempts
+        )
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait after attempt number ``attempt`` failed: exponential, capped."""
+        from async_actions.conf import action_settings
+
+        base = action_settings.RETRY_BACKOFF if self.retry_backoff is None else self.retry_backoff
+        cap = (
+            action_settings.RETRY_BACKOFF_MAX
+            if self.retry_backoff_max is None
+            else self.retry_backoff_max
+        )
+        return float(min(float(base) * 2 ** max(0, attempt - 1), float(cap)))
 
     @property
     def source(self) -> str:
@@ -85,12 +150,15 @@ class FunctionHandler(ActionHandler):
         can_handle: Callable[[Any], bool] | None = None,
         public: bool = True,
         max_attempts: int = 1,
+        **capabilities: Any,
     ) -> None:
         self.name = name  # type: ignore[misc]
         self.func = func
         self._can_handle = can_handle
         self.public = public  # type: ignore[misc]
         self.max_attempts = max_attempts  # type: ignore[misc]
+        for attr, value in capabilities.items():
+            setattr(self, attr, value)
 
     def can_handle(self, request: Any) -> bool:
         return bool(self._can_handle and self._can_handle(request))
@@ -132,6 +200,7 @@ def register(instance: ActionHandler) -> ActionHandler:
         raise HandlerError(f"{instance!r} needs a non-empty string name.")
     if len(name) > 255:
         raise HandlerError(f"Handler name {name[:40]!r}... is longer than 255 characters.")
+    validate_capabilities(instance)
     with _lock:
         existing = _registry.get(name)
         if existing is not None and existing.source != instance.source:
@@ -160,15 +229,35 @@ def handler(
     can_handle: Callable[[Any], bool] | None = None,
     public: bool = True,
     max_attempts: int = 1,
+    concurrency_key: ConcurrencyKey = None,
+    on_busy: str = "wait",
+    time_limit: float | None = FROM_SETTINGS,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    retry_backoff: float | None = None,
+    retry_backoff_max: float | None = None,
 ) -> Callable[[Callable[[ActionContext], Any]], Callable[[ActionContext], Any]]:
-    """Register ``func(ctx)`` as a handler called ``name``; the function is returned as is."""
+    """Register ``func(ctx)`` (plain or ``async def``) as a handler called ``name``.
+
+    The keyword arguments match the :class:`ActionHandler` attributes of the same name;
+    the function is returned as is.
+    """
     if callable(name):
         raise HandlerError('Use @handler("name"), with a name, not bare @handler.')
 
     def decorator(func: Callable[[ActionContext], Any]) -> Callable[[ActionContext], Any]:
         register(
             FunctionHandler(
-                name, func, can_handle=can_handle, public=public, max_attempts=max_attempts
+                name,
+                func,
+                can_handle=can_handle,
+                public=public,
+                max_attempts=max_attempts,
+                concurrency_key=concurrency_key,
+                on_busy=on_busy,
+                time_limit=time_limit,
+                retry_on=retry_on,
+                retry_backoff=retry_backoff,
+                retry_backoff_max=retry_backoff_max,
             )
         )
         return func
@@ -284,3 +373,59 @@ def perform(
         idempotency_key=idempotency_key,
         _trusted=True,
     )
+
+
+def _is_seconds(value: Any, *, allow_zero: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value >= 0 if allow_zero else value > 0
+
+
+def validate_capabilities(instance: ActionHandler) -> None:
+    """Raise HandlerError, saying how to fix it, for a bad capability attribute.
+
+    A single exception class in ``retry_on`` is accepted and stored as a tuple.
+    """
+    where = f"Handler {instance.name!r}"
+    attempts = instance.max_attempts
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise HandlerError(f"{where}: max_attempts must be a whole number, 1 or more.")
+    key = instance.concurrency_key
+    if (
+        key is not None
+        and not callable(key)
+        and (not isinstance(key, str) or not key or len(key) > 255)
+    ):
+        raise HandlerError(
+            f"{where}: concurrency_key must be a non-empty string of at most 255 "
+            "characters, a function of the request, or None."
+        )
+    if instance.on_busy not in ON_BUSY_CHOICES:
+        raise HandlerError(
+            f"{where}: on_busy must be 'wait' or 'refuse', not {instance.on_busy!r}."
+        )
+    limit = instance.time_limit
+    if (
+        limit is not FROM_SETTINGS
+        and limit is not None
+        and not _is_seconds(limit, allow_zero=False)
+    ):
+        raise HandlerError(f"{where}: time_limit must be seconds greater than 0, or None.")
+    retry_on = instance.retry_on
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    if not isinstance(retry_on, tuple | list) or not all(
+        isinstance(cls, type) and issubclass(cls, BaseException) for cls in retry_on
+    ):
+        raise HandlerError(f"{where}: retry_on must be an exception class or a tuple of them.")
+    if tuple(retry_on) != instance.retry_on:
+        instance.retry_on = tuple(retry_on)  # type: ignore[misc]
+    if retry_on and attempts < 2:
+        raise HandlerError(
+            f"{where}: retry_on has no effect with max_attempts={attempts}; "
+            "set max_attempts to 2 or more."
+        )
+    for attr in ("retry_backoff", "retry_backoff_max"):
+        value = getattr(instance, attr)
+        if value is not None and not _is_seconds(value, allow_zero=True):
+            raise HandlerError(f"{where}: {attr} must be seconds (0 or more), or None.")

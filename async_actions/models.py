@@ -75,6 +75,10 @@ class Action(models.Model):
     cancel_requested = models.BooleanField(_("cancel requested"), default=False)
     attempt = models.PositiveIntegerField(_("attempt"), default=0)
     seq = models.BigIntegerField(_("sequence"), default=0)
+    #: Actions sharing a non-empty key never run at the same time (see handlers docs).
+    concurrency_key = models.CharField(_("concurrency key"), max_length=255, blank=True, default="")
+    #: A pending action is not claimed before this time (retry backoff survives restarts).
+    run_after = models.DateTimeField(_("run after"), null=True, blank=True)
     retry_of = models.ForeignKey(
         "self",
         verbose_name=_("retry of"),
@@ -101,6 +105,11 @@ class Action(models.Model):
                 name="aa_running_heartbeat",
                 condition=Q(status="running"),
             ),
+            models.Index(
+                fields=["concurrency_key", "created_at"],
+                name="aa_pending_key",
+                condition=Q(status="pending") & ~Q(concurrency_key=""),
+            ),
         ]
         constraints = [
             # One active action per owner and idempotency key, enforced by the database
@@ -118,6 +127,13 @@ class Action(models.Model):
                 condition=Q(user__isnull=True)
                 & ~Q(idempotency_key="")
                 & Q(status__in=["pending", "running"]),
+            ),
+            # At most one running action per concurrency key: a second claim fails in
+            # the database, so two workers racing for one key never both run.
+            models.UniqueConstraint(
+                fields=["concurrency_key"],
+                name="aa_one_running_per_key",
+                condition=Q(status="running") & ~Q(concurrency_key=""),
             ),
             models.CheckConstraint(
                 condition=Q(percent__gte=0) & Q(percent__lte=100), name="aa_percent_range"
@@ -165,6 +181,7 @@ class Action(models.Model):
             "message": self.message,
             "data": self.data,
             "seq": self.seq,
+            "attempt": self.attempt,
             "error": self.error if self.status == self.Status.FAILED else "",
             "cancel_requested": self.cancel_requested,
             "created_at": _iso(self.created_at),

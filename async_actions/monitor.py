@@ -93,6 +93,9 @@ class Monitor:
                 logger.exception("Flushing progress of %s failed", ctx.action_id)
             if publisher.lost:
                 ctx.request_cancel()
+        from async_actions.limits import watchdog
+
+        watchdog.tick(now)
         if now - self._last_cancel_poll >= float(action_settings.CANCEL_POLL_INTERVAL):
             self._last_cancel_poll = now
             self._poll_cancels(entries)

@@ -82,6 +82,7 @@ class Publisher:
         self._handler = action.handler
         self._created_at = action.created_at
         self._started_at = action.started_at
+        self._attempt = action.attempt
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._seq = action.seq
@@ -104,6 +105,12 @@ class Publisher:
         #: Set when the row left ``running`` behind our back (recovered or finished).
         self.lost = False
         self.writes = 0
+        #: False for async handlers: the event loop thread must not block on the
+        #: database, so the monitor thread writes their progress.
+        self.inline_writes = True
+        #: Set once the final (or retry) state is written; later updates are dropped so
+        #: a late handler cannot push a stale "running" over the end.
+        self.closed = False
 
     # -- called from the handler thread -------------------------------------------------
     def update(self, percent: Any = None, message: Any = None, data: Any = None) -> None:
@@ -126,7 +133,7 @@ class Publisher:
             write_due = now - self._last_write >= self._db_interval
         if push_due:
             self.push()
-        if write_due and self._write_lock.acquire(blocking=False):
+        if write_due and self.inline_writes and self._write_lock.acquire(blocking=False):
             try:
                 self._write()
             finally:
@@ -165,6 +172,7 @@ class Publisher:
             "message": self._message,
             "data": self._data,
             "seq": self._seq,
+            "attempt": self._attempt,
             "error": final.get("error", ""),
             "cancel_requested": self.cancel_requested,
             "created_at": _iso(self._created_at),
@@ -173,6 +181,8 @@ class Publisher:
         }
 
     def push(self) -> None:
+        if self.closed:
+            return
         with self._lock:
             self._last_push = time.monotonic()
             self._pushed_seq = self._seq
@@ -182,6 +192,8 @@ class Publisher:
     def _write(self) -> None:
         from async_actions.models import Action
 
+        if self.closed:
+            return
         with self._lock:
             self._last_write = time.monotonic()
             seq, log_dirty = self._seq, self._log_dirty
@@ -247,25 +259,61 @@ class Publisher:
                 snapshot = self._snapshot_locked(
                     status=status, percent=percent, error=error, finished_at=now
                 )
-            deadline = time.monotonic() + retry_for
-            delay = 0.1
-            while True:
-                try:
-                    updated = Action.objects.filter(pk=self.action_id, status="running").update(
-                        **fields
-                    )
-                    break
-                except DatabaseError:
-                    close_old_connections()
-                    if time.monotonic() >= deadline:
-                        logger.exception("Final state of action %s not written", self.action_id)
-                        return False
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-            self.writes += 1
+            updated = self._update_running(fields, retry_for)
         if updated:
+            self.closed = True
             pusher.push(self.action_id, snapshot)
         return bool(updated)
+
+    def requeue(self, *, run_after: Any, note: str, retry_for: float = 0.0) -> bool:
+        """Put the running action back to pending for another attempt; True if written.
+
+        Progress restarts (percent 0, message and data cleared) while ``seq`` keeps
+        increasing, so watchers see the reset; ``note`` goes to the log.
+        """
+        with self._write_lock:
+            with self._lock:
+                self._seq += 1
+                self._percent, self._message, self._data = 0.0, "", None
+                self._log.append({"time": time.time(), "level": "WARNING", "message": note})
+                fields: dict[str, Any] = {
+                    "status": "pending",
+                    "percent": 0.0,
+                    "message": "",
+                    "data": None,
+                    "seq": self._seq,
+                    "log": list(self._log),
+                    "run_after": run_after,
+                    "heartbeat_at": None,
+                }
+                snapshot = self._snapshot_locked(status="pending")
+            updated = self._update_running(fields, retry_for)
+        if updated:
+            self.closed = True
+            pusher.push(self.action_id, snapshot)
+        return bool(updated)
+
+    def _update_running(self, fields: dict[str, Any], retry_for: float) -> int:
+        """UPDATE the row if it is still running; retry a failing database a while."""
+        from async_actions.models import Action
+
+        deadline = time.monotonic() + retry_for
+        delay = 0.1
+        while True:
+            try:
+                updated = Action.objects.filter(pk=self.action_id, status="running").update(
+                    **fields
+                )
+                break
+            except DatabaseError:
+                close_old_connections()
+                if time.monotonic() >= deadline:
+                    logger.exception("Final state of action %s not written", self.action_id)
+                    return 0
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.writes += 1
+        return updated
 
 
 def retention() -> Any:

@@ -19,6 +19,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from async_actions import concurrency
 from async_actions.conf import action_settings
 from async_actions.handlers import find_handler_for, get_handler
 from async_actions.models import Action
@@ -56,6 +57,13 @@ class OpStatus(enum.Enum):
     ACTION_COMPLETED = "action_completed"
     #: The owner already has ``MAX_ACTIVE_PER_OWNER`` actions pending or running.
     LIMIT_REACHED = "limit_reached"
+    #: The handler allows one action per concurrency key at a time, refuses to queue
+    #: (``on_busy = "refuse"``), and one is pending or running.
+    BUSY = "busy"
+
+
+class _KeyBusy(Exception):
+    """Rolls back a start whose refuse-mode concurrency key turned out to be taken."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,8 @@ def start(
     if owned is None:
         owned = Action.objects.filter(user__isnull=True, session_key=owner_session)
     key = idempotency_key or ""
+    concurrency_key = concurrency.key_for(found, request)
+    refuse = bool(concurrency_key) and found.on_busy == "refuse"
     try:
         with transaction.atomic():
             if key:
@@ -137,6 +147,8 @@ def start(
                 and owned.active().count() >= int(limit)
             ):
                 return StartResult(OpStatus.LIMIT_REACHED)
+            if refuse:
+                concurrency.lock(concurrency_key)
             action = Action.objects.create(
                 handler=found.name,
                 request=request,
@@ -144,8 +156,14 @@ def start(
                 session_key=owner_session,
                 idempotency_key=key,
                 retry_of=retry_of,
+                concurrency_key=concurrency_key,
             )
+            # Checked after the INSERT, which (on SQLite) holds the write lock.
+            if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
+                raise _KeyBusy
             transaction.on_commit(partial(runner.dispatch, action.pk))
+    except _KeyBusy:
+        return StartResult(OpStatus.BUSY)
     except IntegrityError:
         # Lost a race on the idempotency key: the other start's action is the answer.
         try:
@@ -184,6 +202,7 @@ def _after_change(pk: UUID, finished: str | None = None) -> None:
         return
     push_action(action)
     if finished:
+        concurrency.release(action.concurrency_key)
         action_finished.send(sender=Action, action=action, status=finished)
 
 

@@ -6,3 +6,6 @@ from django.dispatch import Signal
 action_started = Signal()
 #: Sent when an action reaches a terminal state; ``status`` is the final status.
 action_finished = Signal()
+#: Sent when an attempt failed with a ``retry_on`` exception and the action went back to
+#: pending; also gets ``exception`` and ``run_after`` (when the next attempt may start).
+action_retrying = Signal()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
+from datetime import datetime
 from uuid import UUID
 
 from django.core.checks import CheckMessage
@@ -17,6 +19,20 @@ class BaseRunner:
     def dispatch(self, action_id: UUID) -> None:
         """Arrange for ``executor.execute(action_id)`` to run; called after commit."""
         raise NotImplementedError
+
+    def dispatch_at(self, action_id: UUID, when: datetime) -> None:
+        """Dispatch once ``when`` has come (retry backoff).
+
+        The default keeps a timer in this process; runners whose queue can delay work
+        (a Tasks backend's ``run_after``) should override it. The delay is also stored
+        on the row, so a lost timer only means the action waits for recovery.
+        """
+        from django.utils import timezone
+
+        delay = max(0.0, (when - timezone.now()).total_seconds())
+        timer = threading.Timer(delay, self.dispatch, args=(action_id,))
+        timer.daemon = True
+        timer.start()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting work and let running actions end; nothing stays running."""

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -43,6 +44,9 @@ class ThreadRunner(BaseRunner):
         self._active: set[UUID] = set()
         self._active_changed = threading.Condition(self._lock)
         self._closed = False
+        #: Threads given up on after a hard time limit; they end when their handler does.
+        self._abandoned: set[threading.Thread] = set()
+        self._spawned = 0
         atexit.register(self.shutdown)
         _install_sigterm()
 
@@ -52,19 +56,22 @@ class ThreadRunner(BaseRunner):
         self._queue.put(action_id)
         with self._lock:
             if self._idle == 0 and len(self._threads) < self.max_workers:
-                thread = threading.Thread(
-                    target=self._work,
-                    name=f"async-actions-{len(self._threads) + 1}",
-                    daemon=True,
-                )
-                self._threads.append(thread)
-                thread.start()
+                self._start_thread_locked()
             else:
                 self._idle = max(0, self._idle - 1)
+
+    def _start_thread_locked(self) -> None:
+        self._spawned += 1
+        thread = threading.Thread(
+            target=self._work, name=f"async-actions-{self._spawned}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
 
     def _work(self) -> None:
         from async_actions.executor import execute
 
+        me = threading.current_thread()
         while True:
             action_id = self._queue.get()
             if action_id is None or not self.accepting:
@@ -72,15 +79,40 @@ class ThreadRunner(BaseRunner):
             with self._lock:
                 self._active.add(action_id)
             try:
-                execute(action_id)
+                execute(action_id, on_abandon=partial(self._abandon, me, action_id))
             except Exception:
                 logger.exception("Runner thread failed on action %s", action_id)
             finally:
                 with self._lock:
-                    self._active.discard(action_id)
-                    self._idle += 1
-                    self._active_changed.notify_all()
+                    abandoned = me in self._abandoned
+                    self._abandoned.discard(me)
+                    if not abandoned:
+                        self._active.discard(action_id)
+                        self._idle += 1
+                        self._active_changed.notify_all()
+            if abandoned:
+                break  # a replacement took this thread's slot
         close_old_connections()
+
+    def _abandon(self, thread: threading.Thread, action_id: UUID) -> None:
+        """Give up on a thread stuck past a hard time limit and start one in its place."""
+        with self._lock:
+            if thread not in self._threads:
+                return
+            self._threads.remove(thread)
+            self._abandoned.add(thread)
+            self._active.discard(action_id)
+            self._active_changed.notify_all()
+            if self.accepting:
+                self._start_thread_locked()
+                if self._queue.empty():  # else it takes an action that is already queued
+                    self._idle += 1
+
+    @property
+    def abandoned_count(self) -> int:
+        """Threads still stuck in handlers that ignored their time limit."""
+        with self._lock:
+            return len(self._abandoned)
 
     @property
     def active_count(self) -> int:

@@ -1,0 +1,62 @@
+"""Retries: an attempt ended by a ``retry_on`` exception sends the action back to pending.
+
+The row keeps its id, so pages and API clients that watch it see the attempt number
+go up and progress restart. ``run_after`` stores the backoff in the database, so a
+restart does not lose it; the runner dispatches again when it is due.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from django.db import DatabaseError
+from django.utils import timezone
+
+from async_actions.conf import action_settings
+
+if TYPE_CHECKING:
+    from async_actions.handlers import ActionHandler
+    from async_actions.models import Action
+    from async_actions.progress import Publisher
+
+logger = logging.getLogger("async_actions")
+
+
+def retry_later(
+    action: Action, handler: ActionHandler, publisher: Publisher, exc: BaseException
+) -> bool:
+    """Requeue ``action`` after its failed attempt; True if the row went back to pending."""
+    from async_actions.models import Action
+    from async_actions.runners import get_runner
+    from async_actions.signals import action_retrying
+
+    delay = handler.retry_delay(action.attempt)
+    run_after = timezone.now() + timedelta(seconds=delay)
+    logger.warning(
+        "Action %s (%s) attempt %d of %d failed; retrying in %gs",
+        action.pk,
+        action.handler,
+        action.attempt,
+        handler.max_attempts,
+        delay,
+        exc_info=exc,
+    )
+    # Only the exception's class: its text may hold details meant for staff only.
+    note = (
+        f"Attempt {action.attempt} of {handler.max_attempts} failed "
+        f"({type(exc).__name__}); retrying in {delay:g} s."
+    )
+    written = publisher.requeue(
+        run_after=run_after, note=note, retry_for=float(action_settings.STALE_AFTER)
+    )
+    if not written:
+        return False
+    get_runner().dispatch_at(action.pk, run_after)
+    try:
+        action.refresh_from_db()
+    except (Action.DoesNotExist, DatabaseError):
+        return True
+    action_retrying.send(sender=Action, action=action, exception=exc, run_after=run_after)
+    return True
