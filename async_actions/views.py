@@ -42,6 +42,21 @@ logger = logging.getLogger("async_actions")
 RETRY_AFTER = 5
 
 
+CAPABILITY_ATTRIBUTES = (
+    "max_attempts",
+    "concurrency_key",
+    "on_busy",
+    "time_limit",
+    "retry_on",
+    "retry_backoff",
+    "retry_backoff_max",
+)
+
+
+def _class_attributes(cls: type) -> set[str]:
+    return {name for klass in cls.__mro__ if klass is not View for name in vars(klass)}
+
+
 class _ViewHandler(ActionHandler):
     """Runs a view's ``run()``; not public, so API clients cannot start views by name."""
 
@@ -50,6 +65,10 @@ class _ViewHandler(ActionHandler):
     def __init__(self, view_class: type[BaseAsyncView]) -> None:
         self.name = view_class.handler_name()  # type: ignore[misc]
         self.view_class = view_class
+        # A view declares capabilities (time_limit, concurrency_key, ...) like a handler.
+        for attr in CAPABILITY_ATTRIBUTES:
+            if attr in _class_attributes(view_class):
+                setattr(self, attr, getattr(view_class, attr))
 
     def handle(self, ctx: ActionContext) -> Any:
         return self.view_class().run(ctx, ctx.request)
@@ -264,6 +283,11 @@ class BaseAsyncView(View):
         )
         if result.status is OpStatus.OK and result.action is not None:
             return redirect_303(self.url_for("processing", result.action))
+        if result.status is OpStatus.BUSY:
+            return self.unavailable(
+                _("This work is already running. Try again when it has finished."),
+                status=409,
+            )
         if result.status is OpStatus.LIMIT_REACHED:
             return self.unavailable(
                 _("You already have as many actions running as allowed. Wait for one to finish."),

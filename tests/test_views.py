@@ -354,3 +354,25 @@ def test_too_many_active_actions_answer_429(client: Client, runner: Any, setting
 
 def test_bad_uuid_in_url_is_404(client: Client) -> None:
     assert client.get("/t/echo/status/not-a-uuid/").status_code == 404
+
+
+def test_view_declares_capabilities_like_a_handler(runner: Any) -> None:
+    from async_actions.handlers import get_handler
+    from tests.views import ExclusiveView
+
+    view_handler = get_handler(ExclusiveView.handler_name())
+    assert view_handler is not None
+    assert view_handler.get_concurrency_key({}) == "tests.exclusive-view"
+    assert view_handler.on_busy == "refuse"
+    assert view_handler.get_time_limit() == 120
+
+
+def test_start_while_the_key_is_busy_shows_a_readable_409(client: Client, runner: Any) -> None:
+    first = start(client, "exclusive_view", {"gate": "exclusive"})
+    wait_for(lambda: Action.objects.filter(pk=first, status="running").exists())
+    response = client.post(reverse("exclusive_view:initial"), {"gate": "exclusive"})
+    assert response.status_code == 409
+    assert "already running" in response.content.decode()
+    assert Action.objects.count() == 1
+    gate("exclusive").set()
+    assert finished(first).status == "succeeded"

@@ -13,4 +13,5 @@ urlpatterns = [
     path("t/user-error/", include(views.UserErrorView.urls())),
     path("t/upload/", include(views.UploadView.urls())),
     path("t/steps/", include(views.StepsView.urls())),
+    path("t/exclusive/", include(views.ExclusiveView.urls())),
 ]

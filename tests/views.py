@@ -64,3 +64,11 @@ class StepsView(BaseAsyncView):
         for i in range(steps):
             ctx.set_progress(100 * (i + 1) / steps, f"step {i + 1}")
         return steps
+
+
+class ExclusiveView(GateView):
+    """One at a time site-wide; a second start while one runs is refused."""
+
+    concurrency_key = "tests.exclusive-view"
+    on_busy = "refuse"
+    time_limit = 120
