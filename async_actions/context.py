@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from async_actions.payloads import clean_text
+
 if TYPE_CHECKING:
     from async_actions.models import Action
     from async_actions.progress import Publisher
@@ -53,7 +55,11 @@ class _ActionLogHandler(logging.Handler):
         except Exception:  # a bad format string must not kill the handler
             message = str(record.msg)
         self.publisher.add_log(
-            {"time": record.created, "level": record.levelname, "message": message}
+            {
+                "time": record.created,
+                "level": record.levelname,
+                "message": clean_text(message, 10_000),
+            }
         )
 
 

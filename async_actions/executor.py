@@ -7,7 +7,6 @@ Django Tasks worker on another machine.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import traceback as tb
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from async_actions.limits import time_limit_error, watchdog
 from async_actions.loop import action_loop
 from async_actions.models import Action
 from async_actions.monitor import monitor
+from async_actions.payloads import PayloadError, check_payload
 from async_actions.progress import ProgressError, Publisher
 from async_actions.retries import retry_later
 from async_actions.signals import action_finished, action_started
@@ -219,14 +219,9 @@ def _failure(exc: Exception, action: Action) -> tuple[str, str, str]:
 
 
 def _checked_response(response: Any) -> Any:
-    try:
-        text = json.dumps(response, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ActionError(f"The handler's result is not JSON-serializable: {exc}") from None
     limit = int(action_settings.MAX_RESPONSE_BYTES)
-    if len(text) > limit:
-        raise ActionError(
-            f"The handler's result is {len(text)} bytes as JSON; the limit is {limit} "
-            "(ASYNC_ACTIONS['MAX_RESPONSE_BYTES'])."
-        )
+    try:
+        check_payload(response, "The handler's result", limit=limit, setting="MAX_RESPONSE_BYTES")
+    except PayloadError as exc:
+        raise ActionError(str(exc)) from None
     return response

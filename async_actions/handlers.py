@@ -8,7 +8,6 @@ in another process can run it without the site importing anything special.
 from __future__ import annotations
 
 import inspect
-import json
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -337,11 +336,10 @@ def importable_path(func: Callable[..., Any]) -> str:
 
 
 def check_json(value: Any, what: str) -> None:
-    """Raise TypeError naming ``what`` unless ``value`` is plain JSON."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} must be JSON-serializable: {exc}") from None
+    """Raise PayloadError (a TypeError) naming ``what`` unless ``value`` is storable JSON."""
+    from async_actions.payloads import check_payload
+
+    check_payload(value, what)
 
 
 def perform(

@@ -22,6 +22,7 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from async_actions.conf import action_settings
+from async_actions.payloads import PayloadError, check_payload, clean_text
 
 if TYPE_CHECKING:
     from async_actions.models import Action
@@ -31,7 +32,7 @@ logger = logging.getLogger("async_actions")
 EVENT_TYPE = "action.update"
 
 
-class ProgressError(ValueError):
+class ProgressError(PayloadError):
     """A handler reported progress that cannot be stored; the message says why."""
 
 
@@ -51,16 +52,11 @@ def validate_percent(percent: Any) -> float:
 
 
 def validate_data(data: Any, limit: int | None = None) -> Any:
-    try:
-        text = json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ProgressError(f"progress data must be JSON-serializable: {exc}") from None
     limit = action_settings.MAX_PROGRESS_DATA_BYTES if limit is None else limit
-    if len(text) > limit:
-        raise ProgressError(
-            f"progress data is {len(text)} bytes as JSON; the limit is {limit} "
-            "(ASYNC_ACTIONS['MAX_PROGRESS_DATA_BYTES'])"
-        )
+    try:
+        check_payload(data, "progress data", limit=limit, setting="MAX_PROGRESS_DATA_BYTES")
+    except PayloadError as exc:
+        raise ProgressError(str(exc)) from None
     return data
 
 
@@ -117,7 +113,7 @@ class Publisher:
         if percent is not None:
             percent = validate_percent(percent)
         if message is not None:
-            message = str(message)[: self._max_message]
+            message = clean_text(message, self._max_message)
         if data is not None:
             validate_data(data, self._data_limit)
         now = time.monotonic()

@@ -8,7 +8,6 @@ that is not JSON) raise early with a message that says how to fix them.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +23,7 @@ from async_actions.conf import action_settings
 from async_actions.handlers import find_handler_for, get_handler
 from async_actions.models import Action
 from async_actions.monitor import monitor
+from async_actions.payloads import check_payload, clean_text
 from async_actions.progress import push_action, retention, validate_data, validate_percent
 from async_actions.runners import get_runner
 from async_actions.signals import action_finished
@@ -85,16 +85,12 @@ def _owner(user: Any, session_key: str | None) -> tuple[Any, str]:
 
 
 def _check_request(request: Any) -> None:
-    try:
-        text = json.dumps(request, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"The action request must be JSON-serializable: {exc}") from None
-    limit = int(action_settings.MAX_REQUEST_BYTES)
-    if len(text.encode()) > limit:
-        raise ValueError(
-            f"The action request is {len(text)} bytes as JSON; the limit is {limit} "
-            "(ASYNC_ACTIONS['MAX_REQUEST_BYTES'])."
-        )
+    check_payload(
+        request,
+        "The action request",
+        limit=int(action_settings.MAX_REQUEST_BYTES),
+        setting="MAX_REQUEST_BYTES",
+    )
 
 
 def start(
@@ -221,11 +217,14 @@ def update_progress(
     if percent is not None:
         fields["percent"] = validate_percent(percent)
     if message is not None:
-        fields["message"] = str(message)[: int(action_settings.MAX_MESSAGE_LENGTH)]
+        fields["message"] = clean_text(message, int(action_settings.MAX_MESSAGE_LENGTH))
     if data is not None:
         fields["data"] = validate_data(data)
     try:
-        updated = Action.objects.filter(pk=pk, status__in=Action.ACTIVE_STATUSES).update(**fields)
+        with transaction.atomic():  # a savepoint: a failure leaves the caller's transaction usable
+            updated = Action.objects.filter(pk=pk, status__in=Action.ACTIVE_STATUSES).update(
+                **fields
+            )
         if not updated:
             return _missing_or_done(pk)
     except DatabaseError:
@@ -237,13 +236,14 @@ def update_progress(
 def _finish(pk: UUID, status: str, **fields: Any) -> OpStatus:
     now = timezone.now()
     try:
-        updated = Action.objects.filter(pk=pk, status__in=Action.ACTIVE_STATUSES).update(
-            status=status,
-            finished_at=now,
-            expires_at=now + retention(),
-            seq=F("seq") + 1,
-            **fields,
-        )
+        with transaction.atomic():
+            updated = Action.objects.filter(pk=pk, status__in=Action.ACTIVE_STATUSES).update(
+                status=status,
+                finished_at=now,
+                expires_at=now + retention(),
+                seq=F("seq") + 1,
+                **fields,
+            )
         if not updated:
             return _missing_or_done(pk)
     except DatabaseError:
@@ -260,10 +260,12 @@ def complete(action_id: Any, response: Any = None) -> OpStatus:
     pk = _pk(action_id)
     if pk is None:
         return OpStatus.NOT_FOUND
-    try:
-        json.dumps(response, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"The response must be JSON-serializable: {exc}") from None
+    check_payload(
+        response,
+        "The response",
+        limit=int(action_settings.MAX_RESPONSE_BYTES),
+        setting="MAX_RESPONSE_BYTES",
+    )
     return _finish(pk, Action.Status.SUCCEEDED, response=response, percent=100.0)
 
 
@@ -272,7 +274,7 @@ def fail(action_id: Any, error: str) -> OpStatus:
     pk = _pk(action_id)
     if pk is None:
         return OpStatus.NOT_FOUND
-    return _finish(pk, Action.Status.FAILED, error=str(error))
+    return _finish(pk, Action.Status.FAILED, error=clean_text(error, 10_000))
 
 
 def cancel(action_id: Any) -> OpStatus:

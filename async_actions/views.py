@@ -29,6 +29,7 @@ from async_actions import service
 from async_actions.conf import action_settings
 from async_actions.handlers import ActionHandler, register
 from async_actions.models import Action
+from async_actions.payloads import PayloadError
 from async_actions.service import OpStatus
 
 if TYPE_CHECKING:
@@ -275,12 +276,18 @@ class BaseAsyncView(View):
     def start(self, data: Any) -> HttpResponse:
         """Start the action with ``data`` and answer 303 to its processing page."""
         request = self.request
-        result = service.start(
-            self.handler_name(),
-            data,
-            user=getattr(request, "user", None),
-            session_key=_session_key(request, create=True),
-        )
+        try:
+            result = service.start(
+                self.handler_name(),
+                data,
+                user=getattr(request, "user", None),
+                session_key=_session_key(request, create=True),
+            )
+        except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
+            return self.unavailable(
+                _("The submitted data cannot be accepted: %(reason)s") % {"reason": exc},
+                status=400,
+            )
         if result.status is OpStatus.OK and result.action is not None:
             return redirect_303(self.url_for("processing", result.action))
         if result.status is OpStatus.BUSY:

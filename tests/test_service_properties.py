@@ -24,6 +24,7 @@ from hypothesis.stateful import (
 from async_actions import service
 from async_actions.executor import claim
 from async_actions.models import Action
+from async_actions.payloads import PayloadError, check_payload
 from async_actions.runners.base import BaseRunner
 from async_actions.service import OpStatus
 
@@ -67,8 +68,22 @@ class ServiceMachine(RuleBasedStateMachine):
         if row.is_finished and pk not in self.frozen:
             self.frozen[pk] = {f: getattr(row, f) for f in FROZEN}
 
+    def _refused(self, value: Any, call: Any) -> bool:
+        """Values a database cannot store are refused with PayloadError, changing nothing."""
+        try:
+            check_payload(value, "value")
+        except PayloadError:
+            before = list(Action.objects.values())
+            with pytest.raises(PayloadError):
+                call()
+            assert list(Action.objects.values()) == before
+            return True
+        return False
+
     @rule(target=actions, request=JSON, key=st.sampled_from(["", "k1", "k2"]))
     def start(self, request: Any, key: str) -> uuid.UUID:
+        if self._refused(request, lambda: service.start("tests.echo", {"r": request})):
+            request = "replaced"
         result = service.start(
             "tests.echo", {"r": request}, session_key="s", idempotency_key=key or None
         )
@@ -90,6 +105,8 @@ class ServiceMachine(RuleBasedStateMachine):
     @rule(pk=actions, percent=st.floats(0, 100), message=st.text(max_size=30), data=JSON)
     def progress(self, pk: uuid.UUID, percent: float, message: str, data: Any) -> None:
         was_finished = self._row(pk).is_finished
+        if self._refused(data, lambda: service.update_progress(pk, percent, message, data)):
+            return
         status = service.update_progress(pk, percent, message, {"d": data})
         assert status is (OpStatus.ACTION_COMPLETED if was_finished else OpStatus.OK)
         self._after(pk, status)
@@ -97,6 +114,8 @@ class ServiceMachine(RuleBasedStateMachine):
     @rule(pk=actions, response=JSON)
     def complete(self, pk: uuid.UUID, response: Any) -> None:
         was_finished = self._row(pk).is_finished
+        if self._refused(response, lambda: service.complete(pk, response)):
+            return
         status = service.complete(pk, response)
         assert status is (OpStatus.ACTION_COMPLETED if was_finished else OpStatus.OK)
         self._after(pk, status)
