@@ -28,6 +28,9 @@ logger = logging.getLogger("async_actions")
 #: Close codes: like HTTP 404 (not yours or missing) and 503 (database down).
 CLOSE_NOT_FOUND = 4404
 CLOSE_UNAVAILABLE = 4503
+#: RFC 6455 "message too big": clients only ever send small commands.
+CLOSE_TOO_BIG = 1009
+MAX_CLIENT_FRAME = 4096
 
 _TERMINAL = {str(s) for s in Action.TERMINAL_STATUSES}
 
@@ -53,8 +56,15 @@ class ActionConsumer(AsyncWebsocketConsumer):
         if not allowed:
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        try:
+            await self.channel_layer.group_add(group_name(self.action_id), self.channel_name)
+        except Exception:  # the channel layer (Redis) is down: the page polls instead
+            logger.warning(
+                "Channel layer unavailable; action %s falls back to polling", self.action_id
+            )
+            await self.close(code=CLOSE_UNAVAILABLE)
+            return
         self.group = group_name(self.action_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
         try:
             snapshot = await self._snapshot()
         except DatabaseError:
@@ -69,12 +79,18 @@ class ActionConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         group = getattr(self, "group", None)
         if group:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:  # the layer expires the membership by itself
+                logger.debug("group_discard failed for %s", group, exc_info=True)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if len(text_data or bytes_data or "") > MAX_CLIENT_FRAME:
+            await self.close(code=CLOSE_TOO_BIG)
+            return
         try:
             message = json.loads(text_data or "")
-        except ValueError:
+        except (ValueError, RecursionError):
             return  # garbage from a client is ignored, never an error
         if isinstance(message, dict) and message.get("type") == "cancel" and self.action_id:
             status = await database_sync_to_async(service.cancel)(self.action_id)

@@ -229,3 +229,52 @@ async def test_garbage_frames_are_ignored() -> None:
     await ws.send_to(text_data=json.dumps({"type": "cancel"}))
     assert await ws.receive_json_from(TIMEOUT) == {"type": "cancel", "status": "ok"}
     await ws.disconnect()
+
+
+async def test_an_oversize_frame_closes_the_socket_with_1009_and_the_server_stays_up() -> None:
+    session = await new_session()
+    action = await make_action(session, status="running", seq=1)
+    ws = communicator(action.pk, session)
+    await ws.connect(TIMEOUT)
+    await ws.receive_json_from(TIMEOUT)
+    await ws.send_to(text_data="[" * 100_000)
+    assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 1009}
+    again = communicator(action.pk, session)
+    connected, _ = await again.connect(TIMEOUT)
+    assert connected
+    assert (await again.receive_json_from(TIMEOUT))["action"]["id"] == str(action.pk)
+    await again.disconnect()
+
+
+async def test_deeply_nested_small_frame_is_ignored() -> None:
+    session = await new_session()
+    action = await make_action(session, status="running", seq=1)
+    ws = communicator(action.pk, session)
+    await ws.connect(TIMEOUT)
+    await ws.receive_json_from(TIMEOUT)
+    await ws.send_to(text_data="[" * 4000)
+    assert await ws.receive_nothing(0.2)
+    await ws.disconnect()
+
+
+async def test_a_dead_channel_layer_closes_with_4503_so_the_page_polls(
+    settings: Any,
+) -> None:
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Nothing listens on port 1: the layer fails like Redis being down.
+            "CONFIG": {"hosts": [("127.0.0.1", 1)]},
+        }
+    }
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    try:
+        session = await new_session()
+        action = await make_action(session, status="running", seq=1)
+        ws = communicator(action.pk, session)
+        await ws.connect(TIMEOUT)
+        assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4503}
+    finally:
+        channel_layers.backends.clear()
