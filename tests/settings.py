@@ -35,6 +35,8 @@ else:
             "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"aa_test_{os.getpid()}.sqlite3")},
         }
     }
+    if os.environ.get("AA_SQLITE_PATH"):  # a server process a test starts shares one file
+        DATABASES["default"]["NAME"] = os.environ["AA_SQLITE_PATH"]
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ASYNC_ACTIONS = {

@@ -14,4 +14,5 @@ urlpatterns = [
     path("t/upload/", include(views.UploadView.urls())),
     path("t/steps/", include(views.StepsView.urls())),
     path("t/exclusive/", include(views.ExclusiveView.urls())),
+    path("t/shout/", include(views.ShoutView.urls())),
 ]

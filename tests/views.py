@@ -72,3 +72,13 @@ class ExclusiveView(GateView):
     concurrency_key = "tests.exclusive-view"
     on_busy = "refuse"
     time_limit = 120
+
+
+class ShoutView(BaseAsyncView):
+    """Shows the visitor's own text as the progress message and data for a while."""
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        text = str(data.get("text", ""))
+        ctx.set_progress(42, text, {"html": text})
+        ctx.wait_cancelled(float(data.get("hold", 3)))
+        return {"text": text}

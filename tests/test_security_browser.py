@@ -1,0 +1,115 @@
+"""In Chromium: text a handler reports (HTML, script) is shown as text, never run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import chromium_path, need
+from tests.test_browser import CHROMIUM_ARGS, TIMEOUT_MS, _free_port, _wait_http
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script><b>bold</b>'
+
+
+@pytest.fixture(scope="module")
+def test_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """daphne serving the test settings (example project + test views)."""
+    need(chromium_path() is not None, "Chromium is not installed")
+    tmp = tmp_path_factory.mktemp("daphne-tests")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "AA_TEST_DB": "sqlite",
+        "AA_SQLITE_PATH": str(tmp / "db.sqlite3"),
+        "PYTHONPATH": str(ROOT),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    port = _free_port()
+    with open(tmp / "daphne.log", "w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "example_project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(f"{base}/", process)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def chromium(test_server: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
+        )
+        yield instance
+        instance.close()
+
+
+def test_html_in_progress_message_and_result_is_shown_as_text(
+    test_server: str, chromium: Any
+) -> None:
+    page = chromium.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(f"{test_server}/t/shout/")
+    page.evaluate(
+        """([text]) => {
+            const form = document.querySelector('form');
+            for (const [name, value] of [['text', text], ['hold', '2']]) {
+                const input = document.createElement('input');
+                input.type = 'hidden'; input.name = name; input.value = value;
+                form.appendChild(input);
+            }
+            form.submit();
+        }""",
+        [PAYLOAD],
+    )
+    page.wait_for_url("**/processing/**")
+    page.wait_for_function(
+        "(t) => document.body.innerText.includes(t)", arg="<script>window.__xss=2</script>"
+    )
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("b", has_text="bold").count() == 0
+    page.wait_for_url("**/result/**")
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("script", has_text="__xss").count() == 0
+    assert dialogs == []
+    page.close()
