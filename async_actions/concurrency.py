@@ -85,7 +85,7 @@ def release(key: str) -> None:
         waiting = (
             Action.objects.filter(status=Action.Status.PENDING, concurrency_key=key)
             .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
-            .order_by("created_at")
+            .order_by("created_at", "pk")  # the order claims enforce (executor)
             .values_list("pk", flat=True)
             .first()
         )

@@ -52,9 +52,11 @@ def claim(action_id: UUID | str) -> Action | None:
 
 def _claim(action_id: UUID | str) -> tuple[Action | None, bool]:
     """The claimed action (or None), and whether the claim failed on a busy key."""
-    now = timezone.now()
     try:
         with transaction.atomic():
+            # Read the clock inside the transaction: on SQLite (IMMEDIATE) that is after
+            # the write lock is ours, so started_at follows the order claims happen in.
+            now = timezone.now()
             won = (
                 Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
                 .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
