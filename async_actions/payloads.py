@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["PayloadError", "check_payload", "clean_text"]
+__all__ = ["PayloadError", "PayloadTooLarge", "check_payload", "clean_text"]
 
 
 class PayloadError(TypeError, ValueError):
@@ -19,6 +19,10 @@ class PayloadError(TypeError, ValueError):
     Both a TypeError (not JSON) and a ValueError (bad content), so callers may catch
     either.
     """
+
+
+class PayloadTooLarge(PayloadError):
+    """The value is valid JSON but longer than its size limit (HTTP 413 at the edges)."""
 
 
 def _bad_string(value: str) -> str | None:
@@ -63,7 +67,7 @@ def check_payload(
     _walk(value, what)
     if limit is not None and len(text) > limit:
         where = f" (ASYNC_ACTIONS['{setting}'])" if setting else ""
-        raise PayloadError(f"{what} is {len(text)} bytes as JSON; the limit is {limit}{where}.")
+        raise PayloadTooLarge(f"{what} is {len(text)} bytes as JSON; the limit is {limit}{where}.")
     return text
 
 

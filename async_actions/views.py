@@ -29,7 +29,7 @@ from async_actions import service
 from async_actions.conf import action_settings
 from async_actions.handlers import ActionHandler, register
 from async_actions.models import Action
-from async_actions.payloads import PayloadError
+from async_actions.payloads import PayloadError, PayloadTooLarge
 from async_actions.service import OpStatus
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ class BaseAsyncView(View):
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
             return self.unavailable(
                 _("The submitted data cannot be accepted: %(reason)s") % {"reason": exc},
-                status=400,
+                status=413 if isinstance(exc, PayloadTooLarge) else 400,
             )
         if result.status is OpStatus.OK and result.action is not None:
             return redirect_303(self.url_for("processing", result.action))

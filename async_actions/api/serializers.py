@@ -1,0 +1,98 @@
+"""How an action looks in the API, and what a client may send to start one."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from async_actions.models import Action
+
+
+class ActionSerializer(serializers.ModelSerializer):
+    """An action as its owner sees it; the traceback only for staff."""
+
+    owner = serializers.SerializerMethodField()
+    duration = serializers.FloatField(read_only=True, allow_null=True)
+    retry_of = serializers.PrimaryKeyRelatedField(read_only=True)
+    traceback = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Action
+        fields = [
+            "id",
+            "url",
+            "handler",
+            "status",
+            "percent",
+            "message",
+            "data",
+            "response",
+            "error",
+            "traceback",
+            "attempt",
+            "retry_of",
+            "cancel_requested",
+            "idempotency_key",
+            "seq",
+            "owner",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "expires_at",
+            "duration",
+        ]
+        read_only_fields = fields
+
+    def get_owner(self, action: Action) -> str | None:
+        """The owning user's name; None for an anonymous visitor's session."""
+        return action.user.get_username() if action.user_id else None
+
+    def get_traceback(self, action: Action) -> str:
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        return action.traceback if getattr(user, "is_staff", False) else ""
+
+    def get_url(self, action: Action) -> str | None:
+        """The action's processing page, when the site mounts one for it."""
+        path = action.get_absolute_url()
+        request = self.context.get("request")
+        if not path or request is None:
+            return None
+        return request.build_absolute_uri(path)
+
+
+class StartSerializer(serializers.Serializer):
+    """The body of ``POST /actions/``."""
+
+    handler = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        help_text="A public handler's name; leave out to let handlers' can_handle() choose.",
+    )
+    request = serializers.JSONField(
+        required=False,
+        default=dict,
+        help_text="JSON given to the handler as ctx.request.",
+    )
+    idempotency_key = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        help_text="Repeat a start with the same key while the first is unfinished and get "
+        "the same action back (200) instead of a second one.",
+    )
+
+
+class LogSerializer(serializers.Serializer):
+    """The action's kept log records, oldest first (at most ``LOG_LIMIT``)."""
+
+    id = serializers.UUIDField()
+    log = serializers.ListField(child=serializers.DictField())
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error answer: a readable ``detail`` and, where useful, a machine ``code``."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField(required=False)

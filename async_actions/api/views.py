@@ -1,0 +1,290 @@
+"""The actions endpoint: one viewset, every expected outcome an HTTP status with JSON.
+
+Service outcomes (:class:`~async_actions.service.OpStatus`) map to status codes here and
+nowhere else, so the schema, the docs and the behaviour agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import DatabaseError
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action as route
+from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from async_actions import service
+from async_actions.api.serializers import (
+    ActionSerializer,
+    ErrorSerializer,
+    LogSerializer,
+    StartSerializer,
+)
+from async_actions.conf import action_settings
+from async_actions.models import Action
+from async_actions.payloads import PayloadError, PayloadTooLarge
+from async_actions.service import OpStatus
+
+#: Seconds a client should wait before retrying a 429 or 503.
+RETRY_AFTER = 5
+#: Room for the envelope around ``request`` before a body counts as too large.
+BODY_SLACK = 4096
+
+
+class ServiceUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The service is temporarily unavailable. Try again in a moment."
+    default_code = "unavailable"
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+class TooManyActive(APIException):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_code = "limit_reached"
+
+
+class TooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "too_large"
+
+
+class ActionPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(ErrorSerializer, description=description)
+
+
+NOT_FOUND = _error("No such action, or it is not yours.")
+UNAVAILABLE = _error("Shutting down or database unavailable; retry after `Retry-After` seconds.")
+UNAUTHENTICATED = _error("Authentication credentials were missing or wrong.")
+
+
+class ActionViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Actions of the authenticated user (all actions for staff)."""
+
+    serializer_class = ActionSerializer
+    permission_classes = [permissions.IsAuthenticated]
+    pagination_class = ActionPagination
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self) -> QuerySet[Action]:
+        queryset = Action.objects.owned_by(self.request.user).select_related("user")
+        if self.action != "list":
+            return queryset
+        params = self.request.query_params
+        wanted = params.get("status")
+        if wanted:
+            known = set(Action.Status.values)
+            statuses = [value.strip() for value in wanted.split(",") if value.strip()]
+            unknown = [value for value in statuses if value not in known]
+            if unknown:
+                raise ValidationError(
+                    {
+                        "detail": f"Unknown status {', '.join(unknown)!s}; "
+                        f"use one of {', '.join(sorted(known))}.",
+                        "code": "invalid_filter",
+                    }
+                )
+            queryset = queryset.filter(status__in=statuses)
+        if params.get("handler"):
+            queryset = queryset.filter(handler=params["handler"])
+        return queryset
+
+    def get_object(self) -> Action:
+        try:
+            pk = uuid.UUID(str(self.kwargs[self.lookup_field]))
+        except ValueError:
+            raise NotFound("No such action.") from None
+        action = self.get_queryset().filter(pk=pk).first()
+        if action is None:
+            raise NotFound("No such action.")
+        return action
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, DatabaseError):
+            exc = ServiceUnavailable()
+        response = super().handle_exception(exc)
+        if response.status_code in (429, 503):
+            response["Retry-After"] = str(RETRY_AFTER)
+        return response
+
+    @extend_schema(
+        summary="List actions",
+        parameters=[
+            OpenApiParameter(
+                "status",
+                OpenApiTypes.STR,
+                description="Comma-separated statuses: " + ", ".join(Action.Status.values),
+            ),
+            OpenApiParameter("handler", OpenApiTypes.STR, description="A handler name."),
+        ],
+        responses={
+            200: ActionSerializer(many=True),
+            400: _error("An unknown status in the filter."),
+            401: UNAUTHENTICATED,
+            403: UNAUTHENTICATED,
+            503: UNAVAILABLE,
+        },
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        summary="One action",
+        responses={
+            200: ActionSerializer,
+            401: UNAUTHENTICATED,
+            403: UNAUTHENTICATED,
+            404: NOT_FOUND,
+            503: UNAVAILABLE,
+        },
+    )
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(
+        summary="Start an action",
+        request=StartSerializer,
+        responses={
+            201: ActionSerializer,
+            200: OpenApiResponse(
+                ActionSerializer, description="The unfinished action with this idempotency key."
+            ),
+            400: _error("Invalid body, unknown handler or a request that cannot be stored."),
+            401: UNAUTHENTICATED,
+            403: UNAUTHENTICATED,
+            409: _error("The handler runs one at a time for this request and refuses to queue."),
+            413: _error("The body or its `request` is over MAX_REQUEST_BYTES."),
+            429: _error("You have MAX_ACTIVE_PER_OWNER actions unfinished already."),
+            503: UNAVAILABLE,
+        },
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        limit = int(action_settings.MAX_REQUEST_BYTES)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > limit + BODY_SLACK:
+            raise TooLarge(f"The body is {length} bytes; the limit is {limit + BODY_SLACK}.")
+        body = StartSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        values = body.validated_data
+        try:
+            result = service.start(
+                values.get("handler") or None,
+                values.get("request"),
+                user=request.user,
+                idempotency_key=values.get("idempotency_key") or None,
+                public_only=True,
+            )
+        except PayloadTooLarge as exc:
+            raise TooLarge(str(exc)) from None
+        except (PayloadError, ValueError) as exc:
+            raise ValidationError({"detail": str(exc), "code": "invalid_request"}) from None
+        if result.status is OpStatus.OK and result.action is not None:
+            data = ActionSerializer(result.action, context=self.get_serializer_context()).data
+            code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+            headers = {"Location": request.build_absolute_uri(f"{result.action.pk}/")}
+            return Response(data, status=code, headers=headers if result.created else None)
+        raise _start_refused(result.status, values.get("handler") or "")
+
+    @extend_schema(
+        summary="Cancel an action",
+        request=None,
+        responses={
+            202: OpenApiResponse(
+                ActionSerializer,
+                description="Cancelled (pending) or asked to stop (running).",
+            ),
+            401: UNAUTHENTICATED,
+            403: UNAUTHENTICATED,
+            404: NOT_FOUND,
+            409: _error("The action has already finished."),
+            503: UNAVAILABLE,
+        },
+    )
+    @route(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        action = self.get_object()
+        outcome = service.cancel(action.pk)
+        if outcome is OpStatus.ACTION_COMPLETED:
+            raise Conflict(
+                {"detail": f"The action has already {action.status}.", "code": "finished"}
+            )
+        if outcome is OpStatus.NOT_FOUND:
+            raise NotFound("No such action.")
+        if outcome is not OpStatus.OK:
+            raise ServiceUnavailable()
+        action.refresh_from_db()
+        return Response(
+            ActionSerializer(action, context=self.get_serializer_context()).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    @extend_schema(
+        summary="An action's log",
+        responses={
+            200: LogSerializer,
+            401: UNAUTHENTICATED,
+            403: UNAUTHENTICATED,
+            404: NOT_FOUND,
+            503: UNAVAILABLE,
+        },
+    )
+    @route(detail=True, methods=["get"])
+    def log(self, request: Request, pk: str | None = None) -> Response:
+        action = self.get_object()
+        return Response({"id": str(action.pk), "log": action.log or []})
+
+
+def _start_refused(outcome: OpStatus, handler: str) -> APIException:
+    """The HTTP error for a start the service did not accept."""
+    if outcome is OpStatus.NO_HANDLER:
+        detail = (
+            f"No public handler is named {handler!r}."
+            if handler
+            else "No handler accepts this request; name one in 'handler'."
+        )
+        return ValidationError({"detail": detail, "code": "no_handler"})
+    if outcome is OpStatus.BUSY:
+        return Conflict(
+            {
+                "detail": "This work is already running and the handler does not queue "
+                "another. Try again when it has finished.",
+                "code": "busy",
+            }
+        )
+    if outcome is OpStatus.LIMIT_REACHED:
+        return TooManyActive(
+            {
+                "detail": "You already have as many unfinished actions as allowed. "
+                "Wait for one to finish.",
+                "code": "limit_reached",
+            }
+        )
+    if outcome is OpStatus.SHUTDOWN_IN_PROGRESS:
+        return ServiceUnavailable(
+            {"detail": "The server is restarting. Try again in a moment.", "code": "shutdown"}
+        )
+    return ServiceUnavailable()
