@@ -1,0 +1,402 @@
+"""The operator's view of actions: find, watch, cancel, retry and purge them.
+
+The change page is read-only (an action's record is history, not a form) and shows live
+progress through the same ``<async-action-progress>`` element users see.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
+
+from async_actions import retention, service
+from async_actions.models import Action
+from async_actions.service import OpStatus
+
+
+def _pretty(value: Any) -> str:
+    if value is None or value == {} or value == []:
+        return "—"
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    return format_html('<pre class="aa-admin-json">{}</pre>', text)
+
+
+@admin.register(Action)
+class ActionAdmin(admin.ModelAdmin):
+    list_display = [
+        "short_id",
+        "handler",
+        "owner",
+        "status_badge",
+        "progress",
+        "created_at",
+        "duration_display",
+        "attempt",
+    ]
+    list_display_links = ["short_id"]
+    list_filter = ["status", ("handler", admin.AllValuesFieldListFilter), "created_at"]
+    list_select_related = ["user"]
+    search_fields = ["handler", "user__username", "session_key"]
+    search_help_text = _("An id (or its first characters), a handler name or an owner.")
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    show_full_result_count = False
+    ordering = ["-created_at"]
+    actions = ["cancel_selected", "retry_selected", "purge_expired"]
+    change_form_template = "admin/async_actions/action/change_form.html"
+    change_list_template = "admin/async_actions/action/change_list.html"
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    "handler",
+                    "status_badge",
+                    "owner",
+                    "attempt",
+                    "retry_of_link",
+                    "retries_list",
+                    "cancel_requested",
+                    "concurrency_key",
+                    "idempotency_key",
+                ]
+            },
+        ),
+        (
+            _("Time"),
+            {
+                "fields": [
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "duration_display",
+                    "heartbeat_at",
+                    "run_after",
+                    "expires_at",
+                ]
+            },
+        ),
+        (_("Request"), {"fields": ["request_json"]}),
+        (_("Progress"), {"fields": ["percent", "message", "data_json"]}),
+        (_("Outcome"), {"fields": ["response_json", "error", "traceback_text"]}),
+        (_("Log"), {"fields": ["log_lines"]}),
+    ]
+    readonly_fields = [name for _title, options in fieldsets for name in options["fields"]]
+
+    class Media:
+        css = {"all": ["async_actions/progress.css", "async_actions/admin.css"]}
+
+    # -- permissions: history is read-only -----------------------------------------
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Action | None = None) -> bool:
+        return obj is None and super().has_change_permission(request)
+
+    # -- list columns -----------------------------------------------------------------
+    @admin.display(description=_("id"), ordering="id")
+    def short_id(self, action: Action) -> str:
+        return action.short_id
+
+    @admin.display(description=_("owner"), ordering="user__username")
+    def owner(self, action: Action) -> str:
+        if action.user_id:
+            return action.user.get_username()
+        if action.session_key:
+            return _("session %(key)s…") % {"key": action.session_key[:8]}
+        return "—"
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, action: Action) -> str:
+        label = action.get_status_display()
+        if action.cancel_requested and action.is_active:
+            label = _("Cancelling")
+        return format_html('<span class="aa-badge aa-badge--{}">{}</span>', action.status, label)
+
+    @admin.display(description=_("progress"), ordering="percent")
+    def progress(self, action: Action) -> str:
+        percent = int(action.percent)
+        return format_html(
+            '<span class="aa-admin-bar" role="progressbar" aria-valuenow="{0}" '
+            'aria-valuemin="0" aria-valuemax="100" title="{1}">'
+            '<span class="aa-admin-bar__fill aa-admin-bar__fill--{2}" style="width:{0}%"></span>'
+            "</span> {0}%",
+            percent,
+            action.message,
+            action.status,
+        )
+
+    @admin.display(description=_("duration"))
+    def duration_display(self, action: Action) -> str:
+        seconds = action.duration
+        if seconds is None:
+            return "—"
+        minutes, secs = divmod(int(seconds), 60)
+        hours, minutes = divmod(minutes, 60)
+        if hours:
+            return f"{hours}:{minutes:02d}:{secs:02d}"
+        return f"{minutes}:{secs:02d}" if minutes else f"{seconds:.1f} s"
+
+    # -- detail fields ----------------------------------------------------------------
+    @admin.display(description=_("retry of"))
+    def retry_of_link(self, action: Action) -> str:
+        if action.retry_of_id is None:
+            return "—"
+        url = reverse("admin:async_actions_action_change", args=[action.retry_of_id])
+        return format_html('<a href="{}">{}</a>', url, str(action.retry_of_id)[:8])
+
+    @admin.display(description=_("retries"))
+    def retries_list(self, action: Action) -> str:
+        retries = list(action.retries.order_by("created_at").values_list("pk", "status"))
+        if not retries:
+            return "—"
+        return format_html_join(
+            ", ",
+            '<a href="{}">{}</a> ({})',
+            (
+                (reverse("admin:async_actions_action_change", args=[pk]), str(pk)[:8], status)
+                for pk, status in retries
+            ),
+        )
+
+    @admin.display(description=_("request"))
+    def request_json(self, action: Action) -> str:
+        return _pretty(action.request)
+
+    @admin.display(description=_("progress data"))
+    def data_json(self, action: Action) -> str:
+        return _pretty(action.data)
+
+    @admin.display(description=_("response"))
+    def response_json(self, action: Action) -> str:
+        return _pretty(action.response)
+
+    @admin.display(description=_("traceback"))
+    def traceback_text(self, action: Action) -> str:
+        if not action.traceback:
+            return "—"
+        return format_html('<pre class="aa-admin-traceback">{}</pre>', action.traceback)
+
+    @admin.display(description=_("log"))
+    def log_lines(self, action: Action) -> str:
+        if not action.log:
+            return "—"
+        rows = (
+            (
+                _log_time(entry.get("time")),
+                entry.get("level", ""),
+                entry.get("message", ""),
+            )
+            for entry in action.log
+        )
+        return format_html(
+            '<table class="aa-admin-log"><tbody>{}</tbody></table>',
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The read-only page, with live progress while the action is unfinished."""
+        urls: dict[str, str] = {}
+        try:
+            pk = uuid.UUID(str(object_id))
+        except ValueError:
+            pk = None
+        if pk is not None:
+            urls = {
+                "aa_status_url": reverse("admin:async_actions_action_status", args=[pk]),
+                "aa_cancel_url": reverse("admin:async_actions_action_cancel", args=[pk]),
+                "aa_result_url": reverse("admin:async_actions_action_change", args=[pk]),
+            }
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **urls})
+
+    # -- search: ids as well as text -----------------------------------------------------
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Action], search_term: str
+    ) -> tuple[QuerySet[Action], bool]:
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip().lower()
+        try:
+            by_id = queryset.filter(pk=uuid.UUID(term))
+        except ValueError:
+            hex_part = term.replace("-", "")
+            if len(hex_part) < 4 or any(c not in "0123456789abcdef" for c in hex_part):
+                return results, may_have_duplicates
+            by_id = queryset.filter(_id_prefix(term))
+        return results | by_id, may_have_duplicates
+
+    # -- admin actions ----------------------------------------------------------------
+    @admin.action(description=_("Cancel selected actions"), permissions=["change"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Action]) -> None:
+        outcomes = [service.cancel(pk) for pk in queryset.values_list("pk", flat=True)]
+        done = outcomes.count(OpStatus.OK)
+        skipped = outcomes.count(OpStatus.ACTION_COMPLETED)
+        failed = len(outcomes) - done - skipped
+        if done:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(n)d action cancelled or asked to stop.",
+                    "%(n)d actions cancelled or asked to stop.",
+                    done,
+                )
+                % {"n": done},
+                messages.SUCCESS,
+            )
+        if skipped:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(n)d action had already finished.",
+                    "%(n)d actions had already finished.",
+                    skipped,
+                )
+                % {"n": skipped},
+                messages.WARNING,
+            )
+        if failed:
+            self.message_user(
+                request,
+                _("%(n)d could not be cancelled now; try again.") % {"n": failed},
+                messages.ERROR,
+            )
+
+    @admin.action(description=_("Retry selected actions"), permissions=["change"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[Action]) -> None:
+        started, refused = 0, []
+        for original in queryset.select_related("user"):
+            try:
+                result = service.start(
+                    original.handler,
+                    original.request,
+                    user=original.user,
+                    session_key=original.session_key or None,
+                    retry_of=original,
+                )
+            except (TypeError, ValueError) as exc:
+                refused.append(f"{original.short_id}: {exc}")
+                continue
+            if result.ok:
+                started += 1
+            else:
+                refused.append(f"{original.short_id}: {result.status.value}")
+        if started:
+            self.message_user(
+                request,
+                ngettext("%(n)d action started again.", "%(n)d actions started again.", started)
+                % {"n": started},
+                messages.SUCCESS,
+            )
+        if refused:
+            self.message_user(
+                request,
+                _("Not retried: %(list)s") % {"list": "; ".join(refused)},
+                messages.ERROR,
+            )
+
+    @admin.action(description=_("Purge expired actions"), permissions=["delete"])
+    def purge_expired(self, request: HttpRequest, queryset: QuerySet[Action]) -> None:
+        """Delete every expired action (not only the selected ones)."""
+        self._purge(request)
+
+    def _purge(self, request: HttpRequest) -> None:
+        removed = sum(retention.purge(retention.expired()))
+        self.message_user(
+            request,
+            ngettext("%(n)d expired action removed.", "%(n)d expired actions removed.", removed)
+            % {"n": removed},
+            messages.SUCCESS,
+        )
+
+    # -- extra URLs: live status for the element, cancel, purge -------------------------
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "<uuid:pk>/status/",
+                wrap(self.status_view),
+                name="async_actions_action_status",
+            ),
+            path(
+                "<uuid:pk>/cancel/",
+                wrap(require_POST(self.cancel_view)),
+                name="async_actions_action_cancel",
+            ),
+            path(
+                "purge-expired/",
+                wrap(require_POST(self.purge_view)),
+                name="async_actions_action_purge",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _get_or_404(self, request: HttpRequest, pk: uuid.UUID) -> Action:
+        if not self.has_view_permission(request):
+            raise Http404
+        action = Action.objects.filter(pk=pk).first()
+        if action is None:
+            raise Http404
+        return action
+
+    def status_view(self, request: HttpRequest, pk: uuid.UUID) -> JsonResponse:
+        action = self._get_or_404(request, pk)
+        snapshot = action.snapshot()
+        snapshot["result_url"] = reverse("admin:async_actions_action_change", args=[pk])
+        return JsonResponse(snapshot)
+
+    def cancel_view(self, request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+        self._get_or_404(request, pk)
+        if not self.has_change_permission(request):
+            raise Http404
+        outcome = service.cancel(pk)
+        code = {OpStatus.OK: 202, OpStatus.ACTION_COMPLETED: 409}.get(outcome, 503)
+        return JsonResponse({"status": outcome.value}, status=code)
+
+    def purge_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_delete_permission(request):
+            raise Http404
+        self._purge(request)
+        return redirect("admin:async_actions_action_changelist")
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "aa_purge_url": reverse("admin:async_actions_action_purge"),
+            "aa_can_purge": self.has_delete_permission(request),
+        }
+        return super().changelist_view(request, extra_context)
+
+
+def _log_time(value: Any) -> str:
+    """Log records keep a Unix timestamp; show it in the site's time zone."""
+    try:
+        moment = datetime.fromtimestamp(float(value), tz=UTC)
+    except (TypeError, ValueError, OverflowError):
+        return ""
+    return timezone.localtime(moment).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _id_prefix(term: str) -> Q:
+    """Ids starting with ``term`` (the short id in lists is the first 8 characters)."""
+    return Q(id__startswith=term)
