@@ -6,12 +6,6 @@ through the in-memory channel layer: the embedded default, proved end to end.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import chromium_path, need
+from tests.servers import daphne, sqlite_env
 
 pytestmark = pytest.mark.browser
 
@@ -36,74 +31,13 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 30_000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_http(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"daphne exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"daphne did not answer on {url} within {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A daphne process serving the example project on a migrated, private SQLite file."""
     need(chromium_path() is not None, "Chromium is not installed")
     tmp = tmp_path_factory.mktemp("daphne")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "example_project.settings",
-        "DEMO_SQLITE_PATH": str(tmp / "db.sqlite3"),
-        "PYTHONPATH": str(ROOT),
-        "DJANGO_DEBUG": "1",
-    }
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=120,
-    )
-    port = _free_port()
-    log = open(tmp / "daphne.log", "w")  # noqa: SIM115  (closed below)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "example_project.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{base}/", process)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with daphne(sqlite_env(tmp), tmp / "daphne.log") as running:
+        yield running.base
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +9,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import chromium_path, need
-from tests.test_browser import CHROMIUM_ARGS, TIMEOUT_MS, _free_port, _wait_http
+from tests.servers import daphne, sqlite_env
+from tests.test_browser import CHROMIUM_ARGS, TIMEOUT_MS
 
 pytestmark = pytest.mark.browser
 
@@ -25,49 +23,8 @@ def test_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """daphne serving the test settings (example project + test views)."""
     need(chromium_path() is not None, "Chromium is not installed")
     tmp = tmp_path_factory.mktemp("daphne-tests")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "AA_TEST_DB": "sqlite",
-        "AA_SQLITE_PATH": str(tmp / "db.sqlite3"),
-        "PYTHONPATH": str(ROOT),
-    }
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=120,
-    )
-    port = _free_port()
-    with open(tmp / "daphne.log", "w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "example_project.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            _wait_http(f"{base}/", process)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with daphne(sqlite_env(tmp, "tests.settings"), tmp / "daphne.log") as running:
+        yield running.base
 
 
 @pytest.fixture(scope="module")

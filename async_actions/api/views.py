@@ -17,6 +17,7 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action as route
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -85,6 +86,8 @@ class ActionViewSet(
     serializer_class = ActionSerializer
     permission_classes = [permissions.IsAuthenticated]
     pagination_class = ActionPagination
+    # JSON only: a start's ``request`` is nested JSON, which forms cannot express.
+    parser_classes = [JSONParser]
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self) -> QuerySet[Action]:
@@ -134,7 +137,11 @@ class ActionViewSet(
             OpenApiParameter(
                 "status",
                 OpenApiTypes.STR,
-                description="Comma-separated statuses: " + ", ".join(Action.Status.values),
+                enum=Action.Status.values,
+                many=True,
+                style="form",
+                explode=False,
+                description="One or more statuses, comma-separated.",
             ),
             OpenApiParameter("handler", OpenApiTypes.STR, description="A handler name."),
         ],
@@ -143,6 +150,7 @@ class ActionViewSet(
             400: _error("An unknown status in the filter."),
             401: UNAUTHENTICATED,
             403: UNAUTHENTICATED,
+            404: _error("A page past the last one."),
             503: UNAVAILABLE,
         },
     )
@@ -175,6 +183,7 @@ class ActionViewSet(
             403: UNAUTHENTICATED,
             409: _error("The handler runs one at a time for this request and refuses to queue."),
             413: _error("The body or its `request` is over MAX_REQUEST_BYTES."),
+            415: _error("The body is not `application/json`."),
             429: _error("You have MAX_ACTIVE_PER_OWNER actions unfinished already."),
             503: UNAVAILABLE,
         },

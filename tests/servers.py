@@ -1,0 +1,127 @@
+"""Real server processes for tests: daphne serving a settings module on loopback.
+
+Tests that need the whole stack (browser, fuzzing, several processes) start one here
+instead of each writing its own subprocess plumbing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    """Return once ``url`` answers (any status); fail if the process dies first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"server did not answer on {url} within {timeout}s")
+
+
+def sqlite_env(tmp: Path, settings: str = "example_project.settings", **extra: str) -> dict:
+    """Environment for a process using ``settings`` on a private SQLite file in ``tmp``."""
+    db = str(tmp / "db.sqlite3")
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings,
+        "DEMO_SQLITE_PATH": db,  # example_project.settings
+        "AA_SQLITE_PATH": db,  # tests.settings
+        "AA_TEST_DB": "sqlite",
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_DEBUG": "1",
+        **extra,
+    }
+
+
+def manage(env: dict, *args: str, timeout: float = 120) -> str:
+    """Run ``manage.py`` with ``env``; return its output, fail with it on error."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+@dataclass
+class Server:
+    base: str
+    process: subprocess.Popen
+    log_path: Path
+    env: dict = field(repr=False)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def daphne(env: dict, log_path: Path, *, migrate: bool = True) -> Iterator[Server]:
+    """A daphne process with ``env`` on a free loopback port, stopped (SIGTERM) after."""
+    if migrate:
+        manage(env, "migrate", "--noinput", "-v0")
+    port = free_port()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "example_project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        server = Server(f"http://127.0.0.1:{port}", process, log_path, env)
+        try:
+            wait_http(f"{server.base}/", process)
+            yield server
+        finally:
+            stop(process)
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM, then SIGKILL if it does not exit within ``timeout``; the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
