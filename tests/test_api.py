@@ -274,3 +274,12 @@ def test_schema_documents_every_status_code(client: Client) -> None:
     cancel = paths["/api/actions/{id}/cancel/"]["post"]["responses"]
     assert {"202", "404", "409", "503"} <= set(cancel)
     assert "200" in paths["/api/actions/{id}/log/"]["get"]["responses"]
+
+
+def test_field_errors_come_with_one_readable_detail(api: APIClient) -> None:
+    response = post(api, {"handler": None, "idempotency_key": 5.5, "request": {"a": 1}})
+    body = response.json()
+    assert response.status_code == 400
+    assert body["detail"].startswith("Invalid body. handler: This field may not be null.")
+    assert body["code"] == "invalid"
+    assert set(body["errors"]) == {"handler"}

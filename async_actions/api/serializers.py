@@ -96,3 +96,6 @@ class ErrorSerializer(serializers.Serializer):
 
     detail = serializers.CharField()
     code = serializers.CharField(required=False)
+    errors = serializers.DictField(
+        required=False, help_text="Per-field messages when the body was invalid."
+    )

@@ -127,6 +127,10 @@ class ActionViewSet(
         if isinstance(exc, DatabaseError):
             exc = ServiceUnavailable()
         response = super().handle_exception(exc)
+        if isinstance(response.data, dict) and "detail" not in response.data:
+            response.data = _readable(response.data)
+        elif isinstance(response.data, list):
+            response.data = _readable({"body": response.data})
         if response.status_code in (429, 503):
             response["Retry-After"] = str(RETRY_AFTER)
         return response
@@ -265,6 +269,15 @@ class ActionViewSet(
     def log(self, request: Request, pk: str | None = None) -> Response:
         action = self.get_object()
         return Response({"id": str(action.pk), "log": action.log or []})
+
+
+def _readable(errors: dict[str, Any]) -> dict[str, Any]:
+    """Field errors as one readable ``detail``, with the per-field lists kept in ``errors``."""
+    parts = []
+    for name, messages in errors.items():
+        text = " ".join(str(m) for m in messages) if isinstance(messages, list) else str(messages)
+        parts.append(f"{name}: {text}")
+    return {"detail": "Invalid body. " + "; ".join(parts), "code": "invalid", "errors": errors}
 
 
 def _start_refused(outcome: OpStatus, handler: str) -> APIException:
