@@ -75,6 +75,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
     limit = raw.get("MAX_ACTIVE_PER_OWNER")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         errors.append(_bad("MAX_ACTIVE_PER_OWNER", limit, "None or a whole number, 1 or more"))
+    sweep = raw.get("SWEEP_INTERVAL")
+    if sweep is not None and (not _is_number(sweep) or sweep <= 0):
+        errors.append(_bad("SWEEP_INTERVAL", sweep, "None or seconds greater than 0"))
+    queue_name = raw.get("TASKS_QUEUE", DEFAULTS["TASKS_QUEUE"])
+    if not isinstance(queue_name, str) or not queue_name:
+        errors.append(_bad("TASKS_QUEUE", queue_name, "a queue name"))
     time_limit = raw.get("TIME_LIMIT")
     if time_limit is not None and (not _is_number(time_limit) or time_limit <= 0):
         errors.append(_bad("TIME_LIMIT", time_limit, "None or seconds greater than 0"))

@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     # Django Tasks backend alias used by the TasksRunner.
     "TASKS_BACKEND": "default",
+    # Queue name the TasksRunner enqueues on (workers listen to queues by name).
+    "TASKS_QUEUE": "default",
+    # Seconds between recovery sweeps in each worker process (None: STALE_AFTER / 2).
+    "SWEEP_INTERVAL": None,
     # Largest accepted request JSON in bytes.
     "MAX_REQUEST_BYTES": 1_000_000,
     # Largest progress ``data`` or response JSON in bytes.

@@ -45,9 +45,13 @@ ASYNC_ACTIONS = {
     "CANCEL_POLL_INTERVAL": 0.1,
     "SHUTDOWN_TIMEOUT": 2.0,
     "SHUTDOWN_GRACE": 2.0,
+    # Tests sweep explicitly; a background sweep would race their deliberately stale rows.
+    "SWEEP_INTERVAL": 3600.0,
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests"]  # noqa: F405  (tests/actions.py handlers)
+INSTALLED_APPS = [*INSTALLED_APPS, "django_tasks_db", "tests"]  # noqa: F405
+# The TasksRunner tests enqueue on the database backend and run db_worker in-process.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
 ROOT_URLCONF = "tests.urls"  # the example project's URLs plus tests/views.py

@@ -15,8 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from django.core import checks
-from django.db import DatabaseError, close_old_connections
-from django.utils import timezone
+from django.db import close_old_connections
 
 from async_actions.conf import action_settings
 from async_actions.runners.base import BaseRunner
@@ -49,6 +48,9 @@ class ThreadRunner(BaseRunner):
         self._spawned = 0
         atexit.register(self.shutdown)
         _install_sigterm()
+        from async_actions import recovery
+
+        recovery.start_periodic()  # finds actions a crashed process left running
 
     def dispatch(self, action_id: UUID) -> None:
         if not self.accepting:
@@ -164,15 +166,12 @@ class ThreadRunner(BaseRunner):
 
 
 def _mark_failed(ids: list[UUID], error: str) -> None:
-    from async_actions.models import Action
+    """Fail actions still running at shutdown the usual way: expiry, push, key release."""
+    from async_actions import service
 
-    now = timezone.now()
-    try:
-        Action.objects.filter(pk__in=ids, status=Action.Status.RUNNING).update(
-            status=Action.Status.FAILED, error=error, finished_at=now, heartbeat_at=now
-        )
-    except DatabaseError:
-        logger.exception("Shutdown: could not mark %d actions failed", len(ids))
+    for pk in ids:
+        if service.fail(pk, error) is service.OpStatus.DB_FAILED:
+            logger.error("Shutdown: could not mark action %s failed", pk)
 
 
 def _install_sigterm() -> None:

@@ -1,0 +1,174 @@
+"""Finding work a dead process left behind, so nothing stays running forever.
+
+A running action's worker writes ``heartbeat_at`` every ``HEARTBEAT_INTERVAL``. One
+whose heartbeat is older than ``STALE_AFTER`` lost its worker (killed, crashed, the
+machine gone): the sweep fails it ("worker lost") or, when its handler allows more
+attempts, sends it back to pending. Pending actions whose dispatch was lost (a crash
+between commit and enqueue) are dispatched again; claims are conditional, so a
+duplicate dispatch is harmless. Every change is a conditional UPDATE, so sweepers in
+several processes never handle one row twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.db import DatabaseError, close_old_connections
+from django.db.models import F, Q
+from django.utils import timezone
+
+from async_actions import concurrency
+from async_actions.conf import action_settings
+from async_actions.handlers import get_handler
+from async_actions.models import Action
+
+logger = logging.getLogger("async_actions")
+
+WORKER_LOST = "The worker running this action stopped responding (worker lost)."
+
+
+@dataclass
+class SweepReport:
+    failed: list[UUID] = field(default_factory=list)
+    requeued: list[UUID] = field(default_factory=list)
+    redispatched: list[UUID] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.failed or self.requeued or self.redispatched)
+
+
+def stale_before(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) - timedelta(seconds=float(action_settings.STALE_AFTER))
+
+
+def stale_running(now: datetime | None = None) -> Q:
+    """Running actions whose worker has not been heard of for ``STALE_AFTER``."""
+    cutoff = stale_before(now)
+    return Q(status=Action.Status.RUNNING) & (
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+
+
+def lost_pending(now: datetime | None = None) -> Q:
+    """Pending, due, and older than ``STALE_AFTER``: its dispatch may have been lost."""
+    now = now or timezone.now()
+    return Q(status=Action.Status.PENDING, created_at__lt=stale_before(now)) & (
+        Q(run_after__isnull=True) | Q(run_after__lt=stale_before(now))
+    )
+
+
+def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
+    """Fail or requeue stale running actions; dispatch lost pending ones again."""
+    from async_actions import service
+    from async_actions.runners import get_runner
+
+    now = now or timezone.now()
+    report = SweepReport()
+    stale = list(
+        Action.objects.filter(stale_running(now)).values_list(
+            "pk", "handler", "attempt", "concurrency_key"
+        )
+    )
+    for pk, handler_name, attempt, key in stale:
+        handler = get_handler(handler_name)
+        retry = handler is not None and attempt < handler.max_attempts
+        if dry_run:
+            (report.requeued if retry else report.failed).append(pk)
+            continue
+        if retry:
+            if _requeue(pk, attempt, handler.max_attempts, now):
+                report.requeued.append(pk)
+                service._after_change(pk)  # watchers see it waiting again
+                concurrency.release(key)
+                get_runner().dispatch(pk)
+        elif _fail(pk, now):
+            report.failed.append(pk)
+            service._after_change(pk, finished=Action.Status.FAILED)
+    waiting = Action.objects.filter(lost_pending(now)).values_list("pk", "concurrency_key")
+    keys: set[str] = set()
+    for pk, key in waiting:
+        if key:
+            keys.add(key)  # the oldest waiter of each key, once the key is free
+            continue
+        report.redispatched.append(pk)
+        if not dry_run:
+            get_runner().dispatch(pk)
+    if not dry_run:
+        for key in keys:
+            concurrency.release(key)
+    if report:
+        logger.warning(
+            "Recovery: %d failed (worker lost), %d requeued, %d dispatched again%s",
+            len(report.failed),
+            len(report.requeued),
+            len(report.redispatched),
+            " (dry run)" if dry_run else "",
+        )
+    return report
+
+
+def _fail(pk: UUID, now: datetime) -> bool:
+    from async_actions.progress import retention
+
+    return bool(
+        Action.objects.filter(stale_running(now), pk=pk).update(
+            status=Action.Status.FAILED,
+            error=WORKER_LOST,
+            finished_at=now,
+            expires_at=now + retention(),
+            seq=F("seq") + 1,
+        )
+    )
+
+
+def _requeue(pk: UUID, attempt: int, max_attempts: int, now: datetime) -> bool:
+    note = f"Attempt {attempt} of {max_attempts} lost its worker; trying again."
+    return bool(
+        Action.objects.filter(stale_running(now), pk=pk).update(
+            status=Action.Status.PENDING,
+            message=note,
+            percent=0.0,
+            run_after=None,
+            heartbeat_at=None,
+            seq=F("seq") + 1,
+        )
+    )
+
+
+# -- the periodic sweep in each worker process ---------------------------------------
+
+_periodic: threading.Thread | None = None
+_periodic_lock = threading.Lock()
+
+
+def interval() -> float:
+    value = action_settings.SWEEP_INTERVAL
+    return float(value) if value is not None else float(action_settings.STALE_AFTER) / 2
+
+
+def start_periodic() -> None:
+    """Sweep every ``SWEEP_INTERVAL`` on a daemon thread (once per process)."""
+    global _periodic
+    with _periodic_lock:
+        if _periodic is not None and _periodic.is_alive():
+            return
+        _periodic = threading.Thread(target=_loop, name="async-actions-sweeper", daemon=True)
+        _periodic.start()
+
+
+def _loop() -> None:
+    while True:
+        time.sleep(interval())
+        try:
+            sweep()
+        except DatabaseError:
+            logger.exception("Recovery sweep failed; trying again in %gs", interval())
+        except Exception:  # the sweeper must outlive any single bad row
+            logger.exception("Recovery sweep failed unexpectedly")
+        finally:
+            close_old_connections()

@@ -1,0 +1,144 @@
+"""Recovery: stale running actions are failed or requeued, lost dispatches resent."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import close_old_connections
+from django.utils import timezone
+
+from async_actions import recovery
+from async_actions.handlers import handler, unregister
+from async_actions.models import Action
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def retried_handler() -> Any:
+    @handler("tests.recover_twice", max_attempts=2)
+    def recover_twice(ctx: Any) -> Any:
+        return {"attempt": ctx.request.get("n", 0)}
+
+    yield recover_twice
+    unregister("tests.recover_twice")
+
+
+def running(handler_name: str = "tests.echo", age: float = 60, **fields: Any) -> Action:
+    long_ago = timezone.now() - timedelta(seconds=age)
+    return Action.objects.create(
+        handler=handler_name,
+        status=Action.Status.RUNNING,
+        started_at=long_ago,
+        heartbeat_at=long_ago,
+        attempt=1,
+        **fields,
+    )
+
+
+def test_stale_running_action_is_failed_as_worker_lost() -> None:
+    lost = running()
+    report = recovery.sweep()
+    assert report.failed == [lost.pk]
+    lost.refresh_from_db()
+    assert lost.status == "failed"
+    assert "worker lost" in lost.error
+    assert lost.finished_at is not None and lost.expires_at > lost.finished_at
+    assert lost.seq == 1
+
+
+def test_fresh_heartbeat_is_left_alone() -> None:
+    alive = running(age=0.5)
+    assert not recovery.sweep()
+    alive.refresh_from_db()
+    assert alive.status == "running"
+
+
+def test_stale_action_with_attempts_left_is_requeued_and_runs_again(
+    retried_handler: Any, runner: Any
+) -> None:
+    lost = running("tests.recover_twice", request={"n": 2})
+    report = recovery.sweep()
+    assert report.requeued == [lost.pk]
+    final = wait_for(lambda: Action.objects.filter(pk=lost.pk).finished().first())
+    assert final.status == "succeeded"
+    assert final.attempt == 2
+    assert final.response == {"attempt": 2}
+
+
+def test_last_attempt_is_failed_not_requeued(retried_handler: Any) -> None:
+    lost = running("tests.recover_twice")
+    Action.objects.filter(pk=lost.pk).update(attempt=2)
+    assert recovery.sweep().failed == [lost.pk]
+
+
+def test_unknown_handler_is_failed() -> None:
+    lost = running("gone.away")
+    assert recovery.sweep().failed == [lost.pk]
+
+
+def test_lost_pending_dispatch_is_sent_again(runner: Any) -> None:
+    old = timezone.now() - timedelta(seconds=60)
+    pending = Action.objects.create(handler="tests.echo", request={"x": 1})
+    Action.objects.filter(pk=pending.pk).update(created_at=old)
+    report = recovery.sweep()
+    assert report.redispatched == [pending.pk]
+    final = wait_for(lambda: Action.objects.filter(pk=pending.pk).finished().first())
+    assert final.status == "succeeded"
+
+
+def test_stale_holder_of_a_concurrency_key_frees_the_key_for_its_waiter(runner: Any) -> None:
+    from tests import capability_actions  # noqa: F401  (caps.* handlers)
+
+    holder = running("caps.import_one", concurrency_key="site-import")
+    waiter = Action.objects.create(
+        handler="caps.import_one", request={"hold": 0}, concurrency_key="site-import"
+    )
+    assert recovery.sweep().failed == [holder.pk]
+    final = wait_for(lambda: Action.objects.filter(pk=waiter.pk).finished().first())
+    assert final.status == "succeeded"
+
+
+def test_dry_run_reports_without_changing() -> None:
+    lost = running()
+    report = recovery.sweep(dry_run=True)
+    assert report.failed == [lost.pk]
+    lost.refresh_from_db()
+    assert lost.status == "running"
+
+
+def test_two_sweepers_racing_handle_each_row_once() -> None:
+    lost = [running() for _ in range(20)]
+    reports: list[recovery.SweepReport] = []
+    barrier = threading.Barrier(2)
+
+    def sweeper() -> None:
+        barrier.wait()
+        try:
+            reports.append(recovery.sweep())
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=sweeper) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = [pk for report in reports for pk in report.failed]
+    assert sorted(failed) == sorted(a.pk for a in lost)  # each exactly once
+    assert Action.objects.filter(status="failed").count() == 20
+
+
+def test_recover_command_prints_what_it_did(capsys: Any) -> None:
+    lost = running()
+    call_command("async_actions_recover", "--dry-run")
+    assert "1 actions would be failed (worker lost)" in capsys.readouterr().out
+    call_command("async_actions_recover")
+    out = capsys.readouterr().out
+    assert "1 actions were failed (worker lost)" in out and str(lost.pk) in out
+    assert Action.objects.get(pk=lost.pk).status == "failed"

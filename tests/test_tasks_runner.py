@@ -1,0 +1,108 @@
+"""TasksRunner: dispatch through Django's Tasks framework (database backend), run by
+``db_worker``; duplicate deliveries never run an action twice."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+
+from async_actions import service
+from async_actions.models import Action
+from async_actions.runners import get_runner, reset_runner
+from async_actions.runners.tasks import TasksRunner, run_action
+from async_actions.tasks_compat import SOURCE
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TASKS_RUNNER = {
+    "RUNNER": "async_actions.runners.tasks.TasksRunner",
+    "HEARTBEAT_INTERVAL": 0.5,
+    "STALE_AFTER": 5.0,
+    "SWEEP_INTERVAL": 3600.0,
+}
+
+
+@pytest.fixture
+def tasks_runner() -> Any:
+    with override_settings(ASYNC_ACTIONS=TASKS_RUNNER):
+        reset_runner()
+        yield get_runner()
+    reset_runner()
+
+
+def work(max_tasks: int | None = None) -> None:
+    """Run a db_worker in this process until the queue is empty."""
+    args = ["db_worker", "--batch", "--no-startup-delay", "--interval", "0.05", "-v0"]
+    if max_tasks:
+        args += ["--max-tasks", str(max_tasks)]
+    call_command(*args)
+
+
+def test_compat_module_picks_the_framework_of_this_django() -> None:
+    import django
+
+    assert ("django.tasks" if django.VERSION >= (6, 0) else "django_tasks") == SOURCE
+
+
+def test_start_enqueues_a_task_that_a_worker_runs(tasks_runner: Any) -> None:
+    assert isinstance(tasks_runner, TasksRunner)
+    started = service.start("tests.echo", {"via": "tasks"})
+    assert Action.objects.get(pk=started.action.pk).status == "pending"
+    assert DBTaskResult.objects.count() == 1
+    work()
+    action = Action.objects.get(pk=started.action.pk)
+    assert action.status == "succeeded"
+    assert action.response == {"echo": {"via": "tasks"}}
+
+
+def test_duplicate_delivery_runs_the_action_once(tasks_runner: Any) -> None:
+    started = service.start("tests.logs", {"count": 1})
+    for _ in range(3):  # the same message delivered again and again
+        tasks_runner.dispatch(started.action.pk)
+    assert DBTaskResult.objects.count() == 4
+    work()
+    action = Action.objects.get(pk=started.action.pk)
+    assert action.status == "succeeded"
+    assert action.attempt == 1
+    assert [entry["message"] for entry in action.log] == ["line 0"]
+
+
+def test_delayed_dispatch_uses_run_after(tasks_runner: Any) -> None:
+    started = service.start("tests.echo")
+    when = timezone.now() + timedelta(hours=1)
+    DBTaskResult.objects.all().delete()
+    tasks_runner.dispatch_at(started.action.pk, when)
+    task = DBTaskResult.objects.get()
+    assert abs((task.run_after - when).total_seconds()) < 1
+
+
+def test_start_inside_a_rolled_back_transaction_enqueues_nothing(tasks_runner: Any) -> None:
+    from django.db import transaction
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        service.start("tests.echo")
+        raise RuntimeError("roll back")
+    assert DBTaskResult.objects.count() == 0
+    assert Action.objects.count() == 0
+
+
+def test_task_for_an_unknown_or_finished_action_is_a_no_op(tasks_runner: Any) -> None:
+    done = Action.objects.create(handler="tests.echo", status="succeeded")
+    run_action.using(backend="default").enqueue(str(done.pk))
+    work()
+    assert Action.objects.get(pk=done.pk).status == "succeeded"
+
+
+def test_check_reports_a_missing_backend_alias() -> None:
+    with override_settings(ASYNC_ACTIONS={**TASKS_RUNNER, "TASKS_BACKEND": "nope"}):
+        reset_runner()
+        messages = list(get_runner().check())
+    reset_runner()
+    assert [m.id for m in messages] == ["async_actions.E020"]
+    assert "'nope'" in messages[0].msg
