@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -83,3 +84,36 @@ def add(a: int, b: int) -> int:
     if ctx is not None:
         ctx.set_progress(50, "adding")
     return a + b
+
+
+def _record_run(ctx: ActionContext) -> None:
+    """One line per run in AA_RUN_LOG, so a test across processes can count runs."""
+    path = os.environ.get("AA_RUN_LOG")
+    if path:
+        line = f"{ctx.action_id} {ctx.attempt} {os.getpid()}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def _steps(ctx: ActionContext) -> Any:
+    _record_run(ctx)
+    steps = int(ctx.request.get("steps", 5))
+    for i in range(steps):
+        ctx.raise_if_cancelled()
+        ctx.set_progress(100 * i / steps, f"step {i + 1} of {steps}", {"pid": os.getpid()})
+        ctx.wait_cancelled(float(ctx.request.get("delay", 0.02)))
+    ctx.raise_if_cancelled()
+    return {"steps": steps, "pid": os.getpid()}
+
+
+@handler("tests.scaled_work")
+def scaled_work(ctx: ActionContext) -> Any:
+    return _steps(ctx)
+
+
+@handler("tests.scaled_retry", max_attempts=2)
+def scaled_retry(ctx: ActionContext) -> Any:
+    return _steps(ctx)

@@ -36,6 +36,14 @@ def run_action(action_id: str) -> str | None:
 class TasksRunner(BaseRunner):
     """Enqueues on the Tasks backend ``TASKS_BACKEND``, queue ``TASKS_QUEUE``."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        from async_actions import recovery
+
+        # Web processes sweep too: a worker that dies may leave no worker that has
+        # run a task yet, and so none whose sweeper is started.
+        recovery.start_periodic()
+
     def _task(self, **options: Any) -> Any:
         return run_action.using(
             backend=str(action_settings.TASKS_BACKEND),

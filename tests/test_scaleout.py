@@ -1,0 +1,234 @@
+"""Scaled out for real: two daphne processes, two db_worker processes, PostgreSQL, Redis.
+
+Actions are started through the API of both servers and run by workers in other
+processes; a WebSocket on server A sees progress of an action a worker publishes
+through Redis; a cancel reaches a worker in another process; a worker killed with
+SIGKILL mid-action is noticed by heartbeat and its action failed or retried. At the
+end nothing is left running and no action ran twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import need, postgres_available, redis_available
+from tests.servers import ROOT, Server, daphne, manage, stop
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+SETUP = """
+from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+from rest_framework.authtoken.models import Token
+user = get_user_model().objects.create_user('ops', password='pw')
+session = SessionStore()
+session[SESSION_KEY] = str(user.pk)
+session[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'
+session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+session.create()
+print(Token.objects.create(user=user).key, session.session_key)
+"""
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(
+        host=os.environ.get("AA_PG_HOST", "127.0.0.1"), user="postgres", dbname="postgres"
+    ) as conn:
+        conn.autocommit = True
+        conn.execute(sql)
+
+
+class Cluster:
+    def __init__(self, env: dict, tmp: Path, token: str, session: str) -> None:
+        self.env, self.tmp, self.token, self.session = env, tmp, token, session
+        self.servers: list[Server] = []
+        self.workers: list[subprocess.Popen] = []
+
+    def start_worker(self) -> subprocess.Popen:
+        log = open(self.tmp / f"worker{len(self.workers)}.log", "w")  # noqa: SIM115
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "db_worker", "--interval", "0.05",
+             "--no-startup-delay", "--no-reload"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.workers.append(worker)
+        return worker
+
+    def api(self, server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{server.base}/api/actions/{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Token {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def start(self, server: Server, handler: str, **request: Any) -> str:
+        status, body = self.api(server, "POST", "", {"handler": handler, "request": request})
+        assert status == 201, body
+        return body["id"]
+
+    def get(self, pk: str) -> dict:
+        status, body = self.api(self.servers[0], "GET", f"{pk}/")
+        assert status == 200, body
+        return body
+
+    def wait(self, pk: str, predicate: Any, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            action = self.get(pk)
+            if predicate(action):
+                return action
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pk} did not get there in {timeout}s: {action}")
+            time.sleep(0.05)
+
+    def runs(self) -> list[tuple[str, int, int]]:
+        path = Path(self.env["AA_RUN_LOG"])
+        if not path.exists():
+            return []
+        return [
+            (pk, int(attempt), int(pid))
+            for pk, attempt, pid in (line.split() for line in path.read_text().splitlines())
+        ]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    need(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
+    need(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
+    tmp = tmp_path_factory.mktemp("scaled")
+    name = f"aa_scaled_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings_scaled",
+        "AA_SCALED_DB": name,
+        "AA_REDIS_PREFIX": f"aa-test-{name}",
+        "AA_RUN_LOG": str(tmp / "runs.log"),
+        "PYTHONPATH": str(ROOT),
+    }
+    try:
+        manage(env, "migrate", "--noinput", "-v0")
+        token, session = manage(env, "shell", "-c", SETUP).split()[-2:]
+        cluster = Cluster(env, tmp, token, session)
+        with ExitStack() as stack:
+            for letter in "ab":
+                cluster.servers.append(
+                    stack.enter_context(daphne(env, tmp / f"daphne-{letter}.log", migrate=False))
+                )
+            for _ in range(2):
+                cluster.start_worker()
+            try:
+                yield cluster
+            finally:
+                for worker in cluster.workers:
+                    stop(worker)
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _watch(cluster: Cluster, server: Server, pk: str) -> list[dict]:
+    from websockets.asyncio.client import connect
+
+    url = server.base.replace("http://", "ws://") + f"/ws/async-actions/{pk}/"
+    headers = {"Cookie": f"sessionid={cluster.session}", "Origin": server.base}
+    events: list[dict] = []
+    async with connect(url, additional_headers=headers, open_timeout=10) as socket:
+        while True:
+            message = json.loads(await asyncio.wait_for(socket.recv(), timeout=30))
+            assert message["type"] == "update", message
+            event = message["action"]
+            events.append(event)
+            if event["status"] in ("succeeded", "failed", "cancelled"):
+                return events
+
+
+def test_fifty_actions_through_both_servers_each_run_once_by_the_workers(cluster: Cluster):
+    a, b = cluster.servers
+    ids = [cluster.start(a if i % 2 else b, "tests.scaled_work", steps=3) for i in range(50)]
+    finals = [cluster.wait(pk, lambda x: x["status"] == "succeeded") for pk in ids]
+    pids = {final["response"]["pid"] for final in finals}
+    assert pids <= {w.pid for w in cluster.workers}
+    assert len(pids) == 2, "both workers should have taken work"
+    runs = Counter(pk for pk, _attempt, _pid in cluster.runs() if pk in set(ids))
+    assert set(runs.values()) == {1} and len(runs) == 50
+
+
+def test_tab_on_server_a_sees_progress_a_worker_publishes(cluster: Cluster) -> None:
+    a, b = cluster.servers
+    pk = cluster.start(b, "tests.scaled_work", steps=10, delay=0.15)
+    events = asyncio.run(_watch(cluster, a, pk))
+    progress = [e for e in events if e["status"] == "running" and e["percent"] > 0]
+    assert len(progress) >= 3, events
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs)
+    assert events[-1]["status"] == "succeeded"
+    assert events[-1]["percent"] == 100
+
+
+def test_cancel_through_one_server_stops_the_worker_in_another_process(cluster: Cluster):
+    a, b = cluster.servers
+    pk = cluster.start(a, "tests.scaled_work", steps=200, delay=0.1)
+    cluster.wait(pk, lambda x: x["status"] == "running" and x["percent"] > 0)
+    status, body = cluster.api(b, "POST", f"{pk}/cancel/")
+    assert status == 202, body
+    final = cluster.wait(pk, lambda x: x["status"] != "running", timeout=10)
+    assert final["status"] == "cancelled"
+    assert final["percent"] < 50
+
+
+def _running_pid(cluster: Cluster, pk: str) -> int:
+    for run_pk, _attempt, pid in reversed(cluster.runs()):
+        if run_pk == pk:
+            return pid
+    raise AssertionError(f"{pk} has not run")
+
+
+def test_killed_worker_is_noticed_and_its_action_failed_or_retried(cluster: Cluster) -> None:
+    a, _b = cluster.servers
+    once = cluster.start(a, "tests.scaled_work", steps=400, delay=0.05)
+    cluster.wait(once, lambda x: x["status"] == "running" and x["percent"] > 0)
+    os.kill(_running_pid(cluster, once), signal.SIGKILL)
+    cluster.start_worker()  # what a supervisor would do
+    failed = cluster.wait(once, lambda x: x["status"] != "running", timeout=20)
+    assert failed["status"] == "failed"
+    assert "worker lost" in failed["error"]
+
+    twice = cluster.start(a, "tests.scaled_retry", steps=30, delay=0.05)
+    cluster.wait(twice, lambda x: x["status"] == "running" and x["percent"] > 0)
+    first_pid = _running_pid(cluster, twice)
+    os.kill(first_pid, signal.SIGKILL)
+    cluster.start_worker()
+    final = cluster.wait(twice, lambda x: x["status"] in ("succeeded", "failed"), timeout=30)
+    assert final["status"] == "succeeded"
+    assert final["attempt"] == 2
+    assert final["response"]["pid"] != first_pid
+
+
+def test_nothing_is_left_running_and_no_attempt_ran_twice(cluster: Cluster) -> None:
+    status, body = cluster.api(cluster.servers[0], "GET", "?status=pending,running")
+    assert status == 200 and body["count"] == 0, body
+    attempts = Counter((pk, attempt) for pk, attempt, _pid in cluster.runs())
+    assert attempts and set(attempts.values()) == {1}
