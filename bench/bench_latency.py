@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,8 +29,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import machine, percentile, write_section
+
 TMP = Path(tempfile.mkdtemp(prefix="aa-bench-latency-"))
 os.environ["DJANGO_SETTINGS_MODULE"] = "example_project.settings"
 os.environ["DEMO_SQLITE_PATH"] = str(TMP / "db.sqlite3")
@@ -57,15 +58,7 @@ from async_actions.executor import claim  # noqa: E402
 from async_actions.models import Action  # noqa: E402
 from async_actions.progress import Publisher  # noqa: E402
 
-DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- bench:latency -->", "<!-- /bench:latency -->"
 TARGET_P50_MS, TARGET_P99_MS = 5.0, 25.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def measure(updates: int, warmup: int) -> list[float]:
@@ -132,7 +125,6 @@ def section(samples: list[float], updates: int) -> str:
     )
     return "\n".join(
         [
-            START,
             "## Progress latency: worker thread to WebSocket client",
             "",
             "`python bench/bench_latency.py` — embedded default (SQLite file, in-memory channel",
@@ -150,24 +142,9 @@ def section(samples: list[float], updates: int) -> str:
             f"{p99:.2f} ms | {max(samples):.2f} ms | "
             f"≤ {TARGET_P50_MS:.0f} ms / ≤ {TARGET_P99_MS:.0f} ms: {verdict} |",
             "",
-            f"Machine: {platform.python_implementation()} {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}; "
-            f"mean {statistics.fmean(samples):.2f} ms.",
-            END,
+            f"Machine: {machine()}; mean {statistics.fmean(samples):.2f} ms.",
         ]
     )
-
-
-def write(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# Performance\n"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        after = rest.split(END, 1)[1]
-        current = before + text + after
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(current)
 
 
 def main() -> None:
@@ -181,7 +158,7 @@ def main() -> None:
     text = section(samples, args.updates)
     print(text)
     if not args.no_write:
-        write(text)
+        write_section("latency", text)
 
 
 if __name__ == "__main__":

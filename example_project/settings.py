@@ -1,4 +1,13 @@
-"""Settings for the demo site: embedded by default (SQLite, in-memory layer, threads)."""
+"""Settings for the demo site.
+
+Two profiles, chosen by ``DEMO_PROFILE``:
+
+- ``embedded`` (default): SQLite, the in-memory channel layer, the thread runner. One
+  process, nothing else to run.
+- ``scaled``: PostgreSQL, the Redis channel layer and the Tasks runner on the database
+  backend of django-tasks-db: any number of daphne processes and ``db_worker`` processes
+  share the work (see docs/deploy.md).
+"""
 
 from __future__ import annotations
 
@@ -91,13 +100,6 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = BASE_DIR / "media"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
-    ],
-}
-
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -119,3 +121,32 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
 }
+
+# --- The scaled profile ---------------------------------------------------------------
+DEMO_PROFILE = os.environ.get("DEMO_PROFILE", "embedded")
+if DEMO_PROFILE == "scaled":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("DEMO_PG_NAME", "async_actions_demo"),
+            "USER": os.environ.get("DEMO_PG_USER", "postgres"),
+            "PASSWORD": os.environ.get("DEMO_PG_PASSWORD", ""),
+            "HOST": os.environ.get("DEMO_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("DEMO_PG_PORT", "5432"),
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/0")]},
+        }
+    }
+    INSTALLED_APPS.append("django_tasks_db")
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    ASYNC_ACTIONS["RUNNER"] = "async_actions.runners.tasks.TasksRunner"
+elif DEMO_PROFILE != "embedded":
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"DEMO_PROFILE is {DEMO_PROFILE!r}; use 'embedded' (the default) or 'scaled'."
+    )

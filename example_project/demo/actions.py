@@ -59,3 +59,8 @@ def flaky_sync(ctx: ActionContext) -> dict[str, Any]:
     if ctx.attempt == 1:
         raise FlakyUpstream("the upstream timed out")
     return {"attempt": ctx.attempt}
+
+
+@handler("demo.noop")
+def noop(ctx: ActionContext) -> None:
+    """Does nothing: the benchmarks measure what an action costs besides its work."""

@@ -1,0 +1,237 @@
+"""Scaled out on PostgreSQL and Redis: progress latency across processes, and throughput.
+
+1. Latency from ``ctx.set_progress`` in this process to a WebSocket client of a separate
+   daphne process: set_progress -> Publisher -> Redis channel layer -> daphne ->
+   ActionConsumer -> TCP WebSocket frame. ``PUSH_INTERVAL`` is 0 in the publishing
+   process so every update is pushed; one update at a time so nothing queues.
+2. Throughput: no-op actions per second with 2 ``db_worker`` processes (django-tasks-db
+   on PostgreSQL), from the first start to the last finish, median of repetitions.
+3. Start latency with idle workers: ``created_at`` -> ``started_at`` of one action at a
+   time (bounded below by the workers' ``--interval``, 0.05 s here).
+
+Runs the demo project's ``scaled`` profile in a fresh database it drops afterwards.
+Usage: python bench/bench_scaleout.py [--updates 1000] [--actions 300] [--repeat 3]
+Needs PostgreSQL and Redis on 127.0.0.1. Writes the bench:scaleout section of
+docs/performance.md (unless --no-write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._common import ROOT, free_port, machine, percentile, stop, wait_port, write_section
+
+DATABASE = f"aa_bench_{uuid.uuid4().hex[:8]}"
+ENV = {
+    **os.environ,
+    "DJANGO_SETTINGS_MODULE": "example_project.settings",
+    "DEMO_PROFILE": "scaled",
+    "DEMO_PG_NAME": DATABASE,
+    "DJANGO_DEBUG": "0",
+    "PYTHONPATH": str(ROOT),
+}
+TARGET_P50_MS = 10.0
+
+
+def _admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres") as conn:
+        conn.autocommit = True
+        conn.execute(sql)
+
+
+def _setup_django() -> None:
+    os.environ.update({k: v for k, v in ENV.items() if k.startswith(("DJANGO", "DEMO"))})
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "PUSH_INTERVAL": 0.0}
+    settings.LOGGING = {"version": 1}
+    from async_actions.conf import action_settings
+
+    action_settings.reload()
+
+
+async def _latency(port: int, updates: int, warmup: int) -> list[float]:
+    from asgiref.sync import sync_to_async
+    from django.contrib.sessions.backends.db import SessionStore
+    from websockets.asyncio.client import connect
+
+    from async_actions.context import ActionContext
+    from async_actions.executor import claim
+    from async_actions.models import Action
+    from async_actions.progress import Publisher
+
+    session = SessionStore()
+    await sync_to_async(session.save)()
+    action = await Action.objects.acreate(handler="demo.noop", session_key=session.session_key)
+    action = await sync_to_async(claim)(action.pk)
+    ctx = ActionContext(action, Publisher(action))
+    url = f"ws://127.0.0.1:{port}/ws/async-actions/{action.pk}/"
+    headers = {"Cookie": f"sessionid={session.session_key}", "Origin": f"http://127.0.0.1:{port}"}
+    loop = asyncio.get_running_loop()
+    arrived = threading.Event()
+    samples: list[float] = []
+    async with connect(url, additional_headers=headers, open_timeout=10) as socket:
+        await asyncio.wait_for(socket.recv(), 10)  # the snapshot
+        total = updates + warmup
+
+        def worker() -> None:
+            for i in range(total):
+                arrived.clear()
+                ctx.set_progress(100 * i / total, f"update {i}", {"t": time.perf_counter()})
+                if not arrived.wait(5):
+                    raise SystemExit(f"update {i} did not arrive within 5 s")
+
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        for i in range(total):
+            text = await asyncio.wait_for(socket.recv(), 10)
+            now = time.perf_counter()
+            sent = json.loads(text)["action"]["data"]["t"]
+            if i >= warmup:
+                samples.append((now - sent) * 1000)
+            loop.call_soon(arrived.set)
+        await loop.run_in_executor(None, thread.join, 10)
+    return samples
+
+
+def _wait_finished(ids: list, timeout: float = 300) -> None:
+    from async_actions.models import Action
+
+    deadline = time.monotonic() + timeout
+    while Action.objects.filter(pk__in=ids, finished_at__isnull=True).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"actions unfinished after {timeout}s")
+        time.sleep(0.02)
+
+
+def _throughput(actions: int) -> float:
+    from async_actions import service
+    from async_actions.models import Action
+
+    ids = []
+    t0 = time.perf_counter()
+    for _ in range(actions):
+        result = service.start("demo.noop", {}, session_key="bench")
+        assert result.ok, result
+        ids.append(result.action.pk)
+    _wait_finished(ids)
+    elapsed = time.perf_counter() - t0
+    assert Action.objects.filter(pk__in=ids, status="succeeded").count() == actions
+    return actions / elapsed
+
+
+def _start_latency(samples: int) -> list[float]:
+    from async_actions import service
+    from async_actions.models import Action
+
+    out = []
+    for _ in range(samples):
+        result = service.start("demo.noop", {}, session_key="bench")
+        _wait_finished([result.action.pk])
+        action = Action.objects.get(pk=result.action.pk)
+        out.append((action.started_at - action.created_at).total_seconds() * 1000)
+        time.sleep(0.1)  # workers idle again: measure the idle path
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--actions", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=30)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    _admin(f'CREATE DATABASE "{DATABASE}"')
+    processes: list[subprocess.Popen] = []
+    try:
+        _setup_django()
+        from django.core.management import call_command
+        from django.db import connection
+
+        call_command("migrate", verbosity=0)
+        port = free_port()
+        logs = open(os.devnull, "w")  # noqa: SIM115
+        daphne = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "example_project.asgi:application"],
+            cwd=ROOT, env=ENV, stdout=logs, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        processes.append(daphne)
+        wait_port(port, daphne)
+        latency = asyncio.run(_latency(port, args.updates, args.warmup))
+
+        worker = [sys.executable, "manage.py", "db_worker", "--no-reload"]
+        worker += ["--interval", "0.05", "--no-startup-delay"]
+        for _ in range(2):
+            processes.append(
+                subprocess.Popen(worker, cwd=ROOT, env=ENV, stdout=logs, stderr=subprocess.STDOUT)
+            )
+        _throughput(20)  # warm-up: both workers importing, connections open
+        rates = [_throughput(args.actions) for _ in range(args.repeat)]
+        starts = _start_latency(args.starts)
+        connection.close()
+    finally:
+        for process in processes:
+            stop(process)
+        _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+
+    p50 = percentile(latency, 50)
+    verdict = "meets the target" if p50 <= TARGET_P50_MS else "MISSES the target"
+    body = f"""
+## Scaled out: across processes through Redis, and 2 workers
+
+`python bench/bench_scaleout.py` — the demo's `scaled` profile (PostgreSQL, Redis channel
+layer, `TasksRunner` on django-tasks-db) in a fresh database.
+
+**Latency** from `ctx.set_progress` in one process to the frame a WebSocket client of a
+separate daphne process receives (Redis, daphne, TCP on loopback included;
+`PUSH_INTERVAL` 0 so every update is pushed; one update in flight at a time):
+
+| updates | p50 | p90 | p99 | max | target p50 |
+| ---: | ---: | ---: | ---: | ---: | --- |
+| {len(latency)} | {p50:.2f} ms | {percentile(latency, 90):.2f} ms | \
+{percentile(latency, 99):.2f} ms | {max(latency):.2f} ms | ≤ {TARGET_P50_MS:.0f} ms: {verdict} |
+
+**Throughput** of a no-op handler with 2 `db_worker` processes (`--interval 0.05`), from
+the first `service.start` to the last finish, {args.actions} actions, {args.repeat} runs:
+median **{statistics.median(rates):.0f} actions/s** (runs: \
+{", ".join(f"{r:.0f}" for r in rates)}). The machine's 2 cores are shared by this
+process, both workers, PostgreSQL and Redis, and the work is CPU-bound: profiled in one
+process (cProfile around `executor.execute`), an action costs about 20 ms of our code, of
+which the claim (ORM compile, conditional `UPDATE`, commit, reload) is about 9 ms, the
+finish (result write, final push through Redis) about 5 ms, and a new database connection
+about 5 ms (`CONN_MAX_AGE` 0); django-tasks-db's poll, claim and result rows come on top.
+More workers on more cores scale it; the database backend's polling is the next limit.
+
+**Start latency** with idle workers, `created_at` → `started_at`, {len(starts)} actions
+one at a time: p50 {percentile(starts, 50):.1f} ms, p90 {percentile(starts, 90):.1f} ms,
+max {max(starts):.1f} ms (the workers' poll interval is 50 ms).
+
+Machine: {machine()}; PostgreSQL and Redis on loopback.
+"""
+    print(body)
+    if not args.no_write:
+        write_section("scaleout", body)
+
+
+if __name__ == "__main__":
+    main()
