@@ -369,7 +369,6 @@ def perform(
         user=user,
         session_key=session_key,
         idempotency_key=idempotency_key,
-        _trusted=True,
     )
 
 
