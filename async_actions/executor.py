@@ -13,7 +13,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    close_old_connections,
+    connections,
+    transaction,
+)
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -98,7 +104,7 @@ def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = No
     ``on_abandon`` is called (from another thread) if the handler outlives its hard time
     limit, so the runner can replace the thread that is stuck in it.
     """
-    close_old_connections()
+    keep_connection_if_healthy()
     try:
         action, key_busy = _claim(action_id)
         if action is None and not key_busy:  # a busy key's holder wakes it when done
@@ -112,7 +118,22 @@ def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = No
     try:
         return run_claimed(action, on_abandon=on_abandon)
     finally:
-        close_old_connections()
+        keep_connection_if_healthy()
+
+
+def keep_connection_if_healthy() -> None:
+    """Keep this thread's database connections from one action to the next, unless broken.
+
+    Runner threads and task workers are not requests. ``close_old_connections`` with the
+    default ``CONN_MAX_AGE`` of 0 closes after every action, so every claim reconnected:
+    1 to 8 ms on SQLite (with its pragmas), about 5 ms to PostgreSQL, most of the start
+    latency. A connection that saw an error or fails its ping is closed as before.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None or conn.in_atomic_block:
+            continue
+        if conn.errors_occurred or not conn.is_usable():
+            conn.close()
 
 
 def _not_claimed(action_id: UUID | str) -> None:

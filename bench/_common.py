@@ -70,3 +70,51 @@ def stop(process: subprocess.Popen, timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def record(name: str, rows: list[dict]) -> None:
+    """Leave this benchmark's headline figures for bench/run_all.py's summary table.
+
+    Each row: figure, ours, peer, ratio, target, verdict (strings, already formatted).
+    """
+    import json
+
+    directory = os.environ.get("BENCH_RESULTS")
+    if directory:
+        Path(directory, f"{name}.json").write_text(json.dumps(rows, indent=1))
+
+
+async def http_get_loop(port: int, path: str, headers: dict, duration: float, conns: int) -> int:
+    """Requests completed by ``conns`` keep-alive connections in ``duration`` seconds.
+
+    A deliberately small HTTP/1.1 client: the load generator must cost the same for
+    both sides it compares, and must not be the bottleneck's noise source.
+    """
+    import asyncio
+
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    deadline = time.monotonic() + duration
+    done = 0
+
+    async def one() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < deadline:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = head.split(b" ", 2)[1]
+                if status != b"200":
+                    raise SystemExit(f"{path} answered {status.decode()}")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                done += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(conns)))
+    return done

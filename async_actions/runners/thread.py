@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from django.core import checks
-from django.db import close_old_connections
+from django.db import connections
 
 from async_actions.conf import action_settings
 from async_actions.runners.base import BaseRunner
@@ -94,7 +94,7 @@ class ThreadRunner(BaseRunner):
                         self._active_changed.notify_all()
             if abandoned:
                 break  # a replacement took this thread's slot
-        close_old_connections()
+        connections.close_all()  # this thread's own connections, kept between actions
 
     def _abandon(self, thread: threading.Thread, action_id: UUID) -> None:
         """Give up on a thread stuck past a hard time limit and start one in its place."""

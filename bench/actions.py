@@ -1,0 +1,39 @@
+"""Handlers the benchmarks run inside a server process (the ``bench`` app is installed
+only by bench/settings_peer.py)."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from async_actions.context import ActionContext
+from async_actions.handlers import handler
+
+
+@handler("bench.stamp")
+def stamp(ctx: ActionContext) -> dict[str, float]:
+    """Returns when its body started, for the start latency figure."""
+    return {"t": time.time()}
+
+
+@handler("bench.ticker")
+def ticker(ctx: ActionContext) -> dict[str, Any]:
+    """Reports progress ``hz`` times a second for ``seconds``, each stamped with time.time().
+
+    ``jitter`` spreads the updates randomly around the period, so a polling client
+    sees them at random phases of its interval.
+    """
+    hz, seconds = float(ctx.request.get("hz", 10)), float(ctx.request.get("seconds", 10))
+    jitter = bool(ctx.request.get("jitter", False))
+    count = int(hz * seconds)
+    start = time.monotonic()
+    for i in range(count):
+        due = start + (i + 1) / hz
+        if jitter:
+            due += random.uniform(-0.4, 0.4) / hz
+        delay = due - time.monotonic()
+        if delay > 0 and ctx.wait_cancelled(delay):
+            ctx.raise_if_cancelled()
+        ctx.set_progress(100 * i / count, f"tick {i}", {"t": time.time(), "i": i})
+    return {"ticks": count}
