@@ -37,3 +37,19 @@ def ticker(ctx: ActionContext) -> dict[str, Any]:
             ctx.raise_if_cancelled()
         ctx.set_progress(100 * i / count, f"tick {i}", {"t": time.time(), "i": i})
     return {"ticks": count}
+
+
+@handler("bench.aticker")
+async def aticker(ctx: ActionContext) -> dict[str, Any]:
+    """``bench.ticker`` as ``async def``: many at once share the runner's one event loop
+    instead of holding a thread each."""
+    import asyncio
+
+    hz, seconds = float(ctx.request.get("hz", 10)), float(ctx.request.get("seconds", 10))
+    count = int(hz * seconds)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(count):
+        await asyncio.sleep(max(0.0, start + (i + 1) / hz - loop.time()))
+        ctx.set_progress(100 * i / count, f"tick {i}", {"t": time.time(), "i": i})
+    return {"ticks": count}

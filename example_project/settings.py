@@ -79,7 +79,8 @@ DATABASES = {
     }
 }
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# Channels' in-memory layer, with expiry cleanup that does not grow with each message.
+CHANNEL_LAYERS = {"default": {"BACKEND": "async_actions.layers.InMemoryChannelLayer"}}
 
 ASYNC_ACTIONS: dict = {}
 
