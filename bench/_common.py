@@ -37,6 +37,8 @@ def write_section(name: str, body: str) -> str:
     if start in current and end in current:
         before, rest = current.split(start, 1)
         current = before + text + rest.split(end, 1)[1]
+    elif name == "summary" and current.startswith("# Performance\n"):
+        current = "# Performance\n\n" + text + "\n" + current[len("# Performance\n") :]
     else:
         current = current.rstrip("\n") + "\n\n" + text + "\n"
     DOC.write_text(current)
