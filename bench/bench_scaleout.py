@@ -246,7 +246,7 @@ Machine: {machine()}; PostgreSQL and Redis on loopback.
                 "ours": f"{p50:.2f} ms",
                 "peer": "",
                 "ratio": "",
-                "target": f"≤ {TARGET_P50_MS:.0f} ms ({verdict.split(":")[0]})",
+                "target": f"≤ {TARGET_P50_MS:.0f} ms ({verdict.split(':')[0]})",
             },
             {
                 "figure": "no-op actions per second, 2 db_worker processes",
