@@ -120,3 +120,35 @@ async def http_get_loop(port: int, path: str, headers: dict, duration: float, co
 
     await asyncio.gather(*(one() for _ in range(conns)))
     return done
+
+
+def django_with_user(env: dict) -> tuple[str, str]:
+    """Set up Django in this process as ``env`` says, migrate, and make a user.
+
+    Returns the user's API token and a logged-in session key, for the benchmark's
+    HTTP and WebSocket clients.
+    """
+    for key in ("DJANGO_SETTINGS_MODULE", "DEMO_SQLITE_PATH", "DJANGO_DEBUG", "BENCH_MAX_WORKERS"):
+        if key in env:
+            os.environ[key] = env[key]
+    import django
+
+    django.setup()
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+    )
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.core.management import call_command
+    from rest_framework.authtoken.models import Token
+
+    call_command("migrate", verbosity=0)
+    user = get_user_model().objects.create_user("bench", password="bench")
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    return Token.objects.create(user=user).key, session.session_key

@@ -1,3 +1,5 @@
+import contextlib
+
 from django.apps import AppConfig
 
 
@@ -8,4 +10,6 @@ class BenchConfig(AppConfig):
     def ready(self) -> None:
         # The peer's Celery app must be the current app in the server process, as a
         # project's __init__ makes it, so celery-progress's view reads its backend.
-        from bench import celery_app  # noqa: F401
+        # Without the bench extra there is no peer, and nothing to import.
+        with contextlib.suppress(ImportError):
+            from bench import celery_app  # noqa: F401

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
     ROOT,
+    django_with_user,
     free_port,
     machine,
     percentile,
@@ -57,32 +58,6 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise SystemExit("no VmRSS")
-
-
-def _setup() -> tuple[str, str]:
-    for key in ("DJANGO_SETTINGS_MODULE", "DEMO_SQLITE_PATH", "DJANGO_DEBUG"):
-        os.environ[key] = ENV[key]
-    import django
-
-    django.setup()
-    from django.contrib.auth import (
-        BACKEND_SESSION_KEY,
-        HASH_SESSION_KEY,
-        SESSION_KEY,
-        get_user_model,
-    )
-    from django.contrib.sessions.backends.db import SessionStore
-    from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
-
-    call_command("migrate", verbosity=0)
-    user = get_user_model().objects.create_user("bench", password="bench")
-    session = SessionStore()
-    session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.create()
-    return Token.objects.create(user=user).key, session.session_key
 
 
 def _start(port: int, token: str, seconds: float) -> str:
@@ -152,7 +127,7 @@ def main() -> None:
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    token, session = _setup()
+    token, session = django_with_user(ENV)
     port = free_port()
     logs = open(TMP / "daphne.log", "w")  # noqa: SIM115
     daphne = subprocess.Popen(

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
     ROOT,
+    django_with_user,
     free_port,
     http_get_loop,
     machine,
@@ -89,32 +90,6 @@ class Site:
                 return action
             time.sleep(0.01)
         raise SystemExit(f"action {pk} did not finish")
-
-
-def _setup() -> tuple[str, str]:
-    for key in ("DJANGO_SETTINGS_MODULE", "DEMO_SQLITE_PATH", "DJANGO_DEBUG"):
-        os.environ[key] = ENV[key]
-    import django
-
-    django.setup()
-    from django.contrib.auth import (
-        BACKEND_SESSION_KEY,
-        HASH_SESSION_KEY,
-        SESSION_KEY,
-        get_user_model,
-    )
-    from django.contrib.sessions.backends.db import SessionStore
-    from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
-
-    call_command("migrate", verbosity=0)
-    user = get_user_model().objects.create_user("bench", password="bench")
-    session = SessionStore()
-    session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.create()
-    return Token.objects.create(user=user).key, session.session_key
 
 
 # -- 1. update latency ----------------------------------------------------------------
@@ -273,7 +248,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
-    token, session = _setup()
+    token, session = django_with_user(ENV)
     import redis
 
     redis.Redis.from_url(ENV.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")).ping()

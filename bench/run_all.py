@@ -40,6 +40,7 @@ BENCHES = [
     ("vs_celery", "bench_vs_celery.py", (6379,), [], ["--repeat", "1", "--seconds", "4"]),
     ("scaleout", "bench_scaleout.py", (5432, 6379), [], ["--actions", "100", "--repeat", "1"]),
     ("fanout", "bench_fanout.py", (), [], ["--clients", "200", "--actions", "20"]),
+    ("load", "bench_load.py", (), [], ["--actions", "40", "--clients", "100"]),
 ]
 
 

@@ -124,3 +124,37 @@ def test_progress_writes_during_an_outage_do_not_kill_the_handler(runner: Any, o
     action = wait_for(lambda: Action.objects.filter(pk=pk).finished().first(), timeout=30)
     assert action.status == "succeeded"
     assert action.message == "during outage 49"
+
+
+def test_pages_and_the_api_answer_503_while_the_database_is_down(
+    runner: Any, outage: Any, django_user_model: Any
+) -> None:
+    from django.test import Client
+    from django.urls import reverse
+    from rest_framework.authtoken.models import Token
+
+    user = django_user_model.objects.create_user("outage", password="pw")
+    token = Token.objects.create(user=user).key
+    page_client = Client()
+    page_client.get(reverse("echo_view:initial"))  # a session, as a real visitor has
+    connection.close()
+    outage.down()
+    try:
+        page = page_client.post(reverse("echo_view:initial"), {"word": "x"})
+        api = Client().post(
+            "/api/actions/",
+            {"handler": "tests.echo", "request": {}},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Token {token}",
+        )
+    finally:
+        outage.up()
+        connection.close()
+    assert page.status_code == 503, page.content[:300]
+    assert page["Retry-After"]
+    assert b"Traceback" not in page.content and b"psycopg" not in page.content
+    assert api.status_code == 503, api.content[:300]
+    assert api["Retry-After"]
+    assert api.json()["detail"]
+    assert "psycopg" not in api.content.decode()
+    assert Action.objects.count() == 0

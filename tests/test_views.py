@@ -376,3 +376,13 @@ def test_start_while_the_key_is_busy_shows_a_readable_409(client: Client, runner
     assert Action.objects.count() == 1
     gate("exclusive").set()
     assert finished(first).status == "succeeded"
+
+
+def test_a_request_over_max_request_bytes_answers_413_and_stores_nothing(
+    client: Client, runner: Any, settings: Any
+) -> None:
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "MAX_REQUEST_BYTES": 1000}
+    response = client.post(reverse("echo_view:initial"), {"word": "x" * 5000})
+    assert response.status_code == 413
+    assert b"Traceback" not in response.content
+    assert Action.objects.count() == 0

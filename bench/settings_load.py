@@ -1,0 +1,15 @@
+"""The demo site with the benchmark handlers and a pool sized by BENCH_MAX_WORKERS (the
+load benchmark runs every action at once). Needs nothing beyond the dev extra, so CI
+runs its small variant (tests/test_load.py)."""
+
+import os
+
+from example_project.settings import *  # noqa: F403
+
+INSTALLED_APPS = [*INSTALLED_APPS, "bench"]  # noqa: F405
+DEBUG = False
+LOGGING = {"version": 1, "disable_existing_loggers": False}
+ASYNC_ACTIONS = {
+    **ASYNC_ACTIONS,  # noqa: F405
+    "MAX_WORKERS": int(os.environ.get("BENCH_MAX_WORKERS", "210")),
+}
