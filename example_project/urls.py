@@ -10,5 +10,13 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("async_actions.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("import/", include(views.ImportView.urls())),
+    path("import/sample.csv", views.sample_csv, name="sample_csv"),
     path("reports/", include(views.ReportView.urls())),
+    path("reports/download/<uuid:pk>/", views.report_download, name="report_download"),
+    path("countdown/", include(views.CountdownView.urls())),
+    path("sync/", include(views.FailingView.urls())),
+    path("mine/", views.my_actions, name="my_actions"),
+    path("mine/<uuid:pk>/status/", views.action_status, name="action_status"),
+    path("mine/thumbnails/", views.start_thumbnails, name="start_thumbnails"),
 ]

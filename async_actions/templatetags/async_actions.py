@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import template
@@ -9,12 +10,35 @@ from django.template.loader import render_to_string
 from django.templatetags.static import static
 from django.utils import timezone
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext
 
 from async_actions.conf import action_settings
 from async_actions.models import Action
 from async_actions.routing import WEBSOCKET_PATH
 
 register = template.Library()
+
+
+def script_strings() -> dict[str, str]:
+    """What progress.js shows, in the active language; ``%s`` is filled in by the script.
+
+    Handed to the element as a data attribute, so translations need no JavaScript
+    catalog view and no extra request.
+    """
+    return {
+        "pending": gettext("Waiting to start"),
+        "running": gettext("Running"),
+        "succeeded": gettext("Done"),
+        "failed": gettext("Failed"),
+        "cancelled": gettext("Cancelled"),
+        "cancelling": gettext("Cancelling…"),
+        "cancel": gettext("Cancel"),
+        "queued": gettext("Queued"),
+        "elapsed": gettext("Elapsed %s"),
+        "eta": gettext("About %s left"),
+        "not_found": gettext("This action was not found. It may have been removed."),
+        "cancel_failed": gettext("Could not cancel: the server did not answer. Try again."),
+    }
 
 
 @register.simple_tag(takes_context=True)
@@ -43,6 +67,7 @@ def async_action_progress(
         "poll_ms": int(float(action_settings.POLL_INTERVAL) * 1000),
         "elapsed": f"{elapsed:.1f}",
         "script_url": static("async_actions/progress.js"),
+        "strings_json": json.dumps(script_strings(), ensure_ascii=False),
     }
     return render_to_string(
         "async_actions/progress_element.html", element_context, request=context.get("request")

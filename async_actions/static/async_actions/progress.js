@@ -12,12 +12,20 @@
   if (!window.customElements || window.customElements.get("async-action-progress")) return;
 
   var TERMINAL = { succeeded: true, failed: true, cancelled: true };
-  var LABELS = {
+  // English defaults; the page hands the active language's strings in data-strings.
+  var STRINGS = {
     pending: "Waiting to start",
     running: "Running",
     succeeded: "Done",
     failed: "Failed",
-    cancelled: "Cancelled"
+    cancelled: "Cancelled",
+    cancelling: "Cancelling…",
+    cancel: "Cancel",
+    queued: "Queued",
+    elapsed: "Elapsed %s",
+    eta: "About %s left",
+    not_found: "This action was not found. It may have been removed.",
+    cancel_failed: "Could not cancel: the server did not answer. Try again."
   };
   var MAX_BACKOFF_MS = 30000;
 
@@ -43,6 +51,8 @@
       this.statusUrl = d.statusUrl;
       this.resultUrl = d.resultUrl;
       this.cancelUrl = d.cancelUrl;
+      this.t = Object.assign({}, STRINGS);
+      try { Object.assign(this.t, JSON.parse(d.strings || "{}")); } catch (e) { /* defaults */ }
       this.wsPath = d.wsPath;
       this.pollInterval = Math.max(250, parseInt(d.pollInterval, 10) || 2000);
       this.seq = -1;
@@ -61,7 +71,7 @@
         function (name) { self.parts[name] = self.querySelector('[data-aa="' + name + '"]'); }
       );
       if (this.parts.cancel) {
-        this.parts.cancel.hidden = !!TERMINAL[this.status];
+        this.parts.cancel.hidden = !!TERMINAL[this.status] || !this.cancelUrl;
         this.parts.cancel.addEventListener("click", function () { self.cancel(); });
       }
       this.tick = setInterval(function () { self.renderClock(); }, 1000);
@@ -107,7 +117,7 @@
         if (self.socket === socket) self.socket = null;
         if (self.done) return;
         if (event.code === 4404) {
-          self.notice("This action was not found. It may have been removed.");
+          self.notice(self.t.not_found);
           self.stop();
           return;
         }
@@ -131,7 +141,7 @@
           cache: "no-store"
         }).then(function (response) {
           if (response.status === 404) {
-            self.notice("This action was not found. It may have been removed.");
+            self.notice(self.t.not_found);
             self.stop();
             return null;
           }
@@ -190,9 +200,9 @@
       }
       if (p.percent) p.percent.textContent = rounded + "%";
       if (p.status) p.status.textContent = action.cancel_requested && !terminal
-        ? "Cancelling…" : (LABELS[action.status] || action.status);
+        ? this.t.cancelling : (this.t[action.status] || action.status);
       if (p.message && action.message) p.message.textContent = action.message;
-      if (p.cancel) p.cancel.hidden = terminal || !!action.cancel_requested;
+      if (p.cancel) p.cancel.hidden = terminal || !!action.cancel_requested || !this.cancelUrl;
       this.setAttribute("data-status", action.status);
       document.title = rounded + "% · " + this.baseTitle;
       this.renderClock();
@@ -213,15 +223,16 @@
       var p = this.parts;
       if (!p.elapsed) return;
       if (this.status === "pending") {
-        p.elapsed.textContent = "Queued";
+        p.elapsed.textContent = this.t.queued;
         if (p.eta) p.eta.textContent = "";
         return;
       }
       var elapsed = this.elapsedBase + (performance.now() - this.clockStart) / 1000;
-      p.elapsed.textContent = "Elapsed " + formatDuration(elapsed);
+      p.elapsed.textContent = this.t.elapsed.replace("%s", formatDuration(elapsed));
       if (!p.eta) return;
       if (this.percent >= 1 && this.percent < 100 && elapsed >= 2 && !TERMINAL[this.status]) {
-        p.eta.textContent = "About " + formatDuration(elapsed * (100 - this.percent) / this.percent) + " left";
+        p.eta.textContent = this.t.eta.replace(
+          "%s", formatDuration(elapsed * (100 - this.percent) / this.percent));
       } else {
         p.eta.textContent = "";
       }
@@ -239,7 +250,7 @@
       var button = this.parts.cancel;
       if (button) {
         button.disabled = true;
-        button.textContent = "Cancelling…";
+        button.textContent = this.t.cancelling;
       }
       fetch(this.cancelUrl, {
         method: "POST",
@@ -258,9 +269,9 @@
       }).catch(function () {
         if (button) {
           button.disabled = false;
-          button.textContent = "Cancel";
+          button.textContent = self.t.cancel;
         }
-        self.notice("Could not cancel: the server did not answer. Try again.");
+        self.notice(self.t.cancel_failed);
       });
     }
   }
