@@ -81,6 +81,8 @@ def package(session: nox.Session) -> None:
         "async_actions/migrations/0001_initial.py",
         "async_actions/static/async_actions/",
         "async_actions/templates/async_actions/",
+        "async_actions/locale/ru/LC_MESSAGES/django.mo",
+        "async_actions/locale/de/LC_MESSAGES/django.mo",
     ):
         if not any(name.startswith(needed) for name in names):
             session.error(f"{needed} is missing from {wheel.name}")

@@ -15,10 +15,11 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+import async_actions
 from async_actions.models import Action
 from tests.views import EchoView, GateView
 
-LOCALE = Path(__file__).resolve().parent.parent / "async_actions" / "locale"
+LOCALE = Path(async_actions.__file__).resolve().parent / "locale"  # as installed
 LANGUAGES = ["ru", "de"]
 
 
