@@ -1,8 +1,9 @@
 """The WebSocket consumer that streams one action's progress to a browser tab.
 
-On connect it authorizes, joins the action's group, and only then reads the database
-snapshot: an event published between the two is queued in the channel, not lost, and
-``seq`` tells which queued events are newer than the snapshot.
+On connect it authorizes, subscribes to the action through the process's hub
+(``async_actions.fanout``), and only then reads the database snapshot: an event
+published between the two waits in the subscription, not lost, and ``seq`` tells
+whether it is newer than the snapshot.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from uuid import UUID
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
 from async_actions import service
+from async_actions.conf import action_settings
+from async_actions.fanout import Hub, Subscriber, hub_for
 from async_actions.models import Action
 from async_actions.progress import group_name, pusher
 
@@ -32,14 +36,15 @@ CLOSE_UNAVAILABLE = 4503
 CLOSE_TOO_BIG = 1009
 MAX_CLIENT_FRAME = 4096
 
-_TERMINAL = {str(s) for s in Action.TERMINAL_STATUSES}
-
 
 class ActionConsumer(AsyncWebsocketConsumer):
     """Sends ``{"type": "update", "action": {...}}`` frames; accepts ``{"type": "cancel"}``."""
 
+    # Events arrive through the hub, not through a channel of each consumer's own.
+    channel_layer_alias = None
     action_id: UUID | None = None
-    last_seq = -1
+    hub: Hub | None = None
+    group: str | None = None
 
     async def connect(self) -> None:
         # The in-memory layer lives on this loop; worker threads hand events to it.
@@ -56,15 +61,22 @@ class ActionConsumer(AsyncWebsocketConsumer):
         if not allowed:
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        alias = action_settings.CHANNEL_LAYER
+        layer = get_channel_layer(alias) if alias else None
+        self.subscriber = Subscriber(self._send_text)
+        group = group_name(self.action_id)
         try:
-            await self.channel_layer.group_add(group_name(self.action_id), self.channel_name)
+            if layer is None:
+                raise LookupError("no channel layer configured")
+            hub = hub_for(layer)
+            await hub.subscribe(group, self.subscriber)
         except Exception:  # the channel layer (Redis) is down: the page polls instead
             logger.warning(
                 "Channel layer unavailable; action %s falls back to polling", self.action_id
             )
             await self.close(code=CLOSE_UNAVAILABLE)
             return
-        self.group = group_name(self.action_id)
+        self.hub, self.group = hub, group
         try:
             snapshot = await self._snapshot()
         except DatabaseError:
@@ -73,16 +85,17 @@ class ActionConsumer(AsyncWebsocketConsumer):
         if snapshot is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.last_seq = snapshot["seq"]
+        self.subscriber.last_seq = snapshot["seq"]
         await self.send(text_data=json.dumps({"type": "update", "action": snapshot}))
+        hub.mark_ready(self.subscriber)
 
     async def disconnect(self, code: int) -> None:
-        group = getattr(self, "group", None)
-        if group:
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception:  # the layer expires the membership by itself
-                logger.debug("group_discard failed for %s", group, exc_info=True)
+        if self.hub is not None and self.group:
+            await self.hub.unsubscribe(self.group, self.subscriber)
+            self.hub = None
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if len(text_data or bytes_data or "") > MAX_CLIENT_FRAME:
@@ -95,14 +108,6 @@ class ActionConsumer(AsyncWebsocketConsumer):
         if isinstance(message, dict) and message.get("type") == "cancel" and self.action_id:
             status = await database_sync_to_async(service.cancel)(self.action_id)
             await self.send(text_data=json.dumps({"type": "cancel", "status": status.value}))
-
-    async def action_update(self, event: dict[str, Any]) -> None:
-        """A published change: forward it unless the client already has newer state."""
-        seq = event.get("seq", 0)
-        if seq <= self.last_seq and event.get("status") not in _TERMINAL:
-            return
-        self.last_seq = max(self.last_seq, seq)
-        await self.send(text_data=event["text"])
 
     # -- database ----------------------------------------------------------------------
     def _owned(self) -> Any:

@@ -6,6 +6,9 @@ for expired entries on each send, receive and group send. A progress event to a 
 events queue for seconds (measured in bench/bench_fanout.py, docs/performance.md).
 Expiry is a safety net for consumers that vanish without leaving their groups, so doing
 it at most once per ``clean_interval`` changes nothing users can see.
+
+It also gives the channels of ``async_actions.fanout`` hubs room for ``HUB_CAPACITY``
+messages (Channels' default is 100 per channel), as a Redis layer should be configured.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer as _ChannelsInMemoryChannelLayer
+
+from async_actions.fanout import HUB_CAPACITY, HUB_CHANNEL_PREFIX
 
 __all__ = ["InMemoryChannelLayer"]
 
@@ -26,8 +31,19 @@ class InMemoryChannelLayer(_ChannelsInMemoryChannelLayer):
         {"default": {"BACKEND": "async_actions.layers.InMemoryChannelLayer"}}
     """
 
-    def __init__(self, *args: Any, clean_interval: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        clean_interval: float = 1.0,
+        channel_capacity: dict[str, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # A hub channel carries every action's events for the whole process.
+        capacity = {f"{HUB_CHANNEL_PREFIX}*": HUB_CAPACITY, **(channel_capacity or {})}
         super().__init__(*args, **kwargs)
+        # Channels' in-memory layer keeps the dict as given, which get_capacity cannot
+        # read; compiled here as channels_redis does.
+        self.channel_capacity = self.compile_capacities(capacity)
         self.clean_interval = clean_interval
         self._last_clean = float("-inf")
 

@@ -64,6 +64,7 @@ def event_for(snapshot: dict[str, Any]) -> dict[str, Any]:
     """A channel-layer message; the JSON text is made once, not once per subscriber."""
     return {
         "type": EVENT_TYPE,
+        "group": group_name(snapshot["id"]),
         "seq": snapshot["seq"],
         "status": snapshot["status"],
         "text": json.dumps({"type": "update", "action": snapshot}),

@@ -3,6 +3,7 @@ only by bench/settings_peer.py)."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
@@ -22,10 +23,15 @@ def ticker(ctx: ActionContext) -> dict[str, Any]:
     """Reports progress ``hz`` times a second for ``seconds``, each stamped with time.time().
 
     ``jitter`` spreads the updates randomly around the period, so a polling client
-    sees them at random phases of its interval.
+    sees them at random phases of its interval. With ``go_file``, ticking starts once
+    that file exists (a benchmark connects its clients first, then creates it).
     """
     hz, seconds = float(ctx.request.get("hz", 10)), float(ctx.request.get("seconds", 10))
     jitter = bool(ctx.request.get("jitter", False))
+    go_file = ctx.request.get("go_file")
+    while go_file and not os.path.exists(go_file):
+        if ctx.wait_cancelled(0.02):
+            ctx.raise_if_cancelled()
     count = int(hz * seconds)
     start = time.monotonic()
     for i in range(count):

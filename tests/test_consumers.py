@@ -127,7 +127,7 @@ def _race(monkeypatch: Any, action: Action, *, db_also_advances: bool) -> None:
 
     async def snapshot_after_a_racing_event(self: Any) -> Any:
         racing = {**action.snapshot(), "seq": action.seq + 1, "message": "racing"}
-        await self.channel_layer.group_send(group_name(action.pk), event_for(racing))
+        await get_channel_layer().group_send(group_name(action.pk), event_for(racing))
         if db_also_advances:
             await Action.objects.filter(pk=action.pk).aupdate(seq=action.seq + 1, message="racing")
         return await original(self)

@@ -1,0 +1,124 @@
+"""The per-process hub: one group membership per action, newest state first for slow tabs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from async_actions.fanout import Hub, Subscriber
+from async_actions.layers import InMemoryChannelLayer
+from async_actions.progress import event_for, group_name
+from example_project.asgi import application
+from tests.test_consumers import make_action, new_session
+
+TIMEOUT = 10
+ACTION_ID = "6f1c1f0e-8d8e-4a49-9a55-0d1b9c3e7a01"
+
+
+def snapshot(seq: int, status: str = "running") -> dict[str, Any]:
+    return {"id": ACTION_ID, "status": status, "seq": seq, "percent": seq % 100}
+
+
+def communicator(action_id: Any, session_key: str) -> WebsocketCommunicator:
+    headers = [
+        (b"origin", b"http://testserver"),
+        (b"host", b"testserver"),
+        (b"cookie", f"sessionid={session_key}".encode()),
+    ]
+    return WebsocketCommunicator(application, f"/ws/async-actions/{action_id}/", headers=headers)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_many_tabs_on_one_action_make_one_group_membership_per_process() -> None:
+    layer = get_channel_layer()
+    await layer.flush()
+    session = await new_session()
+    action = await make_action(session, status="running", seq=1)
+    group = group_name(action.pk)
+    tabs = [communicator(action.pk, session) for _ in range(5)]
+    for tab in tabs:
+        await tab.connect(TIMEOUT)
+        assert (await tab.receive_json_from(TIMEOUT))["action"]["seq"] == 1
+    assert len(layer.groups[group]) == 1
+
+    await layer.group_send(group, event_for({**action.snapshot(), "seq": 2}))
+    for tab in tabs:
+        assert (await tab.receive_json_from(TIMEOUT))["action"]["seq"] == 2
+
+    for tab in tabs[:-1]:
+        await tab.disconnect()
+    assert len(layer.groups[group]) == 1  # one tab still watches
+    await tabs[-1].disconnect()
+    assert group not in layer.groups
+    await layer.flush()
+
+
+async def test_a_slow_tab_skips_stale_progress_but_gets_the_newest_and_the_final_state() -> None:
+    layer = InMemoryChannelLayer()
+    hub = Hub(layer)
+    frames: list[dict[str, Any]] = []
+
+    async def slow_send(text: str) -> None:
+        frames.append(json.loads(text)["action"])
+        await asyncio.sleep(0.05)  # a tab on a slow link
+
+    tab = Subscriber(slow_send)
+    group = group_name(ACTION_ID)
+    await hub.subscribe(group, tab)
+    hub.mark_ready(tab)
+    for seq in range(1, 201):
+        await layer.group_send(group, event_for(snapshot(seq)))
+        await asyncio.sleep(0.001)
+
+    async def arrived(status: str) -> None:
+        while not frames or (frames[-1]["seq"], frames[-1]["status"]) != (200, status):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(arrived("running"), TIMEOUT)  # the newest was not skipped
+    seqs = [frame["seq"] for frame in frames]
+    assert seqs == sorted(set(seqs))
+    assert len(frames) < 60 and tab.skipped > 100, (len(frames), tab.skipped)
+    await layer.group_send(group, event_for(snapshot(200, "succeeded")))
+    await asyncio.wait_for(arrived("succeeded"), TIMEOUT)  # same seq, but final
+    await hub.unsubscribe(group, tab)
+
+
+async def test_events_before_the_snapshot_wait_and_only_newer_ones_are_written() -> None:
+    layer = InMemoryChannelLayer()
+    hub = Hub(layer)
+    written: list[int] = []
+
+    async def send(text: str) -> None:
+        written.append(json.loads(text)["action"]["seq"])
+
+    tab = Subscriber(send)
+    group = group_name(ACTION_ID)
+    await hub.subscribe(group, tab)
+    await layer.group_send(group, event_for(snapshot(5)))
+    await asyncio.sleep(0.05)
+    assert written == []  # not ready: the consumer has not sent its snapshot yet
+    tab.last_seq = 5  # the snapshot already had seq 5
+    hub.mark_ready(tab)
+    await asyncio.sleep(0.05)
+    assert written == []
+    await layer.group_send(group, event_for(snapshot(6)))
+    await asyncio.sleep(0.05)
+    assert written == [6]
+    await hub.unsubscribe(group, tab)
+
+
+async def test_a_layer_that_cannot_join_leaves_no_subscription_behind() -> None:
+    class BrokenLayer(InMemoryChannelLayer):
+        async def group_add(self, group: str, channel: str) -> None:
+            raise ConnectionError("the layer is down")
+
+    hub = Hub(BrokenLayer())
+    tab = Subscriber(lambda text: asyncio.sleep(0))
+    with pytest.raises(ConnectionError):
+        await hub.subscribe(group_name(ACTION_ID), tab)
+    assert hub._subscribers == {} and hub._joined == {}
