@@ -139,7 +139,10 @@ if DEMO_PROFILE == "scaled":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/0")]},
+            "CONFIG": {
+                "hosts": [os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/0")],
+                "channel_capacity": {"async_actions.hub*": 10_000},
+            },
         }
     }
     INSTALLED_APPS.append("django_tasks_db")

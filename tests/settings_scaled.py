@@ -25,6 +25,7 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             "hosts": [os.environ.get("AA_REDIS_URL", "redis://127.0.0.1:6379/0")],
             "prefix": os.environ.get("AA_REDIS_PREFIX", "aa-scaled"),
+            "channel_capacity": {"async_actions.hub*": 10_000},
         },
     }
 }
