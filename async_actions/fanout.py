@@ -95,7 +95,9 @@ class Hub:
         Raises what the channel layer raises when it cannot join the group.
         """
         if self.channel is None:
-            self.channel = await self.layer.new_channel(prefix=HUB_CHANNEL_PREFIX)
+            channel = await self.layer.new_channel(prefix=HUB_CHANNEL_PREFIX)
+            if self.channel is None:  # another subscriber may have named it meanwhile
+                self.channel = channel
         self._subscribers.setdefault(group, set()).add(subscriber)
         joined = self._joined.get(group)
         if joined is None:
