@@ -18,19 +18,17 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from async_actions.layers import HUB_CHANNEL_PREFIX
+from async_actions.models import Action
 from async_actions.progress import EVENT_TYPE
 
 logger = logging.getLogger("async_actions")
 
-__all__ = ["HUB_CAPACITY", "HUB_CHANNEL_PREFIX", "Hub", "Subscriber", "hub_for"]
+__all__ = ["Hub", "Subscriber", "hub_for"]
 
-#: Channel names of hubs start with this; give them room in ``channel_capacity``.
-HUB_CHANNEL_PREFIX = "async_actions.hub"
-#: The room ``async_actions.layers.InMemoryChannelLayer`` gives a hub channel.
-HUB_CAPACITY = 10_000
 #: Frames written between two reads of the layer, so the hub channel never fills up.
 SENDS_PER_YIELD = 32
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL = frozenset(str(status) for status in Action.TERMINAL_STATUSES)
 
 
 class Subscriber:
@@ -45,25 +43,20 @@ class Subscriber:
         self.last_seq = -1
         self.ready = False
         self.pending: dict[str, Any] | None = None
-        #: Frames written and events skipped because a newer one replaced them.
-        self.sent = 0
+        #: Events never written because a newer (or the final) one took their place.
         self.skipped = 0
 
     def offer(self, event: dict[str, Any]) -> None:
-        """Keep ``event`` if it is newer than what is waiting."""
+        """Keep whichever of ``event`` and the waiting one is newer; the final state wins."""
         pending = self.pending
-        if pending is not None and pending.get("status") in TERMINAL:
-            return  # the final state stays; nothing comes after it
-        if (
-            pending is None
-            or event.get("status") in TERMINAL
-            or event.get("seq", 0) > pending.get("seq", 0)
-        ):
-            if pending is not None:
-                self.skipped += 1
+        if pending is None:
             self.pending = event
-        else:
-            self.skipped += 1
+            return
+        self.skipped += 1
+        if pending.get("status") in TERMINAL:
+            return  # nothing comes after the final state
+        if event.get("status") in TERMINAL or event.get("seq", 0) > pending.get("seq", 0):
+            self.pending = event
 
     async def deliver(self) -> None:
         if not self.ready or self.pending is None:
@@ -73,7 +66,6 @@ class Subscriber:
         if seq <= self.last_seq and event.get("status") not in TERMINAL:
             return  # the tab already has this state (from the snapshot)
         self.last_seq = max(self.last_seq, seq)
-        self.sent += 1
         await self.send(event["text"])
 
 
@@ -84,7 +76,8 @@ class Hub:
         self.layer = layer
         self.channel: str | None = None
         self._subscribers: dict[str, set[Subscriber]] = {}
-        self._joined: dict[str, asyncio.Future[None]] = {}
+        #: One join per group, awaited by every subscriber that arrives while it runs.
+        self._joined: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[Subscriber] = set()
         self._reader: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -101,22 +94,20 @@ class Hub:
         self._subscribers.setdefault(group, set()).add(subscriber)
         joined = self._joined.get(group)
         if joined is None:
-            joined = self._joined[group] = asyncio.get_running_loop().create_future()
-            try:
-                await self.layer.group_add(group, self.channel)
-            except BaseException as exc:
-                self._joined.pop(group, None)
-                joined.set_exception(exc)
-                joined.exception()  # retrieved: later waiters re-raise it themselves
-                self._remove(group, subscriber)
-                raise
-            joined.set_result(None)
-            self._ensure_reader()
+            joined = self._joined[group] = asyncio.get_running_loop().create_task(self._join(group))
         try:
             await asyncio.shield(joined)
         except BaseException:
             self._remove(group, subscriber)
             raise
+
+    async def _join(self, group: str) -> None:
+        try:
+            await self.layer.group_add(group, self.channel)
+        except BaseException:
+            self._joined.pop(group, None)  # the next subscriber tries again
+            raise
+        self._ensure_reader()
 
     async def unsubscribe(self, group: str, subscriber: Subscriber) -> None:
         subscriber.ready = False

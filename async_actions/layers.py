@@ -18,9 +18,13 @@ from typing import Any
 
 from channels.layers import InMemoryChannelLayer as _ChannelsInMemoryChannelLayer
 
-from async_actions.fanout import HUB_CAPACITY, HUB_CHANNEL_PREFIX
+__all__ = ["HUB_CAPACITY", "HUB_CHANNEL_PREFIX", "InMemoryChannelLayer"]
 
-__all__ = ["InMemoryChannelLayer"]
+#: Channel names of ``async_actions.fanout`` hubs start with this; a Redis layer should
+#: give them room in ``channel_capacity`` too.
+HUB_CHANNEL_PREFIX = "async_actions.hub"
+#: The room this layer gives a hub channel (Channels' default is 100 per channel).
+HUB_CAPACITY = 10_000
 
 
 class InMemoryChannelLayer(_ChannelsInMemoryChannelLayer):

@@ -60,11 +60,14 @@ def validate_data(data: Any, limit: int | None = None) -> Any:
     return data
 
 
-def event_for(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """A channel-layer message; the JSON text is made once, not once per subscriber."""
+def event_for(snapshot: dict[str, Any], group: str | None = None) -> dict[str, Any]:
+    """A channel-layer message; the JSON text is made once, not once per subscriber.
+
+    ``group`` names the action's group in the message, which a hub routes by.
+    """
     return {
         "type": EVENT_TYPE,
-        "group": group_name(snapshot["id"]),
+        "group": group or group_name(snapshot["id"]),
         "seq": snapshot["seq"],
         "status": snapshot["status"],
         "text": json.dumps({"type": "update", "action": snapshot}),
@@ -366,8 +369,9 @@ class Pusher:
         layer = self.layer()
         if layer is None:
             return
-        message = event_for(snapshot)
-        coro_factory = lambda: layer.group_send(group_name(action_id), message)  # noqa: E731
+        group = group_name(action_id)
+        message = event_for(snapshot, group)
+        coro_factory = lambda: layer.group_send(group, message)  # noqa: E731
         if _is_in_memory(layer):
             loop = self._server_loop
             if loop is None or loop.is_closed():

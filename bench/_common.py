@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The statuses an action ends in (Action.TERMINAL_STATUSES, without importing Django).
+FINAL = ("succeeded", "failed", "cancelled")
 DOC = ROOT / "docs" / "performance.md"
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
+    FINAL,
     ROOT,
     django_with_user,
     free_port,
@@ -51,7 +52,6 @@ ENV = {
 GO_FILE = TMP / "go"
 TARGET_P99_MS, TARGET_KB = 100.0, 100.0
 HANDLER = os.environ.get("BENCH_FANOUT_HANDLER", "bench.ticker")
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 def _rss_kb(pid: int) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
+    FINAL,
     ROOT,
     django_with_user,
     free_port,
@@ -42,7 +43,6 @@ from bench._common import (
 )
 
 TMP = Path(tempfile.mkdtemp(prefix="aa-bench-load-"))
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 def _env(actions: int) -> dict:
