@@ -7,10 +7,29 @@ instead of a database error after the action was half-updated.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from typing import Any
 
-__all__ = ["PayloadError", "PayloadTooLarge", "check_payload", "clean_text"]
+from async_actions.conf import action_settings
+
+__all__ = [
+    "PayloadError",
+    "PayloadTooLarge",
+    "check_depth",
+    "check_payload",
+    "check_text_depth",
+    "clean_text",
+    "loads",
+]
+
+#: A JSON string (escapes included); brackets inside one are not structure. An
+#: unterminated string runs to the end, so every quote matches and the scan stays linear.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+#: Everything that is not a bracket, once strings are gone.
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class PayloadError(TypeError, ValueError):
@@ -50,14 +69,82 @@ def _walk(value: Any, what: str) -> None:
             stack.extend(item)
 
 
+def _depth_limit(limit: int | None) -> int:
+    return int(action_settings.MAX_JSON_DEPTH) if limit is None else limit
+
+
+def _too_deep(what: str, limit: int) -> PayloadError:
+    return PayloadError(
+        f"{what} is nested more than {limit} levels deep (ASYNC_ACTIONS['MAX_JSON_DEPTH'])."
+    )
+
+
+def check_depth(value: Any, what: str, limit: int | None = None) -> None:
+    """Raise PayloadError if ``value`` nests lists/dicts deeper than ``MAX_JSON_DEPTH``.
+
+    Iterative and stops at the first level past the limit, so neither a deep value nor a
+    self-containing list can raise RecursionError here; ``json.dumps`` (which recurses)
+    runs only on values this accepted. Other objects count as leaves.
+    """
+    limit = _depth_limit(limit)
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > limit:
+            raise _too_deep(what, limit)
+        stack.extend((child, depth) for child in children)
+
+
+def check_text_depth(text: str | bytes, what: str, limit: int | None = None) -> None:
+    """Raise PayloadError if the JSON ``text`` nests deeper than ``MAX_JSON_DEPTH``.
+
+    ``json.loads`` recurses once per level and raises RecursionError near 1,000, so
+    text is scanned before it is parsed: strings are cut out by a regular expression,
+    then brackets are counted. Both steps run in C, in time linear in the text.
+    """
+    limit = _depth_limit(limit)
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", "replace")
+    if text.count("[") + text.count("{") <= limit:
+        return  # not enough brackets to be too deep: the common case costs two counts
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    deepest = max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+    if deepest > limit:
+        raise _too_deep(what, limit)
+
+
+def loads(text: str | bytes, what: str, limit: int | None = None) -> Any:
+    """Parse JSON ``text``; PayloadError (a ValueError) if it is invalid or too deep.
+
+    Every JSON that enters from outside (API bodies, WebSocket frames, command-line
+    options) is parsed here, so one depth rule holds at every entrance.
+    """
+    check_text_depth(text, what, limit)
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise PayloadError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # only with a MAX_JSON_DEPTH beyond what json can parse
+        raise _too_deep(what, _depth_limit(limit)) from None
+
+
 def check_payload(
     value: Any, what: str, limit: int | None = None, setting: str | None = None
 ) -> str:
     """Return ``value`` as JSON text, or raise PayloadError naming ``what``.
 
-    Refuses values that are not JSON, NaN and infinities, strings a database cannot
-    store, and (with ``limit``) JSON longer than ``limit`` bytes.
+    Refuses values nested deeper than ``MAX_JSON_DEPTH``, values that are not JSON,
+    NaN and infinities, strings a database cannot store, and (with ``limit``) JSON
+    longer than ``limit`` bytes.
     """
+    check_depth(value, what)
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
