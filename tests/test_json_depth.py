@@ -203,9 +203,7 @@ def test_api_parser_reads_no_more_than_its_limit_even_when_the_length_is_not_che
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.urls("tests.test_json_depth")
 @pytest.mark.parametrize("depth", DEPTHS)
-def test_form_view_answers_400_to_a_too_deep_json_field_and_stores_nothing(
-    runner: Any, depth: int
-):
+def test_form_view_answers_400_to_a_too_deep_json_field_and_stores_nothing(runner: Any, depth: int):
     # The form's data is the request: the field's value sits one level inside it.
     data = {"name": "x", "payload": nested_text(depth - 1)}
     response = Client().post(reverse("json_form_view:initial"), data)
