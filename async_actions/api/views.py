@@ -176,7 +176,10 @@ class ActionViewSet(
             200: OpenApiResponse(
                 ActionSerializer, description="The unfinished action with this idempotency key."
             ),
-            400: _error("Invalid body, unknown handler or a request that cannot be stored."),
+            400: _error(
+                "Invalid body, unknown handler, a request nested deeper than MAX_JSON_DEPTH "
+                "or one that cannot be stored."
+            ),
             401: UNAUTHENTICATED,
             403: UNAUTHENTICATED,
             409: _error("The handler runs one at a time for this request and refuses to queue."),
