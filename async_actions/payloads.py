@@ -54,19 +54,35 @@ def _bad_string(value: str) -> str | None:
     return None
 
 
-def _walk(value: Any, what: str) -> None:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            problem = _bad_string(item)
-            if problem:
-                raise PayloadError(f"{what} {problem}, which databases cannot store.")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
+def _walk(value: Any, what: str, limit: int, *, strings: bool) -> None:
+    """Walk ``value`` one level at a time, without recursion: its depth and its strings.
+
+    Stops at the first level past ``limit``, so neither a deep value nor a list that
+    contains itself can raise RecursionError or loop; objects other than dicts, lists,
+    tuples and sets count as leaves. With ``strings``, text a database refuses is too.
+    """
+    level = [value]
+    depth = 0
+    while level:
+        below: list[Any] = []
+        containers = False
+        for item in level:
+            if isinstance(item, str):
+                problem = _bad_string(item) if strings else None
+                if problem:
+                    raise PayloadError(f"{what} {problem}, which databases cannot store.")
+            elif isinstance(item, dict):
+                containers = True
+                below.extend(item.keys())
+                below.extend(item.values())
+            elif isinstance(item, list | tuple | set | frozenset):
+                containers = True
+                below.extend(item)
+        if containers:
+            depth += 1
+            if depth > limit:
+                raise _too_deep(what, limit)
+        level = below
 
 
 def _depth_limit(limit: int | None) -> int:
@@ -82,24 +98,10 @@ def _too_deep(what: str, limit: int) -> PayloadError:
 def check_depth(value: Any, what: str, limit: int | None = None) -> None:
     """Raise PayloadError if ``value`` nests lists/dicts deeper than ``MAX_JSON_DEPTH``.
 
-    Iterative and stops at the first level past the limit, so neither a deep value nor a
-    self-containing list can raise RecursionError here; ``json.dumps`` (which recurses)
-    runs only on values this accepted. Other objects count as leaves.
+    Iterative, so a deep value cannot raise RecursionError here; ``json.dumps`` (which
+    recurses) runs only on values this accepted. Other objects count as leaves.
     """
-    limit = _depth_limit(limit)
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple | set | frozenset):
-            children = item
-        else:
-            continue
-        depth += 1
-        if depth > limit:
-            raise _too_deep(what, limit)
-        stack.extend((child, depth) for child in children)
+    _walk(value, what, _depth_limit(limit), strings=False)
 
 
 def check_text_depth(text: str | bytes, what: str, limit: int | None = None) -> None:
@@ -144,14 +146,13 @@ def check_payload(
     NaN and infinities, strings a database cannot store, and (with ``limit``) JSON
     longer than ``limit`` bytes.
     """
-    check_depth(value, what)
+    _walk(value, what, _depth_limit(None), strings=True)  # before json.dumps recurses
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} must be JSON-serializable: {exc}") from None
     except RecursionError:
         raise PayloadError(f"{what} is nested too deeply.") from None
-    _walk(value, what)
     if limit is not None and len(text) > limit:
         where = f" (ASYNC_ACTIONS['{setting}'])" if setting else ""
         raise PayloadTooLarge(f"{what} is {len(text)} bytes as JSON; the limit is {limit}{where}.")
