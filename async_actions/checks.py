@@ -33,7 +33,12 @@ _POSITIVE_INTEGERS = (
     "MAX_PROGRESS_DATA_BYTES",
     "MAX_RESPONSE_BYTES",
     "MAX_MESSAGE_LENGTH",
+    "LOG_LIMIT_BYTES",
 )
+#: Python's json recurses once per level and fails near 1,000 levels; leave it room.
+MAX_JSON_DEPTH_CEILING = 500
+#: Below this, LOG_LIMIT_BYTES keeps little more than one short record.
+MIN_LOG_BYTES = 1024
 
 
 def _is_number(value: Any) -> bool:
@@ -72,6 +77,33 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
         value = raw.get(key, DEFAULTS[key])
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             errors.append(_bad(key, value, "a whole number, 1 or more"))
+    depth = raw.get("MAX_JSON_DEPTH", DEFAULTS["MAX_JSON_DEPTH"])
+    if (
+        not isinstance(depth, int)
+        or isinstance(depth, bool)
+        or not 1 <= depth <= MAX_JSON_DEPTH_CEILING
+    ):
+        errors.append(
+            Error(
+                f"{SETTING_NAME}['MAX_JSON_DEPTH'] is {depth!r}; it must be a whole number "
+                f"from 1 to {MAX_JSON_DEPTH_CEILING}.",
+                hint="Deeper JSON makes Python's json module raise RecursionError; remove "
+                f"the key to use the default ({DEFAULTS['MAX_JSON_DEPTH']}).",
+                id="async_actions.E070",
+            )
+        )
+    log_bytes = raw.get("LOG_LIMIT_BYTES", DEFAULTS["LOG_LIMIT_BYTES"])
+    warnings: list[CheckMessage] = []
+    if isinstance(log_bytes, int) and 1 <= log_bytes < MIN_LOG_BYTES:
+        warnings.append(
+            Warning(
+                f"{SETTING_NAME}['LOG_LIMIT_BYTES'] is {log_bytes}: an action keeps only its "
+                "last log record, cut to a few words.",
+                hint=f"A log record takes about 80 bytes before its message; use "
+                f"{MIN_LOG_BYTES} or more (default {DEFAULTS['LOG_LIMIT_BYTES']}).",
+                id="async_actions.W070",
+            )
+        )
     limit = raw.get("MAX_ACTIVE_PER_OWNER")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         errors.append(_bad("MAX_ACTIVE_PER_OWNER", limit, "None or a whole number, 1 or more"))
@@ -100,10 +132,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
             )
         )
     if errors:
-        return errors
+        return errors + warnings
     errors.extend(_check_runner())
     errors.extend(_check_channel_layer(raw))
-    return errors
+    return errors + warnings
 
 
 def _bad(key: str, value: Any, expected: str) -> Error:

@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "SHUTDOWN_GRACE": 5.0,
     # Log records kept per action (oldest dropped first).
     "LOG_LIMIT": 200,
+    # Bytes of log (as JSON text) kept per action; oldest dropped first, one longer
+    # record truncated.
+    "LOG_LIMIT_BYTES": 65_536,
     # How long a finished action is kept before the purge command removes it.
     "RETENTION": timedelta(days=7),
     # Seconds between status polls when the browser has no WebSocket.
@@ -56,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PROGRESS_DATA_BYTES": 65_536,
     # Largest handler result (the response) as JSON in bytes.
     "MAX_RESPONSE_BYTES": 1_000_000,
+    # Deepest nesting of lists and objects accepted in any JSON that enters the app.
+    "MAX_JSON_DEPTH": 64,
     # Longest progress message in characters (longer ones are truncated).
     "MAX_MESSAGE_LENGTH": 1_000,
     # Active (pending or running) actions one owner may have; None means no limit.

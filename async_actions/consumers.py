@@ -23,6 +23,7 @@ from async_actions import service
 from async_actions.conf import action_settings
 from async_actions.fanout import Hub, Subscriber, hub_for
 from async_actions.models import Action
+from async_actions.payloads import loads
 from async_actions.progress import group_name, pusher
 
 __all__ = ["ActionConsumer"]
@@ -102,7 +103,7 @@ class ActionConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TOO_BIG)
             return
         try:
-            message = json.loads(text_data or "")
+            message = loads(text_data or "", "A frame")  # depth-checked: MAX_JSON_DEPTH
         except (ValueError, RecursionError):
             return  # garbage from a client is ignored, never an error
         if isinstance(message, dict) and message.get("type") == "cancel" and self.action_id:

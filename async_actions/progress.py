@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import decimal
 import json
 import logging
 import math
+import numbers
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -42,10 +44,16 @@ def group_name(action_id: UUID | str) -> str:
 
 
 def validate_percent(percent: Any) -> float:
+    """``percent`` as a float from 0 to 100, or ProgressError.
+
+    Only real numbers count: ``"50"`` and ``True`` are mistakes ``float()`` would hide,
+    as are NaN and infinities. (``None`` never gets here: it means "unchanged".)
+    """
+    number = isinstance(percent, numbers.Real | decimal.Decimal) and not isinstance(percent, bool)
     try:
-        value = float(percent)
-    except (TypeError, ValueError):
-        raise ProgressError(f"percent must be a number from 0 to 100, not {percent!r}") from None
+        value = float(percent) if number else math.nan
+    except (TypeError, ValueError, OverflowError):
+        value = math.nan
     if not math.isfinite(value) or value < 0 or value > 100:
         raise ProgressError(f"percent must be a number from 0 to 100, not {percent!r}")
     return value
@@ -58,6 +66,59 @@ def validate_data(data: Any, limit: int | None = None) -> Any:
     except PayloadError as exc:
         raise ProgressError(str(exc)) from None
     return data
+
+
+class ActionLog:
+    """An action's log records, bounded by count and by size; oldest dropped first.
+
+    ``LOG_LIMIT`` alone let a noisy handler store megabytes per action, so the records
+    are also kept under ``LOG_LIMIT_BYTES`` (measured as the JSON text stored); one
+    record larger than that on its own is kept with its message truncated.
+    """
+
+    TRUNCATED = " [truncated]"
+
+    def __init__(self, entries: Any, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max(0, max_entries)
+        self.max_bytes = max(0, max_bytes)
+        self._entries: collections.deque[tuple[dict[str, Any], int]] = collections.deque()
+        self.bytes = 0
+        for entry in entries:
+            if isinstance(entry, dict):
+                self.append(entry)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        entry, size = self._fit(entry)
+        self._entries.append((entry, size))
+        self.bytes += size
+        while len(self._entries) > self.max_entries or (
+            self.bytes > self.max_bytes and len(self._entries) > 1
+        ):
+            _old, dropped = self._entries.popleft()
+            self.bytes -= dropped
+
+    def __iter__(self) -> Any:
+        return (entry for entry, _size in self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _fit(self, entry: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        size = len(json.dumps(entry))
+        message = entry.get("message")
+        if size <= self.max_bytes or not isinstance(message, str):
+            return entry, size
+        room = self.max_bytes - (size - len(json.dumps(message)))
+        # The longest prefix whose JSON, marker included, fits: at most ~17 dumps.
+        low, high = 0, len(message)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(json.dumps(message[:middle] + self.TRUNCATED)) <= room:
+                low = middle
+            else:
+                high = middle - 1
+        entry = {**entry, "message": message[:low] + self.TRUNCATED}
+        return entry, len(json.dumps(entry))
 
 
 def event_for(snapshot: dict[str, Any], group: str | None = None) -> dict[str, Any]:
@@ -89,8 +150,10 @@ class Publisher:
         self._percent = action.percent
         self._message = action.message
         self._data = action.data
-        self._log: collections.deque[dict[str, Any]] = collections.deque(
-            action.log or [], maxlen=max(0, int(action_settings.LOG_LIMIT))
+        self._log = ActionLog(
+            action.log or [],
+            max_entries=int(action_settings.LOG_LIMIT),
+            max_bytes=int(action_settings.LOG_LIMIT_BYTES),
         )
         self._db_interval = float(action_settings.PROGRESS_DB_INTERVAL)
         self._push_interval = float(action_settings.PUSH_INTERVAL)

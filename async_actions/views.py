@@ -29,7 +29,7 @@ from async_actions import service
 from async_actions.conf import action_settings
 from async_actions.handlers import ActionHandler, register
 from async_actions.models import Action
-from async_actions.payloads import PayloadError, PayloadTooLarge
+from async_actions.payloads import PayloadError, PayloadTooLarge, check_depth, check_text_depth
 from async_actions.service import OpStatus
 
 if TYPE_CHECKING:
@@ -284,10 +284,7 @@ class BaseAsyncView(View):
                 session_key=_session_key(request, create=True),
             )
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
-            return self.unavailable(
-                _("The submitted data cannot be accepted: %(reason)s") % {"reason": exc},
-                status=413 if isinstance(exc, PayloadTooLarge) else 400,
-            )
+            return self.refused(exc)
         if result.status is OpStatus.OK and result.action is not None:
             return redirect_303(self.url_for("processing", result.action))
         if result.status is OpStatus.BUSY:
@@ -319,6 +316,13 @@ class BaseAsyncView(View):
         action.refresh_from_db()
         page = "result" if action.is_finished else "processing"
         return redirect_303(self.url_for(page, action))
+
+    def refused(self, exc: PayloadError) -> HttpResponse:
+        """400 (413 when too large) for submitted data that cannot become a request."""
+        return self.unavailable(
+            _("The submitted data cannot be accepted: %(reason)s") % {"reason": exc},
+            status=413 if isinstance(exc, PayloadTooLarge) else 400,
+        )
 
     def unavailable(self, message: str, *, status: int) -> HttpResponse:
         response = self.render(self.error_template_name, status=status, message=message)
@@ -361,15 +365,36 @@ class AsyncFormView(BaseAsyncView):
         if not self.run_process():
             return self.initial_page()
         form = self.get_form()
-        if not form.is_valid():
-            return self.form_invalid(form)
-        return self.start(self.form_data(form))
+        try:
+            self.check_json_fields(form)
+            if not form.is_valid():
+                return self.form_invalid(form)
+            data = self.form_data(form)
+        except PayloadError as exc:  # JSON nested deeper than MAX_JSON_DEPTH
+            return self.refused(exc)
+        return self.start(data)
+
+    def check_json_fields(self, form: forms.BaseForm) -> None:
+        """Refuse too-deep text in ``forms.JSONField`` fields before the form parses it.
+
+        ``json.loads`` in the field (and again when an invalid form is shown) raises
+        RecursionError on deep enough text. The field's value sits inside the form's
+        data, the action's request, so it may nest one level less than the request.
+        """
+        limit = int(action_settings.MAX_JSON_DEPTH) - 1
+        for name, field in form.fields.items():
+            if not isinstance(field, forms.JSONField) or field.disabled:
+                continue
+            raw = field.widget.value_from_datadict(form.data, form.files, form.add_prefix(name))
+            if isinstance(raw, str | bytes):
+                check_text_depth(raw, f"The field {field.label or name!r}", limit=max(0, limit))
 
     def form_invalid(self, form: forms.BaseForm) -> HttpResponse:
         return self.initial_page(form=form)
 
     def form_data(self, form: forms.BaseForm) -> Any:
         """``cleaned_data`` as JSON: files become storage names, models their keys."""
+        check_depth(form.cleaned_data, "The form data")  # before _to_json recurses into it
         folder = f"{self.upload_to.rstrip('/')}/{uuid.uuid4().hex}"
         return {key: self._to_json(value, folder) for key, value in form.cleaned_data.items()}
 

@@ -85,7 +85,7 @@ class StartSerializer(serializers.Serializer):
 
 
 class LogSerializer(serializers.Serializer):
-    """The action's kept log records, oldest first (at most ``LOG_LIMIT``)."""
+    """The action's kept log records, oldest first (``LOG_LIMIT``, ``LOG_LIMIT_BYTES``)."""
 
     id = serializers.UUIDField()
     log = serializers.ListField(child=serializers.DictField())

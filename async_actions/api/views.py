@@ -17,11 +17,11 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action as route
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from async_actions import service
+from async_actions.api.parsers import BODY_SLACK, JSONParser, TooLarge
 from async_actions.api.serializers import (
     ActionSerializer,
     ErrorSerializer,
@@ -35,8 +35,6 @@ from async_actions.service import OpStatus
 
 #: Seconds a client should wait before retrying a 429 or 503.
 RETRY_AFTER = 5
-#: Room for the envelope around ``request`` before a body counts as too large.
-BODY_SLACK = 4096
 
 
 class ServiceUnavailable(APIException):
@@ -53,11 +51,6 @@ class Conflict(APIException):
 class TooManyActive(APIException):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     default_code = "limit_reached"
-
-
-class TooLarge(APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "too_large"
 
 
 class ActionPagination(PageNumberPagination):
@@ -86,7 +79,8 @@ class ActionViewSet(
     serializer_class = ActionSerializer
     permission_classes = [permissions.IsAuthenticated]
     pagination_class = ActionPagination
-    # JSON only: a start's ``request`` is nested JSON, which forms cannot express.
+    # JSON only: a start's ``request`` is nested JSON, which forms cannot express. The
+    # parser caps size and depth before parsing.
     parser_classes = [JSONParser]
     lookup_value_regex = "[^/]+"
 
@@ -182,7 +176,10 @@ class ActionViewSet(
             200: OpenApiResponse(
                 ActionSerializer, description="The unfinished action with this idempotency key."
             ),
-            400: _error("Invalid body, unknown handler or a request that cannot be stored."),
+            400: _error(
+                "Invalid body, unknown handler, a request nested deeper than MAX_JSON_DEPTH "
+                "or one that cannot be stored."
+            ),
             401: UNAUTHENTICATED,
             403: UNAUTHENTICATED,
             409: _error("The handler runs one at a time for this request and refuses to queue."),

@@ -20,6 +20,7 @@ from django.db import DatabaseError, close_old_connections
 from async_actions import service
 from async_actions.models import Action
 from async_actions.monitor import monitor
+from async_actions.payloads import PayloadError, loads
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -53,11 +54,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            request = json.loads(options["request"])
-        except json.JSONDecodeError as exc:
-            raise CommandError(
-                f"--request is not valid JSON: {exc}", returncode=EXIT_USAGE
-            ) from None
+            request = loads(options["request"], "--request")
+        except PayloadError as exc:  # not JSON, or nested deeper than MAX_JSON_DEPTH
+            raise CommandError(str(exc), returncode=EXIT_USAGE) from None
         user = None
         if options["user"]:
             User = get_user_model()
