@@ -170,10 +170,10 @@ class BaseAsyncView(View):
 
     def get_queryset(self) -> models.QuerySet[Action]:
         """Actions the visitor may see (:mod:`async_actions.ownership`), of this view."""
-        return ownership.visible_actions(*self.visitor).filter(handler=self.handler_name())
+        return ownership.visible_actions(*self._visitor).filter(handler=self.handler_name())
 
     @property
-    def visitor(self) -> tuple[Any, Any]:
+    def _visitor(self) -> tuple[Any, Any]:
         """``(user, session)`` of the request, as :mod:`async_actions.ownership` takes them."""
         return getattr(self.request, "user", None), getattr(self.request, "session", None)
 
@@ -272,16 +272,16 @@ class BaseAsyncView(View):
     @property
     def shows_tracebacks(self) -> bool:
         """Staff who may see every action get tracebacks; owners get the error message."""
-        return ownership.may_see_tracebacks(self.visitor[0])
+        return ownership.may_see_tracebacks(self._visitor[0])
 
     def may_control(self, action: Action) -> bool:
         """Whether the visitor may cancel the action: its owner, or ``change_action``."""
-        return ownership.controllable_actions(*self.visitor).filter(pk=action.pk).exists()
+        return ownership.controllable_actions(*self._visitor).filter(pk=action.pk).exists()
 
     # -- operations --------------------------------------------------------------------
     def start(self, data: Any) -> HttpResponse:
         """Start the action with ``data`` and answer 303 to its processing page."""
-        user, session_key = ownership.new_owner(*self.visitor)
+        user, session_key = ownership.new_owner(*self._visitor)
         try:
             result = service.start(self.handler_name(), data, user=user, session_key=session_key)
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
