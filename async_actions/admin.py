@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
@@ -224,7 +225,11 @@ class ActionAdmin(admin.ModelAdmin):
         if pk is not None:
             urls = {
                 "aa_status_url": reverse("admin:async_actions_action_status", args=[pk]),
-                "aa_cancel_url": reverse("admin:async_actions_action_cancel", args=[pk]),
+                "aa_cancel_url": (
+                    reverse("admin:async_actions_action_cancel", args=[pk])
+                    if self.has_change_permission(request)
+                    else ""  # no Cancel button for one who may only view
+                ),
                 "aa_result_url": reverse("admin:async_actions_action_change", args=[pk]),
             }
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **urls})
@@ -365,8 +370,8 @@ class ActionAdmin(admin.ModelAdmin):
 
     def cancel_view(self, request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
         self._get_or_404(request, pk)
-        if not self.has_change_permission(request):
-            raise Http404
+        if not self.has_change_permission(request):  # may see it, may not control it
+            raise PermissionDenied
         outcome = service.cancel(pk)
         code = {OpStatus.OK: 202, OpStatus.ACTION_COMPLETED: 409}.get(outcome, 503)
         return JsonResponse({"status": outcome.value}, status=code)

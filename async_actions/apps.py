@@ -10,9 +10,18 @@ class AsyncActionsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in
         from django.utils.module_loading import autodiscover_modules
 
-        from async_actions import checks  # noqa: F401  (registers the system checks)
+        from async_actions import (
+            checks,  # noqa: F401  (registers the system checks)
+            ownership,
+        )
+
+        # Moves the session's anonymous actions to the user (CLAIM_SESSION_ACTIONS_ON_LOGIN).
+        user_logged_in.connect(
+            ownership.claim_session_actions, dispatch_uid="async_actions.claim_session_actions"
+        )
 
         # Handlers live in each app's ``actions`` module, found like admin.py is.
         autodiscover_modules("actions")

@@ -131,10 +131,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
                 id="async_actions.E004",
             )
         )
+    claim = raw.get("CLAIM_SESSION_ACTIONS_ON_LOGIN", True)
+    if not isinstance(claim, bool):
+        errors.append(
+            Error(
+                f"{SETTING_NAME}['CLAIM_SESSION_ACTIONS_ON_LOGIN'] is {claim!r}; "
+                "it must be True or False.",
+                hint="True moves a visitor's anonymous actions to their user on login.",
+                id="async_actions.E040",
+            )
+        )
     if errors:
         return errors + warnings
     errors.extend(_check_runner())
     errors.extend(_check_channel_layer(raw))
+    errors.extend(_check_session_engine())
     return errors + warnings
 
 
@@ -187,3 +198,20 @@ def _check_channel_layer(raw: dict[str, Any]) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _check_session_engine() -> list[CheckMessage]:
+    """Anonymous ownership rests on a session key the server holds and can revoke."""
+    engine = getattr(settings, "SESSION_ENGINE", "")
+    if engine != "django.contrib.sessions.backends.signed_cookies":
+        return []
+    return [
+        Warning(
+            "SESSION_ENGINE is signed_cookies: its key changes whenever the session data "
+            "does and logout cannot revoke it, so anonymous visitors cannot own actions "
+            "reliably.",
+            hint="Use a server-side session engine (db, cache, cached_db or file), or let "
+            "only logged-in users start actions.",
+            id="async_actions.W040",
+        )
+    ]

@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_JSON_DEPTH": 64,
     # Longest progress message in characters (longer ones are truncated).
     "MAX_MESSAGE_LENGTH": 1_000,
+    # On login, move the anonymous actions the visitor's session started to the user.
+    "CLAIM_SESSION_ACTIONS_ON_LOGIN": True,
     # Active (pending or running) actions one owner may have; None means no limit.
     "MAX_ACTIVE_PER_OWNER": None,
     # Seconds a handler may run before it is asked to cancel; None means no limit.

@@ -19,7 +19,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
-from async_actions import service
+from async_actions import ownership, service
 from async_actions.conf import action_settings
 from async_actions.fanout import Hub, Subscriber, hub_for
 from async_actions.models import Action
@@ -107,17 +107,27 @@ class ActionConsumer(AsyncWebsocketConsumer):
         except (ValueError, RecursionError):
             return  # garbage from a client is ignored, never an error
         if isinstance(message, dict) and message.get("type") == "cancel" and self.action_id:
+            if not await database_sync_to_async(self._may_control)(self.action_id):
+                # Watching with view_action does not include cancelling.
+                await self.send(text_data=json.dumps({"type": "cancel", "status": "forbidden"}))
+                return
             status = await database_sync_to_async(service.cancel)(self.action_id)
             await self.send(text_data=json.dumps({"type": "cancel", "status": status.value}))
 
     # -- database ----------------------------------------------------------------------
-    def _owned(self) -> Any:
-        session = self.scope.get("session")
-        session_key = getattr(session, "session_key", None) if session is not None else None
-        return Action.objects.owned_by(self.scope.get("user"), session_key)
+    def _visible_queryset(self) -> Any:
+        """Actions this connection may watch: the same rule as the pages and the API."""
+        return ownership.visible_actions(self.scope.get("user"), self.scope.get("session"))
+
+    def _may_control(self, action_id: UUID) -> bool:
+        """Whether this connection may cancel the action (its owner, or change_action)."""
+        user, session = self.scope.get("user"), self.scope.get("session")
+        return ownership.controllable_actions(user, session).filter(pk=action_id).exists()
 
     async def _visible(self) -> bool:
-        return await database_sync_to_async(self._owned().filter(pk=self.action_id).exists)()
+        return await database_sync_to_async(
+            lambda: self._visible_queryset().filter(pk=self.action_id).exists()
+        )()
 
     async def _snapshot(self) -> dict[str, Any] | None:
         action = await database_sync_to_async(Action.objects.filter(pk=self.action_id).first)()

@@ -20,10 +20,12 @@ class ActionQuerySet(models.QuerySet["Action"]):
         return self.filter(status__in=Action.TERMINAL_STATUSES)
 
     def owned_by(self, user: Any = None, session_key: str | None = None) -> ActionQuerySet:
-        """Actions that belong to a user, or (anonymous) to a session; staff see all."""
+        """Actions that belong to a user, or (anonymous) to a session key, as given.
+
+        The surfaces ask :mod:`async_actions.ownership`, which checks the session and
+        the permissions to see or control others' actions.
+        """
         if user is not None and getattr(user, "is_authenticated", False):
-            if user.is_staff:
-                return self.all()
             return self.filter(user=user)
         if session_key:
             return self.filter(user__isnull=True, session_key=session_key)

@@ -25,7 +25,7 @@ from django.urls import path, reverse
 from django.utils.translation import gettext as _
 from django.views import View
 
-from async_actions import service
+from async_actions import ownership, service
 from async_actions.conf import action_settings
 from async_actions.handlers import ActionHandler, register
 from async_actions.models import Action
@@ -169,11 +169,13 @@ class BaseAsyncView(View):
             )
 
     def get_queryset(self) -> models.QuerySet[Action]:
-        """Actions the visitor may see: theirs (user or session); staff see all."""
-        request = self.request
-        return Action.objects.owned_by(
-            getattr(request, "user", None), _session_key(request, create=False)
-        ).filter(handler=self.handler_name())
+        """Actions the visitor may see (:mod:`async_actions.ownership`), of this view."""
+        return ownership.visible_actions(*self._visitor).filter(handler=self.handler_name())
+
+    @property
+    def _visitor(self) -> tuple[Any, Any]:
+        """``(user, session)`` of the request, as :mod:`async_actions.ownership` takes them."""
+        return getattr(self.request, "user", None), getattr(self.request, "session", None)
 
     def get_action(self, pk: uuid.UUID) -> Action:
         action = self.get_queryset().filter(pk=pk).first()
@@ -249,18 +251,18 @@ class BaseAsyncView(View):
         snapshot = action.snapshot()
         snapshot["result_url"] = self.url_for("result", action)
         snapshot["completed"] = _completed(action)
-        if self.is_staff:
+        if self.shows_tracebacks:
             snapshot["traceback"] = action.traceback
         return snapshot
 
     def action_context(self, action: Action) -> dict[str, Any]:
         return {
             "action": action,
-            "show_traceback": self.is_staff and bool(action.traceback),
+            "show_traceback": self.shows_tracebacks and bool(action.traceback),
             "processing_url": self.url_for("processing", action),
             "result_url": self.url_for("result", action),
             "status_url": self.url_for("status", action),
-            "cancel_url": self.url_for("cancel", action),
+            "cancel_url": self.url_for("cancel", action) if self.may_control(action) else "",
             "start_url": self.url_for("initial"),
             "poll_interval": float(action_settings.POLL_INTERVAL),
             # Whole seconds for the no-JavaScript <meta refresh>; 0 would reload at once.
@@ -268,21 +270,20 @@ class BaseAsyncView(View):
         }
 
     @property
-    def is_staff(self) -> bool:
-        user = getattr(self.request, "user", None)
-        return bool(user is not None and user.is_authenticated and user.is_staff)
+    def shows_tracebacks(self) -> bool:
+        """Staff who may see every action get tracebacks; owners get the error message."""
+        return ownership.may_see_tracebacks(self._visitor[0])
+
+    def may_control(self, action: Action) -> bool:
+        """Whether the visitor may cancel the action: its owner, or ``change_action``."""
+        return ownership.controllable_actions(*self._visitor).filter(pk=action.pk).exists()
 
     # -- operations --------------------------------------------------------------------
     def start(self, data: Any) -> HttpResponse:
         """Start the action with ``data`` and answer 303 to its processing page."""
-        request = self.request
+        user, session_key = ownership.new_owner(*self._visitor)
         try:
-            result = service.start(
-                self.handler_name(),
-                data,
-                user=getattr(request, "user", None),
-                session_key=_session_key(request, create=True),
-            )
+            result = service.start(self.handler_name(), data, user=user, session_key=session_key)
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
             return self.refused(exc)
         if result.status is OpStatus.OK and result.action is not None:
@@ -308,8 +309,12 @@ class BaseAsyncView(View):
 
     def cancel(self, action: Action) -> HttpResponse:
         """Ask the action to stop; JSON for scripts, a redirect for plain forms."""
-        status = service.cancel(action.pk)
         wants_json = "application/json" in self.request.headers.get("Accept", "")
+        if not self.may_control(action):  # one who may see it but not control it
+            if wants_json:
+                return JsonResponse({"status": "forbidden"}, status=403)
+            return self.unavailable(_("You may not cancel this action."), status=403)
+        status = service.cancel(action.pk)
         if wants_json:
             code = {OpStatus.OK: 202, OpStatus.ACTION_COMPLETED: 409}.get(status, 503)
             return JsonResponse({"status": status.value}, status=code)
@@ -429,15 +434,3 @@ def _completed(action: Action) -> bool | float | str:
     if action.status == Action.Status.PENDING:
         return False
     return action.percent
-
-
-def _session_key(request: HttpRequest, *, create: bool) -> str | None:
-    """The visitor's session key; an anonymous visitor starting work gets a session."""
-    session = getattr(request, "session", None)
-    if session is None:
-        return None
-    user = getattr(request, "user", None)
-    if session.session_key is None and create and not (user and user.is_authenticated):
-        session.save()
-        session.modified = True  # so SessionMiddleware sends the cookie
-    return session.session_key

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import DatabaseError
 from django.test import Client, override_settings
 from rest_framework.authtoken.models import Token
@@ -200,13 +201,21 @@ def test_other_users_actions_are_404_and_not_listed(api: APIClient, runner: Any)
     assert Action.objects.get(pk=mine["id"]).status == "succeeded"
 
 
-def test_staff_see_every_action_and_the_traceback(api: APIClient, runner: Any) -> None:
+def test_staff_with_view_permission_see_every_action_and_the_traceback(
+    api: APIClient, runner: Any
+) -> None:
     failing = post(api, {"handler": "tests.boom"}).json()
     finished(failing["id"])
     own = api.get(f"{URL}{failing['id']}/").json()
     assert own["status"] == "failed"
     assert own["error"] and own["traceback"] == ""
-    staff = as_user(make_user("root", is_staff=True))
+    bare = as_user(make_user("bare", is_staff=True))  # is_staff alone grants nothing
+    assert bare.get(f"{URL}{failing['id']}/").status_code == 404
+    root = make_user("root", is_staff=True)
+    root.user_permissions.add(
+        Permission.objects.get(content_type__app_label="async_actions", codename="view_action")
+    )
+    staff = as_user(root)
     seen = staff.get(f"{URL}{failing['id']}/").json()
     assert "Traceback" in seen["traceback"]
     assert staff.get(URL).json()["count"] == 1

@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.contrib.sessions.backends.db import SessionStore
 
 from async_actions import consumers, service
@@ -101,9 +102,14 @@ async def test_the_owner_first_receives_the_database_snapshot() -> None:
     await ws.disconnect()
 
 
-async def test_staff_may_watch_any_action() -> None:
+async def test_view_permission_may_watch_any_action() -> None:
     staff = await sync_to_async(get_user_model().objects.create_user)(
         "boss", password="pw", is_staff=True
+    )
+    await staff.user_permissions.aadd(
+        await Permission.objects.aget(
+            content_type__app_label="async_actions", codename="view_action"
+        )
     )
     action = await make_action(await new_session(), status="running", seq=3)
     ws = communicator(action.pk, await new_session(staff))

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import DatabaseError
 from django.test import Client
@@ -44,6 +45,13 @@ def make_user(db: None) -> Any:
         return get_user_model().objects.create_user(name, password="pw", **extra)
 
     return make
+
+
+def with_permission(user: Any, codename: str) -> Any:
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="async_actions", codename=codename)
+    )
+    return user
 
 
 def start(client: Client, name: str = "echo_view", data: dict | None = None) -> str:
@@ -173,18 +181,20 @@ def test_another_visitor_gets_404_on_every_url(client: Client, runner: Any, page
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_another_user_gets_404_and_staff_see_the_action(
+def test_another_user_gets_404_and_view_permission_sees_the_action(
     runner: Any, make_user: Any, page: str
 ) -> None:
-    owner, other, staff = Client(), Client(), Client()
+    owner, other, staff, viewer = Client(), Client(), Client(), Client()
     owner.force_login(make_user("owner"))
     other.force_login(make_user("other"))
     staff.force_login(make_user("boss", is_staff=True))
+    viewer.force_login(with_permission(make_user("viewer"), "view_action"))
     pk = start(owner)
     finished(pk)
     url = reverse(f"echo_view:{page}", kwargs={"pk": pk})
     assert other.get(url).status_code == 404
-    assert staff.get(url).status_code in (200, 302)
+    assert staff.get(url).status_code == 404  # is_staff alone grants nothing
+    assert viewer.get(url).status_code in (200, 302)
     assert Action.objects.get(pk=pk).session_key == ""
 
 
@@ -207,9 +217,11 @@ def test_failed_page_hides_the_traceback_from_non_staff(client: Client, runner: 
     assert "secret path" not in str(status)
 
 
-def test_staff_see_the_traceback_on_the_failed_page(runner: Any, make_user: Any) -> None:
+def test_staff_with_view_permission_see_the_traceback_on_the_failed_page(
+    runner: Any, make_user: Any
+) -> None:
     staff = Client()
-    staff.force_login(make_user("boss", is_staff=True))
+    staff.force_login(with_permission(make_user("boss", is_staff=True), "view_action"))
     pk = start(staff, "boom_view")
     finished(pk)
     page = staff.get(reverse("boom_view:result", kwargs={"pk": pk}))

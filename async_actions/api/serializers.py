@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from async_actions import ownership
 from async_actions.models import Action
 
 
 class ActionSerializer(serializers.ModelSerializer):
-    """An action as its owner sees it; the traceback only for staff."""
+    """An action as its owner sees it; the traceback only for staff who may see all."""
 
     owner = serializers.SerializerMethodField()
     duration = serializers.FloatField(read_only=True, allow_null=True)
@@ -50,7 +51,7 @@ class ActionSerializer(serializers.ModelSerializer):
     def get_traceback(self, action: Action) -> str:
         request = self.context.get("request")
         user = getattr(request, "user", None)
-        return action.traceback if getattr(user, "is_staff", False) else ""
+        return action.traceback if ownership.may_see_tracebacks(user) else ""
 
     def get_url(self, action: Action) -> str | None:
         """The action's processing page, when the site mounts one for it."""

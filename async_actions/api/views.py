@@ -15,12 +15,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action as route
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from async_actions import service
+from async_actions import ownership, service
 from async_actions.api.parsers import BODY_SLACK, JSONParser, TooLarge
 from async_actions.api.serializers import (
     ActionSerializer,
@@ -74,7 +74,7 @@ class ActionViewSet(
     mixins.CreateModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Actions of the authenticated user (all actions for staff)."""
+    """Actions of the authenticated user (all of them with ``view_action``)."""
 
     serializer_class = ActionSerializer
     permission_classes = [permissions.IsAuthenticated]
@@ -85,7 +85,10 @@ class ActionViewSet(
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self) -> QuerySet[Action]:
-        queryset = Action.objects.owned_by(self.request.user).select_related("user")
+        request = self.request
+        queryset = ownership.visible_actions(
+            request.user, getattr(request, "session", None)
+        ).select_related("user")
         if self.action != "list":
             return queryset
         params = self.request.query_params
@@ -228,7 +231,9 @@ class ActionViewSet(
                 description="Cancelled (pending) or asked to stop (running).",
             ),
             401: UNAUTHENTICATED,
-            403: UNAUTHENTICATED,
+            403: _error(
+                "Credentials missing or wrong, or you may see the action but not cancel it."
+            ),
             404: NOT_FOUND,
             409: _error("The action has already finished."),
             503: UNAVAILABLE,
@@ -237,6 +242,11 @@ class ActionViewSet(
     @route(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         action = self.get_object()
+        controllable = ownership.controllable_actions(
+            request.user, getattr(request, "session", None)
+        )
+        if not controllable.filter(pk=action.pk).exists():
+            raise PermissionDenied("You may see this action but not cancel it.")
         outcome = service.cancel(action.pk)
         if outcome is OpStatus.ACTION_COMPLETED:
             raise Conflict(

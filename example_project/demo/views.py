@@ -10,19 +10,15 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
+from async_actions import ownership
 from async_actions.context import ActionError
 from async_actions.handlers import perform
-from async_actions.models import Action
 from example_project.demo import tasks
 
 
 def _mine(request):
     """The visitor's actions: their user's, or their anonymous session's."""
-    if request.user.is_authenticated:
-        return Action.objects.owned_by(request.user)
-    if not request.session.session_key:
-        return Action.objects.none()
-    return Action.objects.owned_by(session_key=request.session.session_key)
+    return ownership.owned_actions(request.user, request.session)
 
 
 def home(request):
@@ -45,15 +41,8 @@ def action_status(request, pk):
 @require_POST
 def start_thumbnails(request):
     """Starts a plain function with perform(); the same action is visible in the API."""
-    if not request.session.session_key:
-        request.session.save()
-    user = request.user if request.user.is_authenticated else None
-    result = perform(
-        tasks.make_thumbnails,
-        count=12,
-        user=user,
-        session_key=None if user else request.session.session_key,
-    )
+    user, session_key = ownership.new_owner(request.user, request.session)
+    result = perform(tasks.make_thumbnails, count=12, user=user, session_key=session_key)
     if not result.ok:
         messages.error(request, _("The thumbnails could not be started. Try again."))
     else:
