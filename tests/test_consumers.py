@@ -231,14 +231,14 @@ async def test_garbage_frames_are_ignored() -> None:
     await ws.disconnect()
 
 
-async def test_an_oversize_frame_closes_the_socket_with_1009_and_the_server_stays_up() -> None:
+async def test_an_oversize_frame_closes_the_socket_with_4413_and_the_server_stays_up() -> None:
     session = await new_session()
     action = await make_action(session, status="running", seq=1)
     ws = communicator(action.pk, session)
     await ws.connect(TIMEOUT)
     await ws.receive_json_from(TIMEOUT)
     await ws.send_to(text_data="[" * 100_000)
-    assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 1009}
+    assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4413}
     again = communicator(action.pk, session)
     connected, _ = await again.connect(TIMEOUT)
     assert connected
