@@ -76,10 +76,11 @@ class Site:
     def start_waiting(self) -> tuple[str, Path]:
         """A running action of ``owner`` that succeeds once the returned path exists."""
         gate = self.tmp / f"gate-{uuid.uuid4().hex}"
+        body = {"handler": "tests.wait_file", "request": {"path": str(gate)}}
         request = urllib.request.Request(
             f"{self.server.base}/api/actions/",
             method="POST",
-            data=json.dumps({"handler": "tests.wait_file", "request": {"path": str(gate)}}).encode(),
+            data=json.dumps(body).encode(),
             headers={"Authorization": f"Token {self.token}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
