@@ -1,9 +1,9 @@
 """The WebSocket consumer that streams one action's progress to a browser tab.
 
-On connect it authorizes, subscribes to the action through the process's hub
-(``async_actions.fanout``), and only then reads the database snapshot: an event
-published between the two waits in the subscription, not lost, and ``seq`` tells
-whether it is newer than the snapshot.
+On connect it authorizes (before accepting the handshake), subscribes to the action
+through the process's hub (``async_actions.fanout``), and only then reads the database
+snapshot: an event published between the two waits in the subscription, not lost, and
+``seq`` tells whether it is newer than the snapshot.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ class CloseCode(enum.IntEnum):
     UNAVAILABLE = 4503
 
 
+#: The names these codes had before ``CloseCode``.
 CLOSE_NOT_FOUND = CloseCode.NOT_FOUND
 CLOSE_UNAVAILABLE = CloseCode.UNAVAILABLE
 CLOSE_TOO_BIG = CloseCode.TOO_BIG
-CLOSE_TOO_MANY = CloseCode.TOO_MANY
 MAX_CLIENT_FRAME = 4096
 
 #: Open sockets per (owner, action) in this process, for ``MAX_SOCKETS_PER_OWNER_ACTION``.
