@@ -141,12 +141,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
                 id="async_actions.E040",
             )
         )
+    errors.extend(_check_websocket_settings(raw))
     if errors:
         return errors + warnings
     errors.extend(_check_runner())
     errors.extend(_check_channel_layer(raw))
     errors.extend(_check_session_engine())
     return errors + warnings
+
+
+def _check_websocket_settings(raw: dict[str, Any]) -> list[CheckMessage]:
+    cap = raw.get("MAX_SOCKETS_PER_OWNER_ACTION", DEFAULTS["MAX_SOCKETS_PER_OWNER_ACTION"])
+    if cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
+        return []
+    return [
+        Error(
+            f"{SETTING_NAME}['MAX_SOCKETS_PER_OWNER_ACTION'] is {cap!r}; it must be None "
+            "or a whole number, 1 or more.",
+            hint="A browser tab holds one socket per action it shows; "
+            f"the default ({DEFAULTS['MAX_SOCKETS_PER_OWNER_ACTION']}) allows that many tabs.",
+            id="async_actions.E030",
+        )
+    ]
 
 
 def _bad(key: str, value: Any, expected: str) -> Error:

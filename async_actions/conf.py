@@ -67,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "CLAIM_SESSION_ACTIONS_ON_LOGIN": True,
     # Active (pending or running) actions one owner may have; None means no limit.
     "MAX_ACTIVE_PER_OWNER": None,
+    # Open WebSockets one owner (user, or anonymous session) may hold to one action in
+    # one server process; None means no limit.
+    "MAX_SOCKETS_PER_OWNER_ACTION": 20,
     # Seconds a handler may run before it is asked to cancel; None means no limit.
     # A handler's own ``time_limit`` wins.
     "TIME_LIMIT": None,

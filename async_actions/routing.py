@@ -1,11 +1,11 @@
 """WebSocket routes to include in the project's ASGI ``URLRouter``.
 
 Wrap them in ``AuthMiddlewareStack`` (ownership needs the user and session) and
-``AllowedHostsOriginValidator``::
+``async_actions.origins.SameOriginValidator`` (scheme, host and port of the origin)::
 
     application = ProtocolTypeRouter({
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
+        "websocket": SameOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
     })

@@ -9,10 +9,10 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from async_actions.origins import SameOriginValidator  # noqa: E402
 from async_actions.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.DEBUG:  # `python -m daphne` serves static files itself only in the demo
@@ -21,7 +21,7 @@ if settings.DEBUG:  # `python -m daphne` serves static files itself only in the 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
+        "websocket": SameOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
     }

@@ -117,3 +117,13 @@ def scaled_work(ctx: ActionContext) -> Any:
 @handler("tests.scaled_retry", max_attempts=2)
 def scaled_retry(ctx: ActionContext) -> Any:
     return _steps(ctx)
+
+
+@handler("tests.wait_file")
+def wait_for_file(ctx: ActionContext) -> Any:
+    """Runs until the file at ``path`` exists or it is cancelled: a gate another process opens."""
+    path = ctx.request["path"]
+    while not os.path.exists(path):
+        if ctx.wait_cancelled(0.02):
+            ctx.raise_if_cancelled()
+    return "released"

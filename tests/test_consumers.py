@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,14 +238,14 @@ async def test_garbage_frames_are_ignored() -> None:
     await ws.disconnect()
 
 
-async def test_an_oversize_frame_closes_the_socket_with_1009_and_the_server_stays_up() -> None:
+async def test_an_oversize_frame_closes_the_socket_with_4413_and_the_server_stays_up() -> None:
     session = await new_session()
     action = await make_action(session, status="running", seq=1)
     ws = communicator(action.pk, session)
     await ws.connect(TIMEOUT)
     await ws.receive_json_from(TIMEOUT)
     await ws.send_to(text_data="[" * 100_000)
-    assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 1009}
+    assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4413}
     again = communicator(action.pk, session)
     connected, _ = await again.connect(TIMEOUT)
     assert connected
@@ -284,3 +285,181 @@ async def test_a_dead_channel_layer_closes_with_4503_so_the_page_polls(
         assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4503}
     finally:
         channel_layers.backends.clear()
+
+
+# -- authorization comes first -------------------------------------------------------------
+
+#: Every kind of frame a client can send: commands, unknown ones, garbage, binary, oversize.
+FRAMES: list[dict[str, Any]] = [
+    {"text_data": '{"type": "cancel"}'},
+    {"bytes_data": b'{"type": "cancel"}'},
+    {"text_data": '{"type": "explode"}'},
+    {"text_data": "not json"},
+    {"bytes_data": b"\x00\xff"},
+    {"text_data": "x" * 5000},
+    {"bytes_data": b"x" * 5000},
+]
+
+
+async def stranger_session(kind: str) -> str | None:
+    if kind == "no session":
+        return None
+    if kind == "another session":
+        return await new_session()
+    user = await sync_to_async(get_user_model().objects.create_user)("mallory", password="pw")
+    return await new_session(user)
+
+
+async def assert_inert(ws: WebsocketCommunicator, frame: dict[str, Any], code: int) -> None:
+    """``frame`` sent before and after the handshake; only ``code`` comes back."""
+    await ws.send_input({"type": "websocket.connect"})
+    await ws.send_to(**frame)  # queued while the consumer decides
+    assert await ws.receive_output(TIMEOUT) == {"type": "websocket.accept", "subprotocol": None}
+    await ws.send_to(**frame)
+    await ws.send_to(text_data='{"type": "cancel"}')
+    assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": code}
+    assert await ws.receive_nothing(0.1)
+    await ws.disconnect()
+
+
+async def assert_untouched(action: Action) -> None:
+    await action.arefresh_from_db()
+    assert (action.status, action.cancel_requested, action.seq) == ("pending", False, 0)
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=lambda frame: repr(frame)[:30])
+@pytest.mark.parametrize("stranger", ["no session", "another session", "another user"])
+async def test_no_frame_of_a_visitor_who_may_not_see_the_action_is_acted_on(
+    stranger: str, frame: dict[str, Any]
+) -> None:
+    """Fails on df31ab2: a cancel sent on the refused socket cancelled the action."""
+    action = await make_action(await new_session())
+    await assert_inert(communicator(action.pk, await stranger_session(stranger)), frame, 4404)
+    await assert_untouched(action)
+
+
+@pytest.mark.parametrize("frame", FRAMES[:3], ids=lambda frame: repr(frame)[:30])
+async def test_no_frame_of_a_socket_over_the_cap_is_acted_on(
+    settings: Any, frame: dict[str, Any]
+) -> None:
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "MAX_SOCKETS_PER_OWNER_ACTION": 1}
+    session = await new_session()
+    action = await make_action(session)
+    first = communicator(action.pk, session)
+    assert (await first.connect(TIMEOUT))[0]
+    await first.receive_json_from(TIMEOUT)
+    await assert_inert(communicator(action.pk, session), frame, 4429)
+    await assert_untouched(action)
+    await first.disconnect()
+
+
+async def test_no_frame_of_a_socket_closed_for_a_dead_layer_is_acted_on(settings: Any) -> None:
+    """Fails on df31ab2: the owner's socket closed with 4503 still ran a cancel after it."""
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "CHANNEL_LAYER": "missing"}
+    session = await new_session()
+    action = await make_action(session)
+    await assert_inert(communicator(action.pk, session), FRAMES[0], 4503)
+    await assert_untouched(action)
+
+
+async def test_the_owners_cancel_sent_before_the_snapshot_is_honoured() -> None:
+    session = await new_session()
+    action = await make_action(session)
+    ws = communicator(action.pk, session)
+    await ws.send_input({"type": "websocket.connect"})
+    await ws.send_to(text_data='{"type": "cancel"}')
+    assert (await ws.receive_output(TIMEOUT))["type"] == "websocket.accept"
+    assert (await ws.receive_json_from(TIMEOUT))["action"]["status"] == "pending"
+    await wait_status(action.pk, "cancelled")
+    await ws.disconnect()
+
+
+async def test_cancel_asks_may_control_not_only_whether_the_action_is_visible(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(consumers.ActionConsumer, "_may_control", lambda self, pk: False)
+    session = await new_session()
+    action = await make_action(session)
+    ws = communicator(action.pk, session)
+    await ws.connect(TIMEOUT)
+    await ws.receive_json_from(TIMEOUT)
+    await ws.send_json_to({"type": "cancel"})
+    assert await ws.receive_json_from(TIMEOUT) == {"type": "cancel", "status": "forbidden"}
+    await assert_untouched(action)
+    await ws.disconnect()
+
+
+# -- sockets per owner and action ------------------------------------------------------------
+
+
+async def open_socket(action: Action, session: str) -> tuple[WebsocketCommunicator, int | None]:
+    """A socket and None once it got its snapshot, or the code it was closed with."""
+    ws = communicator(action.pk, session)
+    assert (await ws.connect(TIMEOUT))[0]
+    output = await ws.receive_output(TIMEOUT)
+    return ws, (output["code"] if output["type"] == "websocket.close" else None)
+
+
+async def test_sockets_are_capped_per_owner_and_action(settings: Any) -> None:
+    """Fails on df31ab2: there was no cap."""
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "MAX_SOCKETS_PER_OWNER_ACTION": 2}
+    user = await sync_to_async(get_user_model().objects.create_user)("tabs", password="pw")
+    action, elsewhere = await make_action(user=user), await make_action(user=user)
+    # A logged-in owner is one owner across sessions (browsers, devices).
+    tabs = [await open_socket(action, await new_session(user)) for _ in range(3)]
+    assert [code for _, code in tabs] == [None, None, 4429]
+    assert (await open_socket(elsewhere, await new_session(user)))[1] is None  # another action
+    boss = await sync_to_async(get_user_model().objects.create_superuser)("boss", password="pw")
+    assert (await open_socket(action, await new_session(boss)))[1] is None  # another owner
+    await tabs[0][0].disconnect()  # a closed tab frees its place
+    again, code = await open_socket(action, await new_session(user))
+    assert code is None
+    assert consumers._open_sockets[(f"user:{user.pk}", action.pk)] == 2
+    for ws, _ in tabs[1:]:
+        await ws.disconnect()
+    await again.disconnect()
+    assert (f"user:{user.pk}", action.pk) not in consumers._open_sockets
+
+
+async def test_anonymous_sockets_are_capped_per_session(settings: Any) -> None:
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "MAX_SOCKETS_PER_OWNER_ACTION": 1}
+    session = await new_session()
+    action = await make_action(session)
+    first, code = await open_socket(action, session)
+    assert code is None
+    over, code = await open_socket(action, session)
+    assert code == 4429
+    await over.disconnect()
+    await first.disconnect()
+    again, code = await open_socket(action, session)
+    assert code is None
+    await again.disconnect()
+    assert not [key for key in consumers._open_sockets if key[1] == action.pk]
+
+
+async def test_no_cap_when_the_setting_is_none(settings: Any) -> None:
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "MAX_SOCKETS_PER_OWNER_ACTION": None}
+    session = await new_session()
+    action = await make_action(session)
+    tabs = [await open_socket(action, session) for _ in range(25)]
+    assert [code for _, code in tabs] == [None] * 25
+    for ws, _ in tabs:
+        await ws.disconnect()
+
+
+@pytest.mark.parametrize("value", [0, -1, "20", True, 2.5])
+def test_a_bad_socket_cap_fails_the_system_check(settings: Any, value: Any) -> None:
+    from async_actions.checks import check_settings
+
+    settings.ASYNC_ACTIONS = {"MAX_SOCKETS_PER_OWNER_ACTION": value}
+    assert [m.id for m in check_settings()] == ["async_actions.E030"]
+
+
+# -- close codes -------------------------------------------------------------------------------
+
+
+def test_every_close_code_is_an_application_code_documented_with_the_websocket() -> None:
+    views_doc = (Path(__file__).resolve().parent.parent / "docs" / "views.md").read_text()
+    for code in consumers.CloseCode:
+        assert 4000 <= code <= 4999, code  # what daphne lets an application send
+        assert f"| {int(code)} | `{code.name}` |" in views_doc, code
