@@ -90,7 +90,8 @@ class Publisher:
         # Made in the thread that runs the handler: its connection to the action's
         # database, and how many atomic blocks were open before the handler ran (a test
         # may run actions inside its own transaction; only the handler's own count).
-        self._connection = connections[router.db_for_write(type(action))]
+        self._alias = router.db_for_write(type(action))
+        self._connection = connections[self._alias]
         self._outer_atomic_depth = len(self._connection.atomic_blocks)
         self._handler = action.handler
         self._created_at = action.created_at
@@ -149,7 +150,7 @@ class Publisher:
         if (
             write_due
             and self.inline_writes
-            and not self.in_handler_transaction()
+            and not self._in_transaction_here()
             and self._write_lock.acquire(blocking=False)
         ):
             try:
@@ -169,6 +170,14 @@ class Publisher:
         changes, which needs no lock to read.
         """
         return len(self._connection.atomic_blocks) > self._outer_atomic_depth
+
+    def _in_transaction_here(self) -> bool:
+        """Whether the calling thread has a transaction open (``update`` may come from
+        outside the handler: ``service.update_progress`` in a request, say)."""
+        conn = connections[self._alias]
+        if conn is self._connection:
+            return self.in_handler_transaction()
+        return bool(conn.in_atomic_block)
 
     @property
     def on_sqlite(self) -> bool:

@@ -8,6 +8,7 @@ transaction must not stall the monitor thread that serves every other action.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from async_actions import service
 from async_actions.context import ActionContext, ActionError
 from async_actions.handlers import handler
 from async_actions.models import Action
+from async_actions.service import OpStatus
 from async_actions.views import BaseAsyncView
 from example_project.asgi import application
 from tests.conftest import wait_for
@@ -103,6 +105,14 @@ def roll_back(ctx: ActionContext) -> Any:
     except ValueError:
         pass
     step("rolled-back").set()
+    if not step("release").wait(HOLD):
+        raise ActionError("never released")
+    return "done"
+
+
+@handler("tests.atomic.idle", public=False)
+def idle(ctx: ActionContext) -> Any:
+    step("idle").set()
     if not step("release").wait(HOLD):
         raise ActionError("never released")
     return "done"
@@ -187,6 +197,8 @@ def test_progress_inside_an_open_transaction_shows_on_every_surface(runner: Any,
     change = page.get(reverse("admin:async_actions_action_change", args=[pk])).content.decode()
     assert "inside the transaction" in change
     assert "40.0" in change
+    listing = page.get(reverse("admin:async_actions_action_changelist")).content.decode()
+    assert 'aria-valuenow="40"' in listing
 
     retrieved = api.get(f"/api/actions/{pk}/")
     assert retrieved.status_code == 200
@@ -227,6 +239,22 @@ def test_progress_reported_in_a_transaction_that_rolls_back_is_still_stored(runn
     step("release").set()
     final = wait_for(lambda: Action.objects.filter(pk=started.action.pk).finished().first())
     assert (final.status, final.message) == ("succeeded", "before the rollback")
+
+
+def test_progress_reported_from_outside_the_handler_is_not_written_into_the_callers_transaction(
+    runner: Any,
+):
+    """``service.update_progress`` from code in a transaction (a request, say) that then
+    rolls back: the report is stored all the same."""
+    started = service.start("tests.atomic.idle")
+    assert step("idle").wait(HOLD)
+    with contextlib.suppress(ValueError), transaction.atomic():
+        assert service.update_progress(started.action.pk, 55, "from a request") is OpStatus.OK
+        raise ValueError("the request fails and rolls back")
+    stored = wait_for(lambda: Action.objects.filter(pk=started.action.pk, percent=55).first())
+    assert stored.message == "from a request"
+    step("release").set()
+    wait_for(lambda: Action.objects.get(pk=started.action.pk).is_finished)
 
 
 def test_an_open_transaction_does_not_stall_other_actions_time_limits(runner: Any):
