@@ -123,6 +123,7 @@ class ActionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, action: Action) -> str:
+        action = service.live(action)
         label = action.get_status_display()
         if action.cancel_requested and action.is_active:
             label = _("Cancelling")
@@ -130,6 +131,7 @@ class ActionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("progress"), ordering="percent")
     def progress(self, action: Action) -> str:
+        action = service.live(action)
         percent = int(action.percent)
         return format_html(
             '<span class="aa-admin-bar" role="progressbar" aria-valuenow="{0}" '
@@ -208,6 +210,13 @@ class ActionAdmin(admin.ModelAdmin):
             '<table class="aa-admin-log"><tbody>{}</tbody></table>',
             format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
         )
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> Action | None:
+        """The row, with the live progress of a handler running in this process."""
+        action = super().get_object(request, object_id, from_field)
+        return service.live(action) if action is not None else None
 
     def change_view(
         self,
@@ -360,7 +369,7 @@ class ActionAdmin(admin.ModelAdmin):
         action = Action.objects.filter(pk=pk).first()
         if action is None:
             raise Http404
-        return action
+        return service.live(action)
 
     def status_view(self, request: HttpRequest, pk: uuid.UUID) -> JsonResponse:
         action = self._get_or_404(request, pk)

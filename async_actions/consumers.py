@@ -214,4 +214,4 @@ class ActionConsumer(AsyncWebsocketConsumer):
     # -- database ----------------------------------------------------------------------
     async def _snapshot(self) -> dict[str, Any] | None:
         action = await database_sync_to_async(Action.objects.filter(pk=self.action_id).first)()
-        return action.snapshot() if action is not None else None
+        return service.live(action).snapshot() if action is not None else None

@@ -10,19 +10,29 @@ import contextlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.db import DatabaseError, close_old_connections
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 from django.utils import timezone
 
 from async_actions.conf import action_settings
 
 if TYPE_CHECKING:
     from async_actions.context import ActionContext
+    from async_actions.models import Action
     from async_actions.progress import Publisher
 
 logger = logging.getLogger("async_actions")
+
+#: Seconds a monitor write may wait for a lock another connection holds. One thread
+#: serves every action in the process (pushes, cancels, time limits), so a write that
+#: meets a long transaction (SQLite's write lock, a PostgreSQL row lock) gives up and
+#: is tried again on a later tick, instead of waiting out the busy timeout (or, on
+#: PostgreSQL, the other transaction's commit) while every other action waits too.
+LOCK_WAIT = 0.25
 
 
 class Monitor:
@@ -58,6 +68,24 @@ class Monitor:
             entry = self._running.get(key)
         return entry[0] if entry else None
 
+    def overlay(self, action: Action) -> Action:
+        """``action`` with the live progress of its handler, if it runs in this process.
+
+        The row lags the handler by up to ``PROGRESS_DB_INTERVAL``, and by the whole
+        transaction when the handler's transaction holds SQLite's write lock; readers in
+        this process (status JSON, API, admin, a WebSocket's first snapshot) show what
+        the handler reported, not what could be written so far.
+        """
+        if action.status != "running":
+            return action
+        with self._lock:
+            entry = self._running.get(action.pk)
+        live = entry[1].live_fields() if entry else None
+        if live is not None and live["seq"] > action.seq:
+            for name, value in live.items():
+                setattr(action, name, value)
+        return action
+
     def running_ids(self) -> list[UUID]:
         with self._lock:
             return list(self._running)
@@ -86,9 +114,12 @@ class Monitor:
         with self._lock:
             entries = list(self._running.values())
         now = time.monotonic()
+        # While a handler's transaction holds SQLite's only write lock, no other
+        # connection can write: push only, and write once it commits.
+        writable = not any(pub.on_sqlite and pub.in_handler_transaction() for _, pub in entries)
         for ctx, publisher in entries:
             try:
-                publisher.flush_due(now)
+                publisher.flush_due(now, write=writable)
             except Exception:
                 logger.exception("Flushing progress of %s failed", ctx.action_id)
             if publisher.lost:
@@ -99,7 +130,7 @@ class Monitor:
         if now - self._last_cancel_poll >= float(action_settings.CANCEL_POLL_INTERVAL):
             self._last_cancel_poll = now
             self._poll_cancels(entries)
-        if now - self._last_heartbeat >= float(action_settings.HEARTBEAT_INTERVAL):
+        if writable and now - self._last_heartbeat >= float(action_settings.HEARTBEAT_INTERVAL):
             self._last_heartbeat = now
             self._heartbeat([ctx.action_id for ctx, _ in entries])
         time.sleep(max(0.005, min(float(action_settings.PUSH_INTERVAL), 0.25)))
@@ -139,3 +170,16 @@ class Monitor:
 
 
 monitor = Monitor()
+
+
+@receiver(connection_created)
+def _bound_lock_waits(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """Give the monitor thread's connections a ``LOCK_WAIT`` lock timeout."""
+    if threading.current_thread() is not monitor._thread:
+        return
+    millis = int(LOCK_WAIT * 1000)
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(f"PRAGMA busy_timeout = {millis}")
+        elif connection.vendor == "postgresql":
+            cursor.execute(f"SET lock_timeout = '{millis}ms'")

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections, router
 from django.utils import timezone
 
 from async_actions.conf import action_settings
@@ -136,10 +136,24 @@ def event_for(snapshot: dict[str, Any], group: str | None = None) -> dict[str, A
 
 
 class Publisher:
-    """Coalesces one running action's progress into writes and pushes."""
+    """Coalesces one running action's progress into writes and pushes.
+
+    Progress is never written on the handler's connection while the handler has a
+    transaction open there: the write would be invisible to everyone else until the
+    commit, rolled back with the handler's work, could abort that transaction with an
+    error of its own, and (on PostgreSQL) would lock the action's row against the
+    monitor's heartbeat until the commit. The monitor thread writes it instead, on its
+    own connection (docs/basics.md, "Handlers that use transactions").
+    """
 
     def __init__(self, action: Action) -> None:
         self.action_id = action.pk
+        # Made in the thread that runs the handler: its connection to the action's
+        # database, and how many atomic blocks were open before the handler ran (a test
+        # may run actions inside its own transaction; only the handler's own count).
+        self._alias = router.db_for_write(type(action))
+        self._connection = connections[self._alias]
+        self._outer_atomic_depth = len(self._connection.atomic_blocks)
         self._handler = action.handler
         self._created_at = action.created_at
         self._started_at = action.started_at
@@ -196,7 +210,12 @@ class Publisher:
             write_due = now - self._last_write >= self._db_interval
         if push_due:
             self.push()
-        if write_due and self.inline_writes and self._write_lock.acquire(blocking=False):
+        if (
+            write_due
+            and self.inline_writes
+            and not self._in_transaction_here()
+            and self._write_lock.acquire(blocking=False)
+        ):
             try:
                 self._write()
             finally:
@@ -207,9 +226,33 @@ class Publisher:
             self._log.append(entry)
             self._log_dirty = True
 
+    def in_handler_transaction(self) -> bool:
+        """Whether the handler has a transaction open on the action's database now.
+
+        Read from the monitor thread too: a length of a list the handler's thread
+        changes, which needs no lock to read.
+        """
+        return len(self._connection.atomic_blocks) > self._outer_atomic_depth
+
+    def _in_transaction_here(self) -> bool:
+        """Whether the calling thread has a transaction open (``update`` may come from
+        outside the handler: ``service.update_progress`` in a request, say)."""
+        conn = connections[self._alias]
+        if conn is self._connection:
+            return self.in_handler_transaction()
+        return bool(conn.in_atomic_block)
+
+    @property
+    def on_sqlite(self) -> bool:
+        return bool(self._connection.vendor == "sqlite")
+
     # -- called from the monitor thread -------------------------------------------------
-    def flush_due(self, now: float) -> None:
-        """Push and write changes that no later ``update`` carried out."""
+    def flush_due(self, now: float, *, write: bool = True) -> None:
+        """Push and write changes that no later ``update`` carried out.
+
+        ``write=False`` pushes only: the monitor passes it while the database cannot
+        take a write (a handler's SQLite transaction holds the lock), and writes later.
+        """
         with self._lock:
             push_due = self._seq > self._pushed_seq and now - self._last_push >= self._push_interval
             write_due = (self._seq > self._written_seq or self._log_dirty) and (
@@ -217,9 +260,24 @@ class Publisher:
             )
         if push_due:
             self.push()
-        if write_due:
+        if write_due and write:
             with self._write_lock:
                 self._write()
+
+    def live_fields(self) -> dict[str, Any] | None:
+        """The progress fields newer than any write, for readers in this process; None
+        once the final state is written (the row is then the truth)."""
+        if self.closed:
+            return None
+        with self._lock:
+            return {
+                "percent": self._percent,
+                "message": self._message,
+                "data": self._data,
+                "seq": self._seq,
+                "log": list(self._log),
+                "cancel_requested": self.cancel_requested,
+            }
 
     # -- internals ----------------------------------------------------------------------
     def snapshot(self, **final: Any) -> dict[str, Any]:
@@ -413,14 +471,20 @@ class Pusher:
         self._layer_cache = None
 
     def layer(self) -> Any:
+        from channels.layers import channel_layers, get_channel_layer
+
         alias = action_settings.CHANNEL_LAYER
         cached = self._layer_cache
-        if cached is not None and cached[0] == alias:
+        # Channels builds a new layer when its backends are reset (a settings change in
+        # tests): pushing to the one it replaced would reach no consumer.
+        if (
+            cached is not None
+            and cached[0] == alias
+            and (cached[1] is None or channel_layers.backends.get(alias) is cached[1])
+        ):
             return cached[1]
         layer = None
         if alias:
-            from channels.layers import get_channel_layer
-
             try:
                 layer = get_channel_layer(alias)
             except Exception:

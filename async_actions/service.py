@@ -202,6 +202,15 @@ def _after_change(pk: UUID, finished: str | None = None) -> None:
         action_finished.send(sender=Action, action=action, status=finished)
 
 
+def live(action: Action) -> Action:
+    """``action`` with what its handler last reported, when it runs in this process.
+
+    The row lags the handler (by ``PROGRESS_DB_INTERVAL``, or by a whole transaction
+    that holds SQLite's write lock); every surface reads through this.
+    """
+    return monitor.overlay(action)
+
+
 def update_progress(
     action_id: Any, percent: float | None = None, message: str | None = None, data: Any = None
 ) -> OpStatus:

@@ -181,7 +181,7 @@ class BaseAsyncView(View):
         action = self.get_queryset().filter(pk=pk).first()
         if action is None:
             raise Http404(_("No such action."))
-        return action
+        return service.live(action)
 
     # -- the pages ---------------------------------------------------------------------
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

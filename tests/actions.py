@@ -86,6 +86,19 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+@handler("tests.crash")
+def crash(ctx: ActionContext) -> Any:
+    """Ends its whole process at once, as a crash in C code does: no except, no finally.
+
+    With ``trigger`` (a file path) it first waits for that file, so a test can see it run.
+    """
+    _record_run(ctx)
+    trigger = ctx.request.get("trigger")
+    while trigger and not os.path.exists(trigger):
+        ctx.wait_cancelled(0.01)
+    os._exit(int(ctx.request.get("code", 70)))
+
+
 def _record_run(ctx: ActionContext) -> None:
     """One line per run in AA_RUN_LOG, so a test across processes can count runs."""
     path = os.environ.get("AA_RUN_LOG")

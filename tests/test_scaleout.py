@@ -227,6 +227,26 @@ def test_killed_worker_is_noticed_and_its_action_failed_or_retried(cluster: Clus
     assert final["response"]["pid"] != first_pid
 
 
+def test_os_exit_in_a_handler_ends_only_its_worker_and_the_action_fails(cluster: Cluster):
+    """A handler that ends its process (``os._exit``, a crash in C code) takes down only
+    the ``db_worker`` running it: both servers keep answering, the sweep fails the action.
+    tests/test_crash_isolation.py shows the embedded server dying of the same handler."""
+    a, b = cluster.servers
+    trigger = cluster.tmp / "crash-now"
+    pk = cluster.start(a, "tests.crash", trigger=str(trigger), code=70)
+    cluster.wait(pk, lambda x: x["status"] == "running")
+    pid = _running_pid(cluster, pk)
+    worker = next(w for w in cluster.workers if w.pid == pid)
+    trigger.touch()
+    assert worker.wait(timeout=30) == 70
+    cluster.start_worker()  # what a supervisor would do
+    failed = cluster.wait(pk, lambda x: x["status"] != "running", timeout=20)
+    assert failed["status"] == "failed"
+    assert "worker lost" in failed["error"]
+    assert a.process.poll() is None and b.process.poll() is None
+    assert cluster.api(b, "GET", f"{pk}/")[0] == 200
+
+
 def test_nothing_is_left_running_and_no_attempt_ran_twice(cluster: Cluster) -> None:
     status, body = cluster.api(cluster.servers[0], "GET", "?status=pending,running")
     assert status == 200 and body["count"] == 0, body

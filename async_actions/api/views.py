@@ -118,7 +118,11 @@ class ActionViewSet(
         action = self.get_queryset().filter(pk=pk).first()
         if action is None:
             raise NotFound("No such action.")
-        return action
+        return service.live(action)
+
+    def paginate_queryset(self, queryset: Any) -> list[Action] | None:
+        page = super().paginate_queryset(queryset)
+        return None if page is None else [service.live(action) for action in page]
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, DatabaseError):
