@@ -13,6 +13,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+import async_actions  # noqa: E402
 from async_actions.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.DEBUG:  # `python -m daphne` serves static files itself only in the demo
@@ -26,3 +27,4 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+async_actions.startup()  # recovery and the runner start with the server, not the first POST
