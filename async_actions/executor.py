@@ -192,14 +192,17 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
         response = _checked_response(_call(handler, ctx, publisher))
     except ActionCancelled:
         status = Action.Status.CANCELLED
+    except EscapedBaseException as exc:  # an async handler's, carried off the loop
+        escaped = exc.original
+        status, error, trace = _base_failure(escaped, action)
     except Exception as exc:
         if handler is not None and not ctx.cancelled and handler.should_retry(exc, action.attempt):
             retry = exc
         else:
             status, error, trace = _failure(exc, action)
     except BaseException as exc:  # noqa: BLE001  (SystemExit, KeyboardInterrupt, ...)
-        escaped = _escaped(exc)
-        status, error, trace = _base_failure(escaped, action)
+        escaped = exc
+        status, error, trace = _base_failure(exc, action)
     finally:
         _current.reset(token)
         limit = watchdog.soft_limit_hit(action.pk)
@@ -245,11 +248,6 @@ def _failure(exc: Exception, action: Action) -> tuple[str, str, str]:
         return Action.Status.FAILED, str(exc), trace
     logger.error("Action %s (%s) failed", action.pk, action.handler, exc_info=exc)
     return Action.Status.FAILED, UNEXPECTED_ERROR, trace
-
-
-def _escaped(exc: BaseException) -> BaseException:
-    """The handler's own exception, unwrapped if it came back from the action loop."""
-    return exc.original if isinstance(exc, EscapedBaseException) else exc
 
 
 def _base_failure(exc: BaseException, action: Action) -> tuple[str, str, str]:
