@@ -200,7 +200,7 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
             retry = exc
         else:
             status, error, trace = _failure(exc, action)
-    except BaseException as exc:  # noqa: BLE001  (SystemExit, KeyboardInterrupt, ...)
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit, ...: see below
         escaped = exc
         status, error, trace = _base_failure(exc, action)
     finally:
@@ -253,8 +253,9 @@ def _failure(exc: Exception, action: Action) -> tuple[str, str, str]:
 def _base_failure(exc: BaseException, action: Action) -> tuple[str, str, str]:
     """A BaseException from a handler ends its action as failed, never its runner thread."""
     name = type(exc).__name__
-    logger.error("Action %s (%s) failed: %s was raised", action.pk, action.handler, name,
-                 exc_info=exc)
+    logger.error(
+        "Action %s (%s) failed: %s was raised", action.pk, action.handler, name, exc_info=exc
+    )
     error = BASE_EXCEPTION_ERROR.format(name=name)
     return Action.Status.FAILED, error, "".join(tb.format_exception(exc))
 

@@ -4,6 +4,7 @@ nothing in commands that neither serve nor work (``check``, ``migrate``, ...).""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.servers import ROOT, manage, sqlite_env
+from tests.conftest import wait_for
+from tests.servers import ROOT, manage, sqlite_env, stop
 
 #: Runs Django in a fresh process, does ``STEP``, and prints what the process then has.
 PROBE = """
@@ -47,7 +49,10 @@ def probe(env: dict, step: str) -> dict[str, Any]:
 
 
 #: A command run as ``manage.py`` runs it (system checks included).
-COMMAND = "from django.core.management import execute_from_command_line as run; run(['manage.py', {args}])"
+COMMAND = (
+    "from django.core.management import execute_from_command_line as run; "
+    "run(['manage.py', {args}])"
+)
 NOTHING_STARTED = {"threads": ["MainThread"], "sigterm": True, "atexit": [], "sweeper": False}
 
 
@@ -91,3 +96,37 @@ def test_startup_twice_starts_once(tmp_path: Path) -> None:
     seen = probe(env, "import async_actions; async_actions.startup(); async_actions.startup()")
     assert seen["threads"].count("async-actions-sweeper") == 1
     assert seen["atexit"] == ["ThreadRunner.shutdown"]
+
+
+STALE_ROW = """
+from datetime import timedelta
+from django.utils import timezone
+from async_actions.models import Action
+long_ago = timezone.now() - timedelta(minutes=5)
+Action.objects.create(handler="tests.echo", status="running", started_at=long_ago,
+                      heartbeat_at=long_ago, attempt=1)
+"""
+
+
+@pytest.mark.slow
+def test_the_worker_command_sweeps_before_any_task(tmp_path: Path) -> None:
+    """SWEEP_INTERVAL is an hour in the test settings: only a start-up sweep can do it."""
+    env = sqlite_env(tmp_path, "tests.settings")
+    manage(env, "migrate", "--noinput", "-v0")
+    manage(env, "shell", "-c", STALE_ROW)
+    db = env["AA_SQLITE_PATH"]
+
+    def status() -> str:
+        with sqlite3.connect(db, timeout=20) as conn:
+            return conn.execute("SELECT status FROM async_actions_action").fetchone()[0]
+
+    with open(tmp_path / "worker.log", "w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "async_actions_worker", "--no-reload",
+             "--no-startup-delay", "--interval", "0.1"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: status() == "failed", timeout=30)
+        finally:
+            stop(worker)

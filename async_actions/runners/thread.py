@@ -106,7 +106,7 @@ class ThreadRunner(BaseRunner):
                 self._active.add(action_id)
             try:
                 execute(action_id, on_abandon=partial(self._abandon, me, action_id))
-            except BaseException:  # noqa: BLE001  (the pool keeps its strength, whatever ran)
+            except BaseException:  # the pool keeps its strength, whatever ran
                 logger.exception("Runner thread failed on action %s", action_id)
             finally:
                 with self._lock:
