@@ -76,8 +76,9 @@ class ThreadRunner(BaseRunner):
         action_id = UUID(str(action_id))
         self._start(sweep_now=False)
         with self._lock:
-            if action_id in self._queued or action_id in self._active:
-                return  # already waiting for a thread, or being run: never twice
+            if action_id in self._queued:
+                return  # already waiting for a thread: queued once, however often sent
+            # (An id being run may be sent again on purpose: a retry's timer.)
             self._queued.add(action_id)
             self._queue.put(action_id)
             if self._idle == 0 and len(self._threads) < self.max_workers:
