@@ -72,6 +72,10 @@ class TasksRunner(BaseRunner):
     def dispatch(self, action_id: UUID) -> None:
         if not self.accepting:
             return
+        from async_actions import recovery
+
+        # Without ``async_actions.startup()`` this process sweeps from its first dispatch.
+        recovery.start_periodic()
         try:
             result = self._task().enqueue(str(action_id))
         except Exception:
