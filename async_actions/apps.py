@@ -1,5 +1,3 @@
-import sys
-
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -24,15 +22,5 @@ class AsyncActionsConfig(AppConfig):
         )
 
         # Handlers live in each app's ``actions`` module, found like admin.py is.
+        # Nothing starts here: servers and workers call ``async_actions.startup()``.
         autodiscover_modules("actions")
-        if _is_tasks_worker():
-            from async_actions import recovery
-
-            # A worker sweeps from its start, not from its first task: after a crash
-            # the survivors may all be idle, fresh processes.
-            recovery.start_periodic()
-
-
-def _is_tasks_worker() -> bool:
-    """True in ``manage.py db_worker`` (django-tasks-db), the worker people run."""
-    return sys.argv[1:2] == ["db_worker"]

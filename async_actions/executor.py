@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import traceback as tb
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from async_actions.conf import action_settings
 from async_actions.context import ActionCancelled, ActionContext, ActionError, _current
 from async_actions.handlers import get_handler
 from async_actions.limits import time_limit_error, watchdog
-from async_actions.loop import action_loop
+from async_actions.loop import EscapedBaseException, action_loop
 from async_actions.models import Action
 from async_actions.monitor import monitor
 from async_actions.payloads import PayloadError, check_payload
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("async_actions")
 
 UNEXPECTED_ERROR = "The action failed because of an unexpected error."
+BASE_EXCEPTION_ERROR = "The action failed: its handler raised {name}."
 
 
 def claim(action_id: UUID | str) -> Action | None:
@@ -174,6 +176,7 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
     status, response, error, trace = Action.Status.SUCCEEDED, None, "", ""
     handler: ActionHandler | None = None
     retry: Exception | None = None
+    escaped: BaseException | None = None
     try:
         action_started.send(sender=Action, action=action)
         handler = get_handler(action.handler)
@@ -189,11 +192,17 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
         response = _checked_response(_call(handler, ctx, publisher))
     except ActionCancelled:
         status = Action.Status.CANCELLED
+    except EscapedBaseException as exc:  # an async handler's, carried off the loop
+        escaped = exc.original
+        status, error, trace = _base_failure(escaped, action)
     except Exception as exc:
         if handler is not None and not ctx.cancelled and handler.should_retry(exc, action.attempt):
             retry = exc
         else:
             status, error, trace = _failure(exc, action)
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit, ...: see below
+        escaped = exc
+        status, error, trace = _base_failure(exc, action)
     finally:
         _current.reset(token)
         limit = watchdog.soft_limit_hit(action.pk)
@@ -239,6 +248,31 @@ def _failure(exc: Exception, action: Action) -> tuple[str, str, str]:
         return Action.Status.FAILED, str(exc), trace
     logger.error("Action %s (%s) failed", action.pk, action.handler, exc_info=exc)
     return Action.Status.FAILED, UNEXPECTED_ERROR, trace
+
+
+def _base_failure(exc: BaseException, action: Action) -> tuple[str, str, str]:
+    """A BaseException from a handler ends its action as failed, never its runner thread."""
+    name = type(exc).__name__
+    logger.error(
+        "Action %s (%s) failed: %s was raised", action.pk, action.handler, name, exc_info=exc
+    )
+    error = BASE_EXCEPTION_ERROR.format(name=name)
+    return Action.Status.FAILED, error, "".join(tb.format_exception(exc))
+
+
+def _stops_process(exc: BaseException) -> bool:
+    """Whether the exception goes on up once the action is recorded failed.
+
+    Only ``KeyboardInterrupt`` and ``SystemExit`` in the main thread: there they are also
+    how Ctrl-C and signal handlers stop the process (db_worker's second Ctrl-C raises
+    ``SystemExit`` inside the running task), and swallowing them would leave a worker
+    that cannot be stopped. Signals never reach other threads, so in a runner thread the
+    handler raised it and nothing goes further. db_worker itself survives a task's
+    ``SystemExit``: it records the task failed and takes the next one.
+    """
+    return isinstance(exc, KeyboardInterrupt | SystemExit) and (
+        threading.current_thread() is threading.main_thread()
+    )
 
 
 def _checked_response(response: Any) -> Any:

@@ -22,7 +22,20 @@ from async_actions.context import ActionCancelled, _current
 if TYPE_CHECKING:
     from async_actions.context import ActionContext
 
-__all__ = ["ActionLoop", "action_loop"]
+__all__ = ["ActionLoop", "EscapedBaseException", "action_loop"]
+
+
+class EscapedBaseException(Exception):
+    """Carries a handler's ``BaseException`` (not ``CancelledError``) off the loop.
+
+    An asyncio task re-raises ``SystemExit`` and ``KeyboardInterrupt`` into the loop,
+    which stops it and leaves the waiting runner thread blocked for good; wrapped in an
+    ordinary exception it reaches the executor like any other failure.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
 
 
 class ActionLoop:
@@ -85,8 +98,14 @@ class ActionLoop:
         ctx._on_cancel(lambda: loop.call_soon_threadsafe(task.cancel))
         try:
             return await awaitable
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            if not ctx.cancelled:  # the handler raised it; nobody asked to cancel
+                raise EscapedBaseException(exc) from None
             raise ActionCancelled() from None
+        except Exception:
+            raise
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit, ...
+            raise EscapedBaseException(exc) from None
         finally:
             _current.reset(token)
             # Like Django after an async request: the thread that ran the handler's

@@ -81,6 +81,9 @@ class Action(models.Model):
     concurrency_key = models.CharField(_("concurrency key"), max_length=255, blank=True, default="")
     #: A pending action is not claimed before this time (retry backoff survives restarts).
     run_after = models.DateTimeField(_("run after"), null=True, blank=True)
+    #: The Tasks backend's id of the task carrying this action (TasksRunner only):
+    #: recovery asks the backend whether it is still queued before enqueueing another.
+    task_id = models.CharField(_("task id"), max_length=255, blank=True, default="", editable=False)
     retry_of = models.ForeignKey(
         "self",
         verbose_name=_("retry of"),

@@ -5,7 +5,9 @@ whose heartbeat is older than ``STALE_AFTER`` lost its worker (killed, crashed, 
 machine gone): the sweep fails it ("worker lost") or, when its handler allows more
 attempts, sends it back to pending. Pending actions whose dispatch was lost (a crash
 between commit and enqueue) are dispatched again; claims are conditional, so a
-duplicate dispatch is harmless. Every change is a conditional UPDATE, so sweepers in
+duplicate dispatch is harmless; still, a pending action that a live queue holds
+(waiting behind busy workers) is not dispatched again (``BaseRunner.holds``), so the
+queue never grows with the sweeps. Every change is a conditional UPDATE, so sweepers in
 several processes never handle one row twice.
 """
 
@@ -91,9 +93,16 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
             service._after_change(pk, finished=Action.Status.FAILED)
     waiting = Action.objects.filter(lost_pending(now)).values_list("pk", "concurrency_key")
     keys: set[str] = set()
+    unkeyed: list[UUID] = []
     for pk, key in waiting:
         if key:
             keys.add(key)  # the oldest waiter of each key, once the key is free
+        else:
+            unkeyed.append(pk)
+    # Waiting behind busy workers is not lost: only what no live queue holds goes again.
+    held = get_runner().holds(unkeyed) if unkeyed else set()
+    for pk in unkeyed:
+        if pk in held:
             continue
         report.redispatched.append(pk)
         if not dry_run:
@@ -151,19 +160,27 @@ def interval() -> float:
     return float(value) if value is not None else float(action_settings.STALE_AFTER) / 2
 
 
-def start_periodic() -> None:
-    """Sweep every ``SWEEP_INTERVAL`` on a daemon thread (once per process)."""
+def start_periodic(*, sweep_now: bool = False) -> None:
+    """Sweep every ``SWEEP_INTERVAL`` on a daemon thread (once per process).
+
+    ``async_actions.startup()`` passes ``sweep_now``: the first sweep runs at start-up,
+    so a restarted server or worker recovers what its predecessor left without waiting
+    for traffic.
+    """
     global _periodic
     with _periodic_lock:
         if _periodic is not None and _periodic.is_alive():
             return
-        _periodic = threading.Thread(target=_loop, name="async-actions-sweeper", daemon=True)
+        _periodic = threading.Thread(
+            target=_loop, args=(sweep_now,), name="async-actions-sweeper", daemon=True
+        )
         _periodic.start()
 
 
-def _loop() -> None:
-    while True:
+def _loop(sweep_now: bool) -> None:
+    if not sweep_now:
         time.sleep(interval())
+    while True:
         try:
             sweep()
         except DatabaseError:
@@ -172,3 +189,4 @@ def _loop() -> None:
             logger.exception("Recovery sweep failed unexpectedly")
         finally:
             close_old_connections()
+        time.sleep(interval())

@@ -10,12 +10,16 @@ from importlib.util import find_spec
 if find_spec("django.tasks") is not None:  # Django >= 6.0
     from django.tasks import task, task_backends
     from django.tasks.exceptions import InvalidTaskBackend as InvalidTaskBackendError
+    from django.tasks.exceptions import TaskResultDoesNotExist
 
     SOURCE = "django.tasks"
 else:  # Django 5.2 with the django-tasks backport
     from django_tasks import task, task_backends  # type: ignore[no-redef]
-    from django_tasks.exceptions import InvalidTaskBackendError  # type: ignore[no-redef]
+    from django_tasks.exceptions import (  # type: ignore[no-redef]
+        InvalidTaskBackendError,
+        TaskResultDoesNotExist,
+    )
 
     SOURCE = "django_tasks"
 
-__all__ = ["SOURCE", "InvalidTaskBackendError", "task", "task_backends"]
+__all__ = ["SOURCE", "InvalidTaskBackendError", "TaskResultDoesNotExist", "task", "task_backends"]

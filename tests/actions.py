@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from typing import Any
@@ -140,3 +141,49 @@ def wait_for_file(ctx: ActionContext) -> Any:
         if ctx.wait_cancelled(0.02):
             ctx.raise_if_cancelled()
     return "released"
+
+
+class Boom(BaseException):
+    """A BaseException of a handler's own (libraries use such for control flow)."""
+
+
+#: The BaseException kinds a handler may raise; each must fail only its action.
+BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
+    "SystemExit": SystemExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "GeneratorExit": GeneratorExit,
+    "Boom": Boom,
+    "CancelledError": asyncio.CancelledError,
+}
+
+
+@handler("tests.raise_base")
+def raise_base(ctx: ActionContext) -> Any:
+    raise BASE_EXCEPTIONS[ctx.request["kind"]]()
+
+
+@handler("tests.araise_base")
+async def araise_base(ctx: ActionContext) -> Any:
+    await asyncio.sleep(0)
+    raise BASE_EXCEPTIONS[ctx.request["kind"]]()
+
+
+#: Tests put a barrier here; ``tests.meet`` actions wait on it.
+barriers: dict[str, threading.Barrier] = {}
+
+
+@handler("tests.meet")
+def meet(ctx: ActionContext) -> Any:
+    """Returns once as many parties as the barrier wants (the test among them) met."""
+    barriers[ctx.request["barrier"]].wait(timeout=10)
+    return "met"
+
+
+@handler("tests.held_work", max_attempts=2)
+def held_work(ctx: ActionContext) -> Any:
+    """Records its run; holds until cancelled while the process has AA_HOLD=1."""
+    _record_run(ctx)
+    while os.environ.get("AA_HOLD") == "1" and not ctx.wait_cancelled(0.05):
+        pass
+    ctx.raise_if_cancelled()
+    return {"attempt": ctx.attempt}

@@ -48,6 +48,10 @@ ASYNC_ACTIONS = {
     # Tests sweep explicitly; a background sweep would race their deliberately stale rows.
     "SWEEP_INTERVAL": 3600.0,
 }
+# Server processes a test starts may shorten recovery (tests/test_restart_recovery.py).
+for _key in ("STALE_AFTER", "SWEEP_INTERVAL"):
+    if os.environ.get(f"AA_{_key}"):
+        ASYNC_ACTIONS[_key] = float(os.environ[f"AA_{_key}"])
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
 INSTALLED_APPS = [*INSTALLED_APPS, "django_tasks_db", "tests"]  # noqa: F405

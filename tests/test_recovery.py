@@ -142,3 +142,86 @@ def test_recover_command_prints_what_it_did(capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "1 actions were failed (worker lost)" in out and str(lost.pk) in out
     assert Action.objects.get(pk=lost.pk).status == "failed"
+
+
+# -- no flood: a pending action goes again only when no live queue holds it ------------
+
+
+def test_sweeps_queue_a_backlog_once_and_never_again_while_the_pool_holds_it(
+    runner: Any,
+) -> None:
+    from async_actions import service
+    from tests.actions import gate
+
+    busy = [
+        service.start("tests.wait", {"gate": f"flood-{i}"}, session_key="s").action.pk
+        for i in range(runner.max_workers)
+    ]
+    wait_for(lambda: Action.objects.filter(status="running").count() == len(busy))
+    old = timezone.now() - timedelta(seconds=60)
+    # 40 pending rows no queue holds yet (what a fresh process finds after a crash).
+    backlog = [Action.objects.create(handler="tests.echo", request={"n": i}).pk for i in range(40)]
+    Action.objects.filter(pk__in=backlog).update(created_at=old)
+    assert sorted(recovery.sweep().redispatched) == sorted(backlog)
+    assert runner.queued_count == 40
+    for _ in range(5):  # later sweeps find them waiting behind busy workers: not lost
+        assert recovery.sweep().redispatched == []
+        assert runner.queued_count == 40
+    for i in range(len(busy)):
+        gate(f"flood-{i}").set()
+    wait_for(lambda: Action.objects.filter(pk__in=backlog, status="succeeded").count() == 40)
+    assert set(Action.objects.filter(pk__in=backlog).values_list("attempt", flat=True)) == {1}
+    assert runner.queued_count == 0
+
+
+def test_dispatching_an_action_already_queued_is_a_no_op(runner: Any) -> None:
+    from async_actions import service
+    from tests.actions import gate
+
+    busy = [
+        service.start("tests.wait", {"gate": f"dedupe-{i}"}, session_key="s").action.pk
+        for i in range(runner.max_workers)
+    ]
+    wait_for(lambda: Action.objects.filter(status="running").count() == len(busy))
+    waiting = service.start("tests.echo", session_key="s").action.pk
+    for _ in range(10):
+        runner.dispatch(waiting)
+    assert runner.queued_count == 1
+    for i in range(len(busy)):
+        gate(f"dedupe-{i}").set()
+    final = wait_for(lambda: Action.objects.filter(pk=waiting).finished().first())
+    assert (final.status, final.attempt) == ("succeeded", 1)
+
+
+def test_tasks_sweep_enqueues_again_only_what_the_backend_no_longer_holds() -> None:
+    from django.test import override_settings
+    from django_tasks_db.models import DBTaskResult
+
+    from async_actions import service
+    from async_actions.runners import reset_runner
+    from tests.test_tasks_runner import TASKS_RUNNER, work
+
+    with override_settings(ASYNC_ACTIONS=TASKS_RUNNER):
+        reset_runner()
+        queued = service.start("tests.echo", {"case": "queued"}).action.pk
+        stuck = service.start("tests.echo", {"case": "stuck"}).action.pk
+        purged = service.start("tests.echo", {"case": "purged"}).action.pk
+        unsent = Action.objects.create(handler="tests.echo", request={"case": "unsent"}).pk
+        refs = dict(Action.objects.values_list("pk", "task_id"))
+        assert refs[unsent] == "" and all(refs[pk] for pk in (queued, stuck, purged))
+        long_ago = timezone.now() - timedelta(seconds=60)
+        Action.objects.update(created_at=long_ago)
+        # A worker claimed the task, then died before it claimed the action.
+        DBTaskResult.objects.filter(pk=refs[stuck]).update(status="RUNNING", started_at=long_ago)
+        DBTaskResult.objects.filter(pk=refs[purged]).delete()
+        first = recovery.sweep()
+        assert sorted(first.redispatched) == sorted([stuck, purged, unsent])
+        tasks = DBTaskResult.objects.count()
+        for _ in range(3):  # each now has a task waiting: nothing more is enqueued
+            assert recovery.sweep().redispatched == []
+        assert DBTaskResult.objects.count() == tasks
+        work()
+        for pk in (queued, stuck, purged, unsent):
+            action = Action.objects.get(pk=pk)
+            assert (action.status, action.attempt) == ("succeeded", 1)
+    reset_runner()

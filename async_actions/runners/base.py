@@ -16,6 +16,25 @@ class BaseRunner:
     def __init__(self) -> None:
         self.accepting = True
 
+    def start(self) -> None:
+        """Start this process's machinery (recovery, shutdown hooks); safe to call again.
+
+        Construction has no side effects; ``async_actions.startup()`` calls this in
+        every server and worker process.
+        """
+        from async_actions import recovery
+
+        recovery.start_periodic(sweep_now=True)
+
+    def holds(self, action_ids: Iterable[UUID]) -> set[UUID]:
+        """Which of these pending actions a live queue still holds.
+
+        Recovery dispatches a pending action again only when no queue holds it, so a
+        backlog waiting for free workers is not queued over and over. The default knows
+        of no queue.
+        """
+        return set()
+
     def dispatch(self, action_id: UUID) -> None:
         """Arrange for ``executor.execute(action_id)`` to run; called after commit."""
         raise NotImplementedError

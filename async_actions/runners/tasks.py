@@ -19,7 +19,12 @@ from django.core import checks
 
 from async_actions.conf import action_settings
 from async_actions.runners.base import BaseRunner
-from async_actions.tasks_compat import InvalidTaskBackendError, task, task_backends
+from async_actions.tasks_compat import (
+    InvalidTaskBackendError,
+    TaskResultDoesNotExist,
+    task,
+    task_backends,
+)
 
 logger = logging.getLogger("async_actions")
 
@@ -29,20 +34,33 @@ def run_action(action_id: str) -> str | None:
     """The task a worker runs: execute the action if it is still pending."""
     from async_actions import executor, recovery
 
-    recovery.start_periodic()  # workers also find actions lost by dead workers
+    # A worker started without ``async_actions_worker`` sweeps from its first task on.
+    recovery.start_periodic()
     return executor.execute(action_id)
 
 
+def _remember_task(action_id: UUID, result: Any) -> None:
+    """Store the task's id on the still-pending row, for recovery to look it up."""
+    from django.db import DatabaseError
+
+    from async_actions.models import Action
+
+    ref = str(getattr(result, "id", "") or "")[:255]
+    if not ref:
+        return
+    try:
+        Action.objects.filter(pk=action_id, status=Action.Status.PENDING).update(task_id=ref)
+    except DatabaseError:  # only recovery's look-up is lost: it enqueues again, at worst
+        logger.warning("Could not store task %s of action %s", ref, action_id)
+
+
 class TasksRunner(BaseRunner):
-    """Enqueues on the Tasks backend ``TASKS_BACKEND``, queue ``TASKS_QUEUE``."""
+    """Enqueues on the Tasks backend ``TASKS_BACKEND``, queue ``TASKS_QUEUE``.
 
-    def __init__(self) -> None:
-        super().__init__()
-        from async_actions import recovery
-
-        # Web processes sweep too: a worker that dies may leave no worker that has
-        # run a task yet, and so none whose sweeper is started.
-        recovery.start_periodic()
+    The id of the task carrying a pending action is kept on its row (``task_id``), so
+    recovery can ask the backend whether that task is still queued before it enqueues
+    another one.
+    """
 
     def _task(self, **options: Any) -> Any:
         return run_action.using(
@@ -54,11 +72,17 @@ class TasksRunner(BaseRunner):
     def dispatch(self, action_id: UUID) -> None:
         if not self.accepting:
             return
+        from async_actions import recovery
+
+        # Without ``async_actions.startup()`` this process sweeps from its first dispatch.
+        recovery.start_periodic()
         try:
-            self._task().enqueue(str(action_id))
+            result = self._task().enqueue(str(action_id))
         except Exception:
             # The row stays pending; recovery dispatches it again.
             logger.exception("Could not enqueue action %s; recovery will retry", action_id)
+            return
+        _remember_task(action_id, result)
 
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
         backend = self._backend()
@@ -66,9 +90,47 @@ class TasksRunner(BaseRunner):
             super().dispatch_at(action_id, when)
             return
         try:
-            self._task(run_after=when).enqueue(str(action_id))
+            result = self._task(run_after=when).enqueue(str(action_id))
         except Exception:
             logger.exception("Could not enqueue action %s for %s", action_id, when)
+            return
+        _remember_task(action_id, result)
+
+    def holds(self, action_ids: Iterable[UUID]) -> set[UUID]:
+        """Pending actions whose task the backend still has waiting, or running recently.
+
+        A task ``RUNNING`` for longer than ``STALE_AFTER`` while its action is still
+        pending lost its worker before the claim, so it no longer counts. A backend that
+        cannot look results up is trusted to keep what it accepted.
+        """
+        from async_actions.models import Action
+        from async_actions.recovery import stale_before
+
+        refs = dict(
+            Action.objects.filter(pk__in=list(action_ids))
+            .exclude(task_id="")
+            .values_list("pk", "task_id")
+        )
+        backend = self._backend()
+        if backend is None or not getattr(backend, "supports_get_result", False):
+            return set(refs)
+        held: set[UUID] = set()
+        cutoff = stale_before()
+        for pk, ref in refs.items():
+            try:
+                result = backend.get_result(ref)
+            except TaskResultDoesNotExist:
+                continue  # purged or never stored: dispatch again
+            except Exception:
+                logger.exception("Could not look up task %s of action %s", ref, pk)
+                held.add(pk)  # unknown: do not add a duplicate on every sweep
+                continue
+            status = str(getattr(result.status, "value", result.status))
+            if status == "READY" or (
+                status == "RUNNING" and (result.started_at is None or result.started_at > cutoff)
+            ):
+                held.add(pk)
+        return held
 
     def _backend(self) -> Any:
         try:

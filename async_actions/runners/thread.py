@@ -46,17 +46,41 @@ class ThreadRunner(BaseRunner):
         #: Threads given up on after a hard time limit; they end when their handler does.
         self._abandoned: set[threading.Thread] = set()
         self._spawned = 0
+        #: Ids put on the queue and not yet taken by a thread: a second dispatch is a no-op.
+        self._queued: set[UUID] = set()
+        self._started = False
+
+    def start(self) -> None:
+        """Install the shutdown hooks (atexit, SIGTERM) and start recovery, once.
+
+        ``async_actions.startup()`` calls it as the server starts (the first sweep runs
+        at once); a process that dispatches without it starts the same way on its first
+        dispatch (sweeping from one ``SWEEP_INTERVAL`` on), so it still shuts down cleanly.
+        """
+        self._start(sweep_now=True)
+
+    def _start(self, *, sweep_now: bool) -> None:
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
         atexit.register(self.shutdown)
         _install_sigterm()
         from async_actions import recovery
 
-        recovery.start_periodic()  # finds actions a crashed process left running
+        recovery.start_periodic(sweep_now=sweep_now)
 
     def dispatch(self, action_id: UUID) -> None:
         if not self.accepting:
             return  # stays pending; recovery picks it up after the restart
-        self._queue.put(action_id)
+        action_id = UUID(str(action_id))
+        self._start(sweep_now=False)
         with self._lock:
+            if action_id in self._queued:
+                return  # already waiting for a thread: queued once, however often sent
+            # (An id being run may be sent again on purpose: a retry's timer.)
+            self._queued.add(action_id)
+            self._queue.put(action_id)
             if self._idle == 0 and len(self._threads) < self.max_workers:
                 self._start_thread_locked()
             else:
@@ -79,10 +103,11 @@ class ThreadRunner(BaseRunner):
             if action_id is None or not self.accepting:
                 break
             with self._lock:
+                self._queued.discard(action_id)
                 self._active.add(action_id)
             try:
                 execute(action_id, on_abandon=partial(self._abandon, me, action_id))
-            except Exception:
+            except BaseException:  # the pool keeps its strength, whatever ran
                 logger.exception("Runner thread failed on action %s", action_id)
             finally:
                 with self._lock:
@@ -115,6 +140,16 @@ class ThreadRunner(BaseRunner):
         """Threads still stuck in handlers that ignored their time limit."""
         with self._lock:
             return len(self._abandoned)
+
+    def holds(self, action_ids: Iterable[UUID]) -> set[UUID]:
+        with self._lock:
+            return {pk for pk in action_ids if pk in self._queued or pk in self._active}
+
+    @property
+    def queued_count(self) -> int:
+        """Actions waiting on this pool's queue for a free thread."""
+        with self._lock:
+            return len(self._queued)
 
     @property
     def active_count(self) -> int:
