@@ -12,7 +12,16 @@ class AsyncActionsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from async_actions import checks  # noqa: F401  (registers the system checks)
+        from async_actions import (
+            checks,  # noqa: F401  (registers the system checks)
+            fairness,
+        )
+        from async_actions.signals import action_finished
+
+        # Every end of an action frees a place under MAX_RUNNING_PER_OWNER.
+        action_finished.connect(
+            fairness.on_action_finished, sender=None, dispatch_uid="async_actions.fairness"
+        )
 
         # Handlers live in each app's ``actions`` module, found like admin.py is.
         autodiscover_modules("actions")

@@ -18,7 +18,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from async_actions import concurrency
+from async_actions import addresses, concurrency, fairness
 from async_actions.conf import action_settings
 from async_actions.handlers import find_handler_for, get_handler
 from async_actions.models import Action
@@ -102,14 +102,21 @@ def start(
     idempotency_key: str | None = None,
     public_only: bool = False,
     retry_of: Action | None = None,
+    client_address: str | None = None,
 ) -> StartResult:
     """Create an action and dispatch it to the runner once the transaction commits.
 
     ``public_only`` is for names that come from clients: only registered, public
-    handlers are accepted, and no dotted path is imported.
+    handlers are accepted, and no dotted path is imported. ``client_address`` (an IP
+    address; the views pass the request's) is stored on the action; anonymous starts
+    are limited per address (``MAX_ACTIVE_PER_ANONYMOUS_ADDRESS``) and share one
+    address's place under ``MAX_RUNNING_PER_OWNER``. Without one, no address limit applies.
     """
     request = {} if request is None else request
     _check_request(request)
+    address = addresses.normalize(client_address) if client_address else ""
+    if client_address and not address:
+        raise ValueError(f"client_address must be an IP address, not {client_address!r}.")
     if idempotency_key is not None and len(idempotency_key) > 255:
         raise ValueError("idempotency_key must be at most 255 characters.")
     runner = get_runner()
@@ -136,12 +143,7 @@ def start(
                 existing = owned.active().filter(idempotency_key=key).first()
                 if existing is not None:
                     return StartResult(OpStatus.OK, existing, created=False)
-            limit = action_settings.MAX_ACTIVE_PER_OWNER
-            if (
-                limit is not None
-                and (owner_user or owner_session)
-                and owned.active().count() >= int(limit)
-            ):
+            if _over_limit(owned, owner_user, owner_session, address):
                 return StartResult(OpStatus.LIMIT_REACHED)
             if refuse:
                 concurrency.lock(concurrency_key)
@@ -150,6 +152,7 @@ def start(
                 request=request,
                 user=owner_user,
                 session_key=owner_session,
+                client_address=address,
                 idempotency_key=key,
                 retry_of=retry_of,
                 concurrency_key=concurrency_key,
@@ -174,6 +177,23 @@ def start(
         logger.exception("Could not create action for %s", found.name)
         return StartResult(OpStatus.DB_FAILED)
     return StartResult(OpStatus.OK, action, created=True)
+
+
+def _over_limit(owned: Any, user: Any, session_key: str, address: str) -> bool:
+    """Whether the owner, or (anonymous) the client address, has its fill of active actions.
+
+    Counted under the owner's lock (PostgreSQL) or SQLite's single writer, so racing
+    starts cannot all slip under a limit.
+    """
+    per_owner = action_settings.MAX_ACTIVE_PER_OWNER
+    per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS if user is None else None
+    owner = fairness.owner_of(getattr(user, "pk", None), address, session_key)
+    if owner is not None and (per_owner is not None or per_address is not None):
+        owner.lock()
+    if per_owner is not None and (user or session_key) and owned.active().count() >= int(per_owner):
+        return True
+    by_address = Action.objects.active().filter(user__isnull=True, client_address=address)
+    return bool(address) and per_address is not None and by_address.count() >= int(per_address)
 
 
 def _pk(action_id: Any) -> UUID | None:

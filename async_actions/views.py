@@ -26,6 +26,7 @@ from django.utils.translation import gettext as _
 from django.views import View
 
 from async_actions import service
+from async_actions.addresses import client_address
 from async_actions.conf import action_settings
 from async_actions.handlers import ActionHandler, register
 from async_actions.models import Action
@@ -282,6 +283,7 @@ class BaseAsyncView(View):
                 data,
                 user=getattr(request, "user", None),
                 session_key=_session_key(request, create=True),
+                client_address=client_address(request.META) or None,
             )
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
             return self.unavailable(

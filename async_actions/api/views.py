@@ -22,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from async_actions import service
+from async_actions.addresses import client_address
 from async_actions.api.serializers import (
     ActionSerializer,
     ErrorSerializer,
@@ -210,6 +211,7 @@ class ActionViewSet(
                 user=request.user,
                 idempotency_key=values.get("idempotency_key") or None,
                 public_only=True,
+                client_address=client_address(request.META) or None,
             )
         except PayloadTooLarge as exc:
             raise TooLarge(str(exc)) from None
