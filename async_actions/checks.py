@@ -146,8 +146,16 @@ def _check_running_cap(raw: dict[str, Any]) -> list[CheckMessage]:
 
     cap = raw.get("MAX_RUNNING_PER_OWNER", DEFAULTS["MAX_RUNNING_PER_OWNER"])
     workers = raw.get("MAX_WORKERS", DEFAULTS["MAX_WORKERS"])
-    runner_class = action_settings.import_path("RUNNER")  # the class: no runner is built
-    if cap is None or workers < 2 or cap < workers or not issubclass(runner_class, ThreadRunner):
+    try:
+        runner_class = action_settings.import_path("RUNNER")  # the class: no runner is built
+    except ImportError:
+        return []  # reported by _check_runner
+    if (
+        cap is None
+        or workers < 2
+        or cap < workers
+        or not (isinstance(runner_class, type) and issubclass(runner_class, ThreadRunner))
+    ):
         return []
     return [
         Warning(
