@@ -61,9 +61,15 @@ def _claim(action_id: UUID | str) -> tuple[Action | None, bool]:
     it: its concurrency key is busy, or its owner runs ``MAX_RUNNING_PER_OWNER`` already
     (see :mod:`async_actions.fairness`). Such a refusal costs a few indexed queries, so a
     worker moves on to the next message at once."""
+    # Read before the transaction: on SQLite with deferred transactions a read before
+    # the UPDATE would pin a snapshot that a concurrent commit makes unwritable.
+    owner, cap = _capped_owner(action_id)
     try:
         with transaction.atomic():
-            owner, cap = _capped_owner(action_id)
+            if owner is not None:
+                # Before the UPDATE takes its snapshot: a concurrent claim for the same
+                # owner on PostgreSQL waits here, then counts this one as running.
+                owner.lock()
             # Read the clock inside the transaction: on SQLite (IMMEDIATE) that is after
             # the write lock is ours, so started_at follows the order claims happen in.
             now = timezone.now()
@@ -93,12 +99,9 @@ def _claim(action_id: UUID | str) -> tuple[Action | None, bool]:
 
 
 def _capped_owner(action_id: UUID | str) -> tuple[fairness.Owner | None, int]:
-    """The pending action's owner under ``MAX_RUNNING_PER_OWNER``, locked, and the cap.
-
-    Read before the claim's UPDATE so the owner's lock is held before the UPDATE's
-    snapshot is taken: on PostgreSQL a concurrent claim for the same owner then waits,
-    and counts this one as running.
-    """
+    """The pending action's owner under ``MAX_RUNNING_PER_OWNER`` (None: not capped), and
+    the cap. Should the owner change in between (a login taking over a session's
+    actions), this one claim is counted against the old owner."""
     cap = fairness.running_cap()
     if cap is None:
         return None, 0
@@ -107,10 +110,7 @@ def _capped_owner(action_id: UUID | str) -> tuple[fairness.Owner | None, int]:
         .values_list(*fairness.OWNER_FIELDS)
         .first()
     )
-    owner = fairness.owner_of(*row) if row is not None else None
-    if owner is not None:
-        owner.lock()
-    return owner, cap
+    return (fairness.owner_of(*row) if row is not None else None), cap
 
 
 def _older_waiters(now: Any) -> Any:

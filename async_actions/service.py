@@ -66,6 +66,10 @@ class _KeyBusy(Exception):
     """Rolls back a start whose refuse-mode concurrency key turned out to be taken."""
 
 
+class _LimitReached(Exception):
+    """Rolls back a start over ``MAX_ACTIVE_PER_OWNER`` or the per-address limit."""
+
+
 @dataclass(frozen=True)
 class StartResult:
     status: OpStatus
@@ -143,8 +147,7 @@ def start(
                 existing = owned.active().filter(idempotency_key=key).first()
                 if existing is not None:
                     return StartResult(OpStatus.OK, existing, created=False)
-            if _over_limit(owned, owner_user, owner_session, address):
-                return StartResult(OpStatus.LIMIT_REACHED)
+            _lock_owner(owner_user, owner_session, address)
             if refuse:
                 concurrency.lock(concurrency_key)
             action = Action.objects.create(
@@ -158,11 +161,15 @@ def start(
                 concurrency_key=concurrency_key,
             )
             # Checked after the INSERT, which (on SQLite) holds the write lock.
+            if _over_limit(action, owned):
+                raise _LimitReached
             if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
                 raise _KeyBusy
             transaction.on_commit(partial(runner.dispatch, action.pk))
     except _KeyBusy:
         return StartResult(OpStatus.BUSY)
+    except _LimitReached:
+        return StartResult(OpStatus.LIMIT_REACHED)
     except IntegrityError:
         # Lost a race on the idempotency key: the other start's action is the answer.
         try:
@@ -179,21 +186,34 @@ def start(
     return StartResult(OpStatus.OK, action, created=True)
 
 
-def _over_limit(owned: Any, user: Any, session_key: str, address: str) -> bool:
-    """Whether the owner, or (anonymous) the client address, has its fill of active actions.
-
-    Counted under the owner's lock (PostgreSQL) or SQLite's single writer, so racing
-    starts cannot all slip under a limit.
-    """
-    per_owner = action_settings.MAX_ACTIVE_PER_OWNER
+def _lock_owner(user: Any, session_key: str, address: str) -> None:
+    """Serialize this owner's starts (PostgreSQL) so racing ones cannot all slip under a
+    limit; SQLite's INSERT takes its single write lock."""
     per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS if user is None else None
     owner = fairness.owner_of(getattr(user, "pk", None), address, session_key)
-    if owner is not None and (per_owner is not None or per_address is not None):
+    if owner is not None and (action_settings.MAX_ACTIVE_PER_OWNER or per_address):
         owner.lock()
-    if per_owner is not None and (user or session_key) and owned.active().count() >= int(per_owner):
+
+
+def _over_limit(action: Action, owned: Any) -> bool:
+    """Whether the owner, or (anonymous) the client address, already had its fill of
+    active actions before ``action``.
+
+    Counted after the INSERT so that on SQLite the count runs under the write lock.
+    """
+    others = Action.objects.active().exclude(pk=action.pk)
+    per_owner = action_settings.MAX_ACTIVE_PER_OWNER
+    if (
+        per_owner is not None
+        and (action.user_id is not None or action.session_key)
+        and owned.active().exclude(pk=action.pk).count() >= int(per_owner)
+    ):
         return True
-    by_address = Action.objects.active().filter(user__isnull=True, client_address=address)
-    return bool(address) and per_address is not None and by_address.count() >= int(per_address)
+    per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS
+    if action.user_id is not None or not action.client_address or per_address is None:
+        return False
+    by_address = others.filter(user__isnull=True, client_address=action.client_address)
+    return by_address.count() >= int(per_address)
 
 
 def _pk(action_id: Any) -> UUID | None:

@@ -270,6 +270,40 @@ def test_python_api_without_an_address_is_not_limited_by_address(monkeypatch: An
 
 
 @pytest.mark.parametrize("round_", range(3))
+def test_concurrent_starts_never_take_an_address_over_its_limit(
+    round_: int, monkeypatch: Any
+) -> None:
+    """Eight cookie-less starts from one address at the same moment: the limit holds."""
+    override = use({**BASE, "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": 3})
+    try:
+        monkeypatch.setattr(get_runner(), "dispatch", lambda pk: None)
+        barrier = threading.Barrier(8)
+        outcomes: list[Any] = []
+
+        def start(i: int) -> None:
+            try:
+                barrier.wait()
+                result = service.start("tests.echo", session_key=f"r{i}", client_address=FLOODER)
+                outcomes.append(result.status)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=start, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert Counter(outcomes) == {
+            service.OpStatus.OK: 3,
+            service.OpStatus.LIMIT_REACHED: 5,
+        }
+        assert Action.objects.filter(client_address=FLOODER).count() == 3
+    finally:
+        reset_runner()
+        override.disable()
+
+
+@pytest.mark.parametrize("round_", range(3))
 def test_concurrent_claims_never_take_an_owner_over_the_running_cap(round_: int) -> None:
     """Eight workers claim eight of one user's actions at the same moment: two win."""
     user = get_user_model().objects.create_user(f"dee{round_}", password="pw")
