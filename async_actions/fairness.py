@@ -94,6 +94,26 @@ def at_cap(owner: Owner, cap: int) -> bool:
     return running.order_by()[cap - 1 : cap].exists()
 
 
+def backlog(action_id: Any) -> int:
+    """How many other unfinished actions the action's owner has (0: none, or not capped).
+
+    Queues that order by priority (the Tasks runner) put an action behind those of
+    owners with less work waiting, so a refused claim is not all a worker does while
+    another owner's first action waits at the back of a long queue.
+    """
+    if running_cap() is None:
+        return 0
+    try:
+        row = Action.objects.filter(pk=action_id).values_list(*OWNER_FIELDS).first()
+        owner = owner_of(*row) if row is not None else None
+        if owner is None:
+            return 0
+        return Action.objects.active().filter(owner.actions()).exclude(pk=action_id).count()
+    except DatabaseError:
+        logger.debug("Could not count the backlog of action %s", action_id, exc_info=True)
+        return 0
+
+
 def release(owner: Owner | None) -> None:
     """Dispatch the owner's oldest waiting actions, one per free place under the cap.
 

@@ -17,11 +17,15 @@ from uuid import UUID
 
 from django.core import checks
 
+from async_actions import fairness
 from async_actions.conf import action_settings
 from async_actions.runners.base import BaseRunner
 from async_actions.tasks_compat import InvalidTaskBackendError, task, task_backends
 
 logger = logging.getLogger("async_actions")
+
+#: The Tasks framework's lowest priority (``TASK_MIN_PRIORITY`` in Django 6 and the backport).
+LOWEST_PRIORITY = -100
 
 
 @task()
@@ -55,7 +59,7 @@ class TasksRunner(BaseRunner):
         if not self.accepting:
             return
         try:
-            self._task().enqueue(str(action_id))
+            self._task(**self._fair_priority(action_id)).enqueue(str(action_id))
         except Exception:
             # The row stays pending; recovery dispatches it again.
             logger.exception("Could not enqueue action %s; recovery will retry", action_id)
@@ -69,6 +73,15 @@ class TasksRunner(BaseRunner):
             self._task(run_after=when).enqueue(str(action_id))
         except Exception:
             logger.exception("Could not enqueue action %s for %s", action_id, when)
+
+    def _fair_priority(self, action_id: UUID) -> dict[str, int]:
+        """Behind the actions of owners with less work waiting: the more unfinished
+        actions an owner has, the lower the task's priority (see ``fairness``)."""
+        backend = self._backend()
+        if backend is None or not getattr(backend, "supports_priority", False):
+            return {}
+        waiting = fairness.backlog(action_id)
+        return {"priority": max(LOWEST_PRIORITY, -waiting)} if waiting else {}
 
     def _backend(self) -> Any:
         try:
