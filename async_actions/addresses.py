@@ -27,6 +27,14 @@ def normalize(value: Any) -> str:
     becomes its /64 network. A port (``1.2.3.4:80``, ``[2001:db8::1]:80``) is dropped.
     """
     text = str(value or "").strip()
+    if "/" in text:  # a stored IPv6 /64 (or an IPv4 /32), passed on again
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return ""
+        if network.prefixlen != network.max_prefixlen and network.version == 4:
+            return ""
+        text = str(network.network_address)
     if text.startswith("["):  # [v6]:port
         text = text[1:].partition("]")[0]
     elif text.count(":") == 1:  # v4:port
