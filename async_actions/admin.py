@@ -304,6 +304,7 @@ class ActionAdmin(admin.ModelAdmin):
                     original.request,
                     user=original.user,
                     session_key=original.session_key or None,
+                    client_address=original.client_address or None,  # the same fair share
                     retry_of=original,
                 )
             except (TypeError, ValueError) as exc:

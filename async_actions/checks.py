@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -34,11 +35,20 @@ _POSITIVE_INTEGERS = (
     "MAX_RESPONSE_BYTES",
     "MAX_MESSAGE_LENGTH",
     "LOG_LIMIT_BYTES",
+    "TRUSTED_PROXY_COUNT",
 )
 #: Python's json recurses once per level and fails near 1,000 levels; leave it room.
 MAX_JSON_DEPTH_CEILING = 500
 #: Below this, LOG_LIMIT_BYTES keeps little more than one short record.
 MIN_LOG_BYTES = 1024
+#: Whole numbers 1 or more, or None for no limit.
+_OPTIONAL_LIMITS = (
+    "MAX_ACTIVE_PER_OWNER",
+    "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS",
+    "MAX_RUNNING_PER_OWNER",
+)
+#: A request.META key: HTTP_X_FORWARDED_FOR, not X-Forwarded-For.
+_META_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def _is_number(value: Any) -> bool:
@@ -104,9 +114,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
                 id="async_actions.W070",
             )
         )
-    limit = raw.get("MAX_ACTIVE_PER_OWNER")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        errors.append(_bad("MAX_ACTIVE_PER_OWNER", limit, "None or a whole number, 1 or more"))
+    for key in _OPTIONAL_LIMITS:
+        limit = raw.get(key, DEFAULTS[key])
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            errors.append(_bad(key, limit, "None or a whole number, 1 or more"))
+    errors.extend(_check_proxy_header(raw))
     sweep = raw.get("SWEEP_INTERVAL")
     if sweep is not None and (not _is_number(sweep) or sweep <= 0):
         errors.append(_bad("SWEEP_INTERVAL", sweep, "None or seconds greater than 0"))
@@ -147,6 +161,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
     errors.extend(_check_runner())
     errors.extend(_check_channel_layer(raw))
     errors.extend(_check_session_engine())
+    errors.extend(_check_running_cap(raw))
     return errors + warnings
 
 
@@ -161,6 +176,53 @@ def _check_websocket_settings(raw: dict[str, Any]) -> list[CheckMessage]:
             hint="A browser tab holds one socket per action it shows; "
             f"the default ({DEFAULTS['MAX_SOCKETS_PER_OWNER_ACTION']}) allows that many tabs.",
             id="async_actions.E030",
+        )
+    ]
+
+
+def _check_proxy_header(raw: dict[str, Any]) -> list[CheckMessage]:
+    header = raw.get("TRUSTED_PROXY_HEADER")
+    if header is None or (isinstance(header, str) and _META_KEY.match(header)):
+        return []
+    suggestion = (
+        "HTTP_" + header.upper().replace("-", "_")
+        if isinstance(header, str) and header
+        else "HTTP_X_FORWARDED_FOR"
+    )
+    return [
+        Error(
+            f"{SETTING_NAME}['TRUSTED_PROXY_HEADER'] is {header!r}; it must be None or a "
+            "request.META key.",
+            hint=f"Name the header as Django's request.META does, e.g. {suggestion!r}.",
+            id="async_actions.E060",
+        )
+    ]
+
+
+def _check_running_cap(raw: dict[str, Any]) -> list[CheckMessage]:
+    """Warn when one owner may take every thread of the ThreadRunner's pool."""
+    from async_actions.runners.thread import ThreadRunner
+
+    cap = raw.get("MAX_RUNNING_PER_OWNER", DEFAULTS["MAX_RUNNING_PER_OWNER"])
+    workers = raw.get("MAX_WORKERS", DEFAULTS["MAX_WORKERS"])
+    try:
+        runner_class = action_settings.import_path("RUNNER")  # the class: no runner is built
+    except ImportError:
+        return []  # reported by _check_runner
+    if (
+        cap is None
+        or workers < 2
+        or cap < workers
+        or not (isinstance(runner_class, type) and issubclass(runner_class, ThreadRunner))
+    ):
+        return []
+    return [
+        Warning(
+            f"{SETTING_NAME}['MAX_RUNNING_PER_OWNER'] ({cap}) is not below MAX_WORKERS "
+            f"({workers}): one visitor's backlog can fill the pool and hold up everyone else.",
+            hint="Set MAX_RUNNING_PER_OWNER below MAX_WORKERS (the default is 2), or None "
+            "to turn the cap off deliberately.",
+            id="async_actions.W060",
         )
     ]
 

@@ -66,10 +66,22 @@ DEFAULTS: dict[str, Any] = {
     # On login, move the anonymous actions the visitor's session started to the user.
     "CLAIM_SESSION_ACTIONS_ON_LOGIN": True,
     # Active (pending or running) actions one owner may have; None means no limit.
-    "MAX_ACTIVE_PER_OWNER": None,
+    "MAX_ACTIVE_PER_OWNER": 10,
     # Open WebSockets one owner (user, or anonymous session) may hold to one action in
     # one server process; None means no limit.
     "MAX_SOCKETS_PER_OWNER_ACTION": 20,
+    # Active actions all anonymous visitors from one client address may have together
+    # (a client that drops its cookie is a new owner per start); None means no limit.
+    "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": 20,
+    # Running actions one owner may have at once (anonymous: one client address), so one
+    # owner's backlog never fills the pool; the rest wait, pending. None means no limit.
+    "MAX_RUNNING_PER_OWNER": 2,
+    # request.META key of the header a trusted reverse proxy sets to the client address
+    # (e.g. "HTTP_X_FORWARDED_FOR"); None uses REMOTE_ADDR.
+    "TRUSTED_PROXY_HEADER": None,
+    # Proxies in front of the app that append to TRUSTED_PROXY_HEADER: the client
+    # address is the entry this many places from the right.
+    "TRUSTED_PROXY_COUNT": 1,
     # Seconds a handler may run before it is asked to cancel; None means no limit.
     # A handler's own ``time_limit`` wins.
     "TIME_LIMIT": None,

@@ -24,7 +24,7 @@ from django.db import (
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from async_actions import concurrency
+from async_actions import concurrency, fairness
 from async_actions.conf import action_settings
 from async_actions.context import ActionCancelled, ActionContext, ActionError, _current
 from async_actions.handlers import get_handler
@@ -59,30 +59,60 @@ def claim(action_id: UUID | str) -> Action | None:
 
 
 def _claim(action_id: UUID | str) -> tuple[Action | None, bool]:
-    """The claimed action (or None), and whether the claim failed on a busy key."""
+    """The claimed action (or None), and whether it waits for a running action to wake
+    it: its concurrency key is busy, or its owner runs ``MAX_RUNNING_PER_OWNER`` already
+    (see :mod:`async_actions.fairness`). Such a refusal costs a few indexed queries, so a
+    worker moves on to the next message at once."""
+    # Read before the transaction: on SQLite with deferred transactions a read before
+    # the UPDATE would pin a snapshot that a concurrent commit makes unwritable.
+    owner, cap = _capped_owner(action_id)
     try:
         with transaction.atomic():
+            if owner is not None:
+                # Before the UPDATE takes its snapshot: a concurrent claim for the same
+                # owner on PostgreSQL waits here, then counts this one as running.
+                owner.lock()
             # Read the clock inside the transaction: on SQLite (IMMEDIATE) that is after
             # the write lock is ours, so started_at follows the order claims happen in.
             now = timezone.now()
-            won = (
+            claimable = (
                 Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
                 .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
                 .filter(Q(concurrency_key="") | ~Exists(_older_waiters(now)))
-                .update(
-                    status=Action.Status.RUNNING,
-                    started_at=now,
-                    heartbeat_at=now,
-                    attempt=F("attempt") + 1,
-                    seq=F("seq") + 1,
-                )
             )
+            if owner is not None:
+                claimable = claimable.filter(fairness.below_cap(owner, cap))
+            won = claimable.update(
+                status=Action.Status.RUNNING,
+                started_at=now,
+                heartbeat_at=now,
+                attempt=F("attempt") + 1,
+                seq=F("seq") + 1,
+            )
+            if not won and owner is not None and fairness.at_cap(owner, cap):
+                logger.debug("Action %s waits: its owner runs %d actions", action_id, cap)
+                return None, True
     except IntegrityError:
         logger.debug("Action %s waits: its concurrency key is busy", action_id)
         return None, True
     if not won:
         return None, False
     return Action.objects.get(pk=action_id), False
+
+
+def _capped_owner(action_id: UUID | str) -> tuple[fairness.Owner | None, int]:
+    """The pending action's owner under ``MAX_RUNNING_PER_OWNER`` (None: not capped), and
+    the cap. Should the owner change in between (a login taking over a session's
+    actions), this one claim is counted against the old owner."""
+    cap = fairness.running_cap()
+    if cap is None:
+        return None, 0
+    row = (
+        Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
+        .values_list(*fairness.OWNER_FIELDS)
+        .first()
+    )
+    return (fairness.owner_of(*row) if row is not None else None), cap
 
 
 def _older_waiters(now: Any) -> Any:

@@ -66,6 +66,8 @@ class Action(models.Model):
         related_name="async_actions",
     )
     session_key = models.CharField(_("session key"), max_length=64, blank=True, default="")
+    #: Where the start came from (an IPv6 client as its /64); anonymous limits count by it.
+    client_address = models.CharField(_("client address"), max_length=64, blank=True, default="")
     idempotency_key = models.CharField(_("idempotency key"), max_length=255, blank=True, default="")
 
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
@@ -114,6 +116,12 @@ class Action(models.Model):
                 fields=["concurrency_key", "created_at"],
                 name="aa_pending_key",
                 condition=Q(status="pending") & ~Q(concurrency_key=""),
+            ),
+            # Counting an anonymous client's unfinished actions (limits, fair claims).
+            models.Index(
+                fields=["client_address", "status"],
+                name="aa_active_address",
+                condition=Q(status__in=["pending", "running"]) & ~Q(client_address=""),
             ),
         ]
         constraints = [

@@ -18,7 +18,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from async_actions import concurrency
+from async_actions import addresses, concurrency, fairness
 from async_actions.conf import action_settings
 from async_actions.handlers import find_handler_for, get_handler
 from async_actions.models import Action
@@ -66,6 +66,10 @@ class _KeyBusy(Exception):
     """Rolls back a start whose refuse-mode concurrency key turned out to be taken."""
 
 
+class _LimitReached(Exception):
+    """Rolls back a start over ``MAX_ACTIVE_PER_OWNER`` or the per-address limit."""
+
+
 @dataclass(frozen=True)
 class StartResult:
     status: OpStatus
@@ -102,14 +106,21 @@ def start(
     idempotency_key: str | None = None,
     public_only: bool = False,
     retry_of: Action | None = None,
+    client_address: str | None = None,
 ) -> StartResult:
     """Create an action and dispatch it to the runner once the transaction commits.
 
     ``public_only`` is for names that come from clients: only registered, public
-    handlers are accepted, and no dotted path is imported.
+    handlers are accepted, and no dotted path is imported. ``client_address`` (an IP
+    address; the views pass the request's) is stored on the action; anonymous starts
+    are limited per address (``MAX_ACTIVE_PER_ANONYMOUS_ADDRESS``) and share one
+    address's place under ``MAX_RUNNING_PER_OWNER``. Without one, no address limit applies.
     """
     request = {} if request is None else request
     _check_request(request)
+    address = addresses.normalize(client_address) if client_address else ""
+    if client_address and not address:
+        raise ValueError(f"client_address must be an IP address, not {client_address!r}.")
     if idempotency_key is not None and len(idempotency_key) > 255:
         raise ValueError("idempotency_key must be at most 255 characters.")
     runner = get_runner()
@@ -136,13 +147,7 @@ def start(
                 existing = owned.active().filter(idempotency_key=key).first()
                 if existing is not None:
                     return StartResult(OpStatus.OK, existing, created=False)
-            limit = action_settings.MAX_ACTIVE_PER_OWNER
-            if (
-                limit is not None
-                and (owner_user or owner_session)
-                and owned.active().count() >= int(limit)
-            ):
-                return StartResult(OpStatus.LIMIT_REACHED)
+            _lock_owner(owner_user, owner_session, address)
             if refuse:
                 concurrency.lock(concurrency_key)
             action = Action.objects.create(
@@ -150,16 +155,21 @@ def start(
                 request=request,
                 user=owner_user,
                 session_key=owner_session,
+                client_address=address,
                 idempotency_key=key,
                 retry_of=retry_of,
                 concurrency_key=concurrency_key,
             )
             # Checked after the INSERT, which (on SQLite) holds the write lock.
+            if _over_limit(action, owned):
+                raise _LimitReached
             if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
                 raise _KeyBusy
             transaction.on_commit(partial(runner.dispatch, action.pk))
     except _KeyBusy:
         return StartResult(OpStatus.BUSY)
+    except _LimitReached:
+        return StartResult(OpStatus.LIMIT_REACHED)
     except IntegrityError:
         # Lost a race on the idempotency key: the other start's action is the answer.
         try:
@@ -174,6 +184,36 @@ def start(
         logger.exception("Could not create action for %s", found.name)
         return StartResult(OpStatus.DB_FAILED)
     return StartResult(OpStatus.OK, action, created=True)
+
+
+def _lock_owner(user: Any, session_key: str, address: str) -> None:
+    """Serialize this owner's starts (PostgreSQL) so racing ones cannot all slip under a
+    limit; SQLite's INSERT takes its single write lock."""
+    per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS if user is None else None
+    owner = fairness.owner_of(getattr(user, "pk", None), address, session_key)
+    if owner is not None and (action_settings.MAX_ACTIVE_PER_OWNER or per_address):
+        owner.lock()
+
+
+def _over_limit(action: Action, owned: Any) -> bool:
+    """Whether the owner, or (anonymous) the client address, already had its fill of
+    active actions before ``action``.
+
+    Counted after the INSERT so that on SQLite the count runs under the write lock.
+    """
+    others = Action.objects.active().exclude(pk=action.pk)
+    per_owner = action_settings.MAX_ACTIVE_PER_OWNER
+    if (
+        per_owner is not None
+        and (action.user_id is not None or action.session_key)
+        and owned.active().exclude(pk=action.pk).count() >= int(per_owner)
+    ):
+        return True
+    per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS
+    if action.user_id is not None or not action.client_address or per_address is None:
+        return False
+    by_address = others.filter(user__isnull=True, client_address=action.client_address)
+    return by_address.count() >= int(per_address)
 
 
 def _pk(action_id: Any) -> UUID | None:

@@ -26,6 +26,7 @@ from django.utils.translation import gettext as _
 from django.views import View
 
 from async_actions import ownership, service
+from async_actions.addresses import client_address
 from async_actions.conf import action_settings
 from async_actions.handlers import ActionHandler, register
 from async_actions.models import Action
@@ -283,7 +284,13 @@ class BaseAsyncView(View):
         """Start the action with ``data`` and answer 303 to its processing page."""
         user, session_key = ownership.new_owner(*self._visitor)
         try:
-            result = service.start(self.handler_name(), data, user=user, session_key=session_key)
+            result = service.start(
+                self.handler_name(),
+                data,
+                user=user,
+                session_key=session_key,
+                client_address=client_address(self.request.META) or None,
+            )
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
             return self.refused(exc)
         if result.status is OpStatus.OK and result.action is not None:

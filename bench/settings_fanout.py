@@ -2,4 +2,11 @@
 
 from bench.settings_peer import *  # noqa: F403
 
-ASYNC_ACTIONS = {**ASYNC_ACTIONS, "MAX_WORKERS": 110}  # noqa: F405
+ASYNC_ACTIONS = {
+    **ASYNC_ACTIONS,  # noqa: F405
+    "MAX_WORKERS": 110,
+    # One benchmark user runs every action at once, on purpose.
+    "MAX_ACTIVE_PER_OWNER": None,
+    "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None,
+    "MAX_RUNNING_PER_OWNER": None,
+}

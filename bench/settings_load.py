@@ -12,4 +12,8 @@ LOGGING = {"version": 1, "disable_existing_loggers": False}
 ASYNC_ACTIONS = {
     **ASYNC_ACTIONS,  # noqa: F405
     "MAX_WORKERS": int(os.environ.get("BENCH_MAX_WORKERS", "210")),
+    # One benchmark user runs every action at once, on purpose.
+    "MAX_ACTIVE_PER_OWNER": None,
+    "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None,
+    "MAX_RUNNING_PER_OWNER": None,
 }

@@ -37,4 +37,8 @@ ASYNC_ACTIONS = {
     "SWEEP_INTERVAL": 0.5,
     "CANCEL_POLL_INTERVAL": 0.2,
     "PUSH_INTERVAL": 0.02,
+    # One test user starts 50 actions at once (see tests/settings.py).
+    "MAX_ACTIVE_PER_OWNER": None,
+    "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None,
+    "MAX_RUNNING_PER_OWNER": None,
 }

@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from async_actions import ownership, service
+from async_actions.addresses import client_address
 from async_actions.api.parsers import BODY_SLACK, JSONParser, TooLarge
 from async_actions.api.serializers import (
     ActionSerializer,
@@ -214,6 +215,7 @@ class ActionViewSet(
                 user=request.user,
                 idempotency_key=values.get("idempotency_key") or None,
                 public_only=True,
+                client_address=client_address(request.META) or None,
             )
         except PayloadTooLarge as exc:
             raise TooLarge(str(exc)) from None

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from django.core import checks
 
+from async_actions import fairness
 from async_actions.conf import action_settings
 from async_actions.runners.base import BaseRunner
 from async_actions.tasks_compat import (
@@ -27,6 +28,9 @@ from async_actions.tasks_compat import (
 )
 
 logger = logging.getLogger("async_actions")
+
+#: The Tasks framework's lowest priority (``TASK_MIN_PRIORITY`` in Django 6 and the backport).
+LOWEST_PRIORITY = -100
 
 
 @task()
@@ -77,7 +81,7 @@ class TasksRunner(BaseRunner):
         # Without ``async_actions.startup()`` this process sweeps from its first dispatch.
         recovery.start_periodic()
         try:
-            result = self._task().enqueue(str(action_id))
+            result = self._task(**self._fair_priority(action_id)).enqueue(str(action_id))
         except Exception:
             # The row stays pending; recovery dispatches it again.
             logger.exception("Could not enqueue action %s; recovery will retry", action_id)
@@ -131,6 +135,15 @@ class TasksRunner(BaseRunner):
             ):
                 held.add(pk)
         return held
+
+    def _fair_priority(self, action_id: UUID) -> dict[str, int]:
+        """Behind the actions of owners with less work waiting: the more unfinished
+        actions an owner has, the lower the task's priority (see ``fairness``)."""
+        backend = self._backend()
+        if backend is None or not getattr(backend, "supports_priority", False):
+            return {}
+        waiting = fairness.backlog(action_id)
+        return {"priority": max(LOWEST_PRIORITY, -waiting)} if waiting else {}
 
     def _backend(self) -> Any:
         try:

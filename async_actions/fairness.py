@@ -1,0 +1,158 @@
+"""Fair shares of the workers: one owner runs at most ``MAX_RUNNING_PER_OWNER`` actions.
+
+Without a cap, whoever starts most work first fills every worker and everyone else
+waits behind their backlog. With it, a claim (``executor._claim``) that would take the
+owner over the cap leaves the action pending, so the worker moves on to the next
+message, another owner's action. When one of the owner's actions ends, :func:`release`
+dispatches the owner's oldest waiting actions, as many as there are free places, the
+way :func:`async_actions.concurrency.release` does for concurrency keys.
+
+The owner here is the user; for anonymous work, the client address, because a client
+that drops its session cookie is a new session per start but not a new address; the
+session when no address is known. Work started from code with no owner is not capped.
+
+The count and the claim are serialized per owner: a transaction-scoped advisory lock on
+PostgreSQL (taken before the claim's UPDATE, whose snapshot then sees every committed
+claim), SQLite's single writer elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Exists, Q
+from django.utils import timezone
+
+from async_actions.conf import action_settings
+from async_actions.models import Action
+
+logger = logging.getLogger("async_actions")
+
+#: Advisory lock namespace (concurrency keys use 0x4A41).
+_LOCK_SPACE = 0x4A42
+#: The row fields an owner is read from.
+OWNER_FIELDS = ("user_id", "client_address", "session_key")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose share of the workers an action counts against."""
+
+    kind: str  # "user", "address" or "session"
+    value: Any
+
+    def actions(self) -> Q:
+        """The condition for this owner's actions."""
+        if self.kind == "user":
+            return Q(user_id=self.value)
+        if self.kind == "address":
+            return Q(user__isnull=True, client_address=self.value)
+        return Q(user__isnull=True, client_address="", session_key=self.value)
+
+    def lock(self) -> None:
+        """Serialize counts and claims for this owner until the transaction ends."""
+        if connection.vendor == "postgresql":
+            lock_id = zlib.crc32(f"{self.kind}:{self.value}".encode()) - 2**31
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, lock_id])
+
+
+def owner_of(user_id: Any, client_address: str = "", session_key: str = "") -> Owner | None:
+    """The owner an action with these fields counts against (None: not capped)."""
+    if user_id is not None:
+        return Owner("user", user_id)
+    if client_address:
+        return Owner("address", client_address)
+    if session_key:
+        return Owner("session", session_key)
+    return None
+
+
+def running_cap() -> int | None:
+    value = action_settings.MAX_RUNNING_PER_OWNER
+    return None if value is None else int(value)
+
+
+def below_cap(owner: Owner, cap: int) -> Exists:
+    """True while the owner runs fewer than ``cap`` actions: no ``cap``-th running row.
+
+    One condition the claim's UPDATE can carry, so the check and the claim are one
+    statement.
+    """
+    running = Action.objects.filter(owner.actions(), status=Action.Status.RUNNING)
+    return ~Exists(running.order_by()[cap - 1 :])
+
+
+def at_cap(owner: Owner, cap: int) -> bool:
+    """Whether the owner runs ``cap`` actions (or more) right now."""
+    running = Action.objects.filter(owner.actions(), status=Action.Status.RUNNING)
+    return running.order_by()[cap - 1 : cap].exists()
+
+
+def backlog(action_id: Any) -> int:
+    """How many other unfinished actions the action's owner has (0: none, or not capped).
+
+    Queues that order by priority (the Tasks runner) put an action behind those of
+    owners with less work waiting, so a refused claim is not all a worker does while
+    another owner's first action waits at the back of a long queue.
+    """
+    if running_cap() is None:
+        return 0
+    try:
+        row = Action.objects.filter(pk=action_id).values_list(*OWNER_FIELDS).first()
+        owner = owner_of(*row) if row is not None else None
+        if owner is None:
+            return 0
+        return Action.objects.active().filter(owner.actions()).exclude(pk=action_id).count()
+    except DatabaseError:
+        logger.debug("Could not count the backlog of action %s", action_id, exc_info=True)
+        return 0
+
+
+def release(owner: Owner | None) -> None:
+    """Dispatch the owner's oldest waiting actions, one per free place under the cap.
+
+    Call after one of the owner's actions ends. Harmless when nobody waits, and when
+    two releases dispatch the same action (its second claim is a no-op); an action
+    refused for the cap always has ``cap`` running ones that each release when they end.
+    """
+    cap = running_cap()
+    if owner is None or cap is None:
+        return
+    from async_actions.runners import get_runner  # runners import the executor, which imports us
+
+    now = timezone.now()
+    try:
+        mine = Action.objects.filter(owner.actions())
+        free = cap - mine.filter(status=Action.Status.RUNNING).count()
+        if free <= 0:
+            return
+        waiting = list(
+            mine.filter(status=Action.Status.PENDING)
+            .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+            .order_by("created_at", "pk")
+            .values_list("pk", flat=True)[:free]
+        )
+    except DatabaseError:
+        logger.exception("Could not look for actions waiting for a place (%s)", owner.kind)
+        return
+    runner = get_runner()
+    for pk in waiting:
+        runner.dispatch(pk)
+
+
+def on_action_finished(sender: Any, action: Action, **kwargs: Any) -> None:
+    """Every path that ends an action (the executor, a time limit, ``service`` finishing
+    or cancelling, the recovery sweep) sends ``action_finished``: each frees a place.
+
+    After commit: a claim in another connection must see the action ended, or it is
+    refused for a place this release meant to give it.
+    """
+    owner = owner_of(action.user_id, action.client_address, action.session_key)
+    if owner is not None and running_cap() is not None:
+        transaction.on_commit(partial(release, owner))
