@@ -99,6 +99,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
                 id="async_actions.E004",
             )
         )
+    errors.extend(_check_layer_check_interval(raw))
     if errors:
         return errors
     errors.extend(_check_runner())
@@ -152,6 +153,35 @@ def _check_channel_layer(raw: dict[str, Any]) -> list[CheckMessage]:
                 hint="Add CHANNEL_LAYERS = {'default': {'BACKEND': "
                 "'channels.layers.InMemoryChannelLayer'}} or set CHANNEL_LAYER to None.",
                 id="async_actions.W001",
+            )
+        ]
+    return []
+
+
+def _check_layer_check_interval(raw: dict[str, Any]) -> list[CheckMessage]:
+    """The hub renews memberships at half the layer's group_expiry, seen at each check."""
+    key = "LAYER_CHECK_INTERVAL"
+    value = raw.get(key, DEFAULTS[key])
+    if not _is_number(value) or value <= 0:
+        return [
+            Error(
+                f"{SETTING_NAME}[{key!r}] is {value!r}; it must be a number of seconds "
+                "greater than 0.",
+                hint=f"Remove it to use the default ({DEFAULTS[key]!r}) or set a valid value.",
+                id="async_actions.E080",
+            )
+        ]
+    alias = raw.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"])
+    config = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(alias) or {}
+    expiry = (config.get("CONFIG") or {}).get("group_expiry")
+    if _is_number(expiry) and value >= expiry / 2:
+        return [
+            Warning(
+                f"{SETTING_NAME}[{key!r}] ({value}) is not below half the channel layer's "
+                f"group_expiry ({expiry}): group memberships may expire before the hub "
+                "renews them, and open tabs stop getting updates until the next check.",
+                hint="Lower LAYER_CHECK_INTERVAL or raise group_expiry.",
+                id="async_actions.W080",
             )
         ]
     return []

@@ -371,7 +371,7 @@ class Pusher:
             return
         group = group_name(action_id)
         message = event_for(snapshot, group)
-        coro_factory = lambda: layer.group_send(group, message)  # noqa: E731
+        coro_factory = lambda: layer_call(layer.group_send, group, message)  # noqa: E731
         if _is_in_memory(layer):
             loop = self._server_loop
             if loop is None or loop.is_closed():
@@ -414,6 +414,27 @@ class Pusher:
                 thread.start()
                 self._own_loop = loop
             return self._own_loop
+
+
+#: Tries of one layer call: each connection pooled before a Redis restart fails once.
+LAYER_TRIES = 3
+
+
+async def layer_call(call: Any, *args: Any) -> Any:
+    """Await ``call(*args)``, again after a failure, up to ``LAYER_TRIES`` times in all.
+
+    After Redis restarts, every connection a pool opened before fails its next command
+    once; a retried call gets a fresh one. Without it the event lost may be the final one.
+    """
+    for attempt in range(1, LAYER_TRIES + 1):
+        try:
+            return await call(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if attempt == LAYER_TRIES:
+                raise
+    return None
 
 
 def _is_in_memory(layer: Any) -> bool:
