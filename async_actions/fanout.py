@@ -231,14 +231,15 @@ class Hub:
         expiry = float(getattr(self.layer, "group_expiry", None) or DEFAULT_GROUP_EXPIRY)
         while True:
             await asyncio.sleep(interval)
-            if not await self._probe(timeout=interval):
+            if await self._probe(timeout=interval):
+                if time.monotonic() - self._joined_at < expiry / 2:
+                    continue
+                refresh = False  # renew the memberships before group_expiry ends them
+            else:
                 logger.warning("Channel layer lost this process's subscriptions; rejoining")
-                if not await self._rejoin():
-                    return
-            elif time.monotonic() - self._joined_at >= expiry / 2:
-                # Memberships expire group_expiry after they were added: renew them.
-                if not await self._rejoin(refresh=False):
-                    return
+                refresh = True
+            if not await self._rejoin(refresh=refresh):
+                return
 
     async def _probe(self, timeout: float) -> bool:
         """True if a message sent to the probe group came back within ``timeout``."""
