@@ -41,6 +41,9 @@ SENDS_PER_YIELD = 32
 TERMINAL = frozenset(str(status) for status in Action.TERMINAL_STATUSES)
 #: The message a hub sends itself to learn that its group memberships still hold.
 PROBE_TYPE = "async_actions.hub_probe"
+#: Seconds a rejoin may take before the layer counts as gone (a partitioned Redis may
+#: never answer).
+LAYER_TIMEOUT = 10.0
 #: Channels' default ``group_expiry``; a layer without the attribute is taken to use it.
 DEFAULT_GROUP_EXPIRY = 86400.0
 
@@ -193,6 +196,11 @@ class Hub:
     async def _add(self, group: str) -> None:
         await layer_call(self.layer.group_add, group, self.channel)
 
+    async def _add_all(self, groups: list[str]) -> None:
+        await self._add(self._probe_group)
+        for group in groups:
+            await self._add(group)
+
     async def _stop(self) -> None:
         """No tab is left: stop reading and probing, leave the probe group."""
         current = asyncio.current_task()
@@ -267,9 +275,8 @@ class Hub:
         async with self._rejoin_lock:
             groups = list(self._subscribers)
             try:
-                await self._add(self._probe_group)
-                for group in groups:
-                    await self._add(group)
+                # A partitioned Redis may never answer: that counts as gone too.
+                await asyncio.wait_for(self._add_all(groups), LAYER_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except Exception:
