@@ -241,6 +241,7 @@ class Publisher:
         with self._write_lock:
             with self._lock:
                 self._seq += 1
+                self._end_seq_locked()
                 percent = 100.0 if status == Action.Status.SUCCEEDED else self._percent
                 fields: dict[str, Any] = {
                     "status": status,
@@ -274,6 +275,7 @@ class Publisher:
         with self._write_lock:
             with self._lock:
                 self._seq += 1
+                self._end_seq_locked()
                 self._percent, self._message, self._data = 0.0, "", None
                 self._log.append({"time": time.time(), "level": "WARNING", "message": note})
                 fields: dict[str, Any] = {
@@ -292,6 +294,12 @@ class Publisher:
             self.closed = True
             pusher.push(self.action_id, snapshot)
         return bool(updated)
+
+    def _end_seq_locked(self) -> None:
+        """The new ``seq`` belongs to the end state, pushed and written below: the monitor
+        must not push or write it meanwhile as a "running" state (a tab would see the
+        last progress twice, the second time with the end's ``seq``)."""
+        self._pushed_seq = self._written_seq = self._seq
 
     def _update_running(self, fields: dict[str, Any], retry_for: float) -> int:
         """UPDATE the row if it is still running; retry a failing database a while."""

@@ -203,7 +203,8 @@ def test_tab_on_server_a_sees_progress_a_worker_publishes(cluster: Cluster) -> N
     pk = cluster.start(b, "tests.scaled_lockstep", steps=3)
     events = asyncio.run(_watch_in_lockstep(cluster, a, pk, steps=3))
     progress = [e["percent"] for e in events if e["status"] == "running" and e["percent"] > 0]
-    assert progress == [25, 50, 75], events
+    seen = [(e["seq"], e["status"], e["percent"]) for e in events]
+    assert progress == [25, 50, 75], seen
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs)
     assert events[-1]["status"] == "succeeded"
