@@ -156,6 +156,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
             )
         )
     errors.extend(_check_websocket_settings(raw))
+    errors.extend(_check_layer_check_interval(raw))
     if errors:
         return errors + warnings
     errors.extend(_check_runner())
@@ -293,3 +294,32 @@ def _check_session_engine() -> list[CheckMessage]:
             id="async_actions.W040",
         )
     ]
+
+
+def _check_layer_check_interval(raw: dict[str, Any]) -> list[CheckMessage]:
+    """The hub renews memberships at half the layer's group_expiry, seen at each check."""
+    key = "LAYER_CHECK_INTERVAL"
+    value = raw.get(key, DEFAULTS[key])
+    if not _is_number(value) or value <= 0:
+        return [
+            Error(
+                f"{SETTING_NAME}[{key!r}] is {value!r}; it must be a number of seconds "
+                "greater than 0.",
+                hint=f"Remove it to use the default ({DEFAULTS[key]!r}) or set a valid value.",
+                id="async_actions.E080",
+            )
+        ]
+    alias = raw.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"])
+    config = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(alias) or {}
+    expiry = (config.get("CONFIG") or {}).get("group_expiry")
+    if _is_number(expiry) and value >= expiry / 2:
+        return [
+            Warning(
+                f"{SETTING_NAME}[{key!r}] ({value}) is not below half the channel layer's "
+                f"group_expiry ({expiry}): group memberships may expire before the hub "
+                "renews them, and open tabs stop getting updates until the next check.",
+                hint="Lower LAYER_CHECK_INTERVAL or raise group_expiry.",
+                id="async_actions.W080",
+            )
+        ]
+    return []

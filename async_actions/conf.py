@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 2.0,
     # Channel layer alias used for live progress (None disables pushes).
     "CHANNEL_LAYER": "default",
+    # Seconds between checks that a server's channel-layer subscriptions still hold.
+    "LAYER_CHECK_INTERVAL": 5.0,
     # Django Tasks backend alias used by the TasksRunner.
     "TASKS_BACKEND": "default",
     # Queue name the TasksRunner enqueues on (workers listen to queues by name).

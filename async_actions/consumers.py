@@ -107,7 +107,9 @@ class ActionConsumer(AsyncWebsocketConsumer):
         await self.accept()
         alias = action_settings.CHANNEL_LAYER
         layer = get_channel_layer(alias) if alias else None
-        self.subscriber = Subscriber(self._send_text)
+        self.subscriber = Subscriber(
+            self._send_text, refresh=self._snapshot, on_lost=self._layer_lost
+        )
         group = group_name(action_id)
         try:
             if layer is None:
@@ -141,6 +143,11 @@ class ActionConsumer(AsyncWebsocketConsumer):
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
+
+    async def _layer_lost(self) -> None:
+        """The hub lost the channel layer and dropped this tab: the page polls instead."""
+        self.hub = None
+        await self._close(CloseCode.UNAVAILABLE)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.authorized:

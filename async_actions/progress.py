@@ -362,6 +362,7 @@ class Publisher:
         with self._write_lock:
             with self._lock:
                 self._seq += 1
+                self._end_seq_locked()
                 percent = 100.0 if status == Action.Status.SUCCEEDED else self._percent
                 fields: dict[str, Any] = {
                     "status": status,
@@ -395,6 +396,7 @@ class Publisher:
         with self._write_lock:
             with self._lock:
                 self._seq += 1
+                self._end_seq_locked()
                 self._percent, self._message, self._data = 0.0, "", None
                 self._log.append({"time": time.time(), "level": "WARNING", "message": note})
                 fields: dict[str, Any] = {
@@ -413,6 +415,12 @@ class Publisher:
             self.closed = True
             pusher.push(self.action_id, snapshot)
         return bool(updated)
+
+    def _end_seq_locked(self) -> None:
+        """The new ``seq`` belongs to the end state, pushed and written below: the monitor
+        must not push or write it meanwhile as a "running" state (a tab would see the
+        last progress twice, the second time with the end's ``seq``)."""
+        self._pushed_seq = self._written_seq = self._seq
 
     def _update_running(self, fields: dict[str, Any], retry_for: float) -> int:
         """UPDATE the row if it is still running; retry a failing database a while."""
@@ -498,7 +506,7 @@ class Pusher:
             return
         group = group_name(action_id)
         message = event_for(snapshot, group)
-        coro_factory = lambda: layer.group_send(group, message)  # noqa: E731
+        coro_factory = lambda: layer_call(layer.group_send, group, message)  # noqa: E731
         if _is_in_memory(layer):
             loop = self._server_loop
             if loop is None or loop.is_closed():
@@ -541,6 +549,27 @@ class Pusher:
                 thread.start()
                 self._own_loop = loop
             return self._own_loop
+
+
+#: Tries of one layer call: each connection pooled before a Redis restart fails once.
+LAYER_TRIES = 3
+
+
+async def layer_call(call: Any, *args: Any) -> Any:
+    """Await ``call(*args)``, again after a failure, up to ``LAYER_TRIES`` times in all.
+
+    After Redis restarts, every connection a pool opened before fails its next command
+    once; a retried call gets a fresh one. Without it the event lost may be the final one.
+    """
+    for attempt in range(1, LAYER_TRIES + 1):
+        try:
+            return await call(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if attempt == LAYER_TRIES:
+                raise
+    return None
 
 
 def _is_in_memory(layer: Any) -> bool:

@@ -53,10 +53,13 @@ def retry_later(
     )
     if not written:
         return False
-    get_runner().dispatch_at(action.pk, run_after)
+    # Receivers get the row as requeued: dispatched first, the next attempt could
+    # already have claimed (or even finished) it when they read it.
     try:
         action.refresh_from_db()
+        action_retrying.send(sender=Action, action=action, exception=exc, run_after=run_after)
     except (Action.DoesNotExist, DatabaseError):
-        return True
-    action_retrying.send(sender=Action, action=action, exception=exc, run_after=run_after)
+        pass
+    finally:
+        get_runner().dispatch_at(action.pk, run_after)
     return True

@@ -187,3 +187,28 @@ def held_work(ctx: ActionContext) -> Any:
         pass
     ctx.raise_if_cancelled()
     return {"attempt": ctx.attempt}
+
+
+@handler("tests.scaled_lockstep")
+def scaled_lockstep(ctx: ActionContext) -> Any:
+    """Report step i (and finish, as step ``steps + 1``) only once the test has created
+    ``<AA_GATE_DIR>/<action id>.<i>``.
+
+    The test creates that file after it saw step i - 1 on its WebSocket, so no step is
+    published before the tab is subscribed or while it is still behind.
+    """
+    _record_run(ctx)
+    steps = int(ctx.request.get("steps", 3))
+    gate_dir = os.environ["AA_GATE_DIR"]
+    for i in range(1, steps + 2):
+        released = os.path.join(gate_dir, f"{ctx.action_id}.{i}")
+        waited = 0.0
+        while not os.path.exists(released):
+            if ctx.wait_cancelled(0.01):
+                ctx.raise_if_cancelled()
+            waited += 0.01
+            if waited > 120:
+                raise ActionError(f"step {i} was never released")
+        if i <= steps:
+            ctx.set_progress(100 * i / (steps + 1), f"step {i} of {steps}")
+    return {"steps": steps, "pid": os.getpid()}

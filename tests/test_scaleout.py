@@ -62,13 +62,23 @@ class Cluster:
         self.workers: list[subprocess.Popen] = []
 
     def start_worker(self) -> subprocess.Popen:
-        log = open(self.tmp / f"worker{len(self.workers)}.log", "w")  # noqa: SIM115
+        """A db_worker process, returned once it polls for tasks (not merely spawned)."""
+        log_path = self.tmp / f"worker{len(self.workers)}.log"
+        log = open(log_path, "w")  # noqa: SIM115
         worker = subprocess.Popen(
             [sys.executable, "manage.py", "db_worker", "--interval", "0.05",
              "--no-startup-delay", "--no-reload"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.workers.append(worker)
+        # django-tasks-db logs this line as it enters its polling loop.
+        deadline = time.monotonic() + 120
+        while "Starting worker" not in log_path.read_text(errors="replace"):
+            if worker.poll() is not None:
+                raise AssertionError(f"worker exited with {worker.returncode}: {log_path}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker not polling after 120 s: {log_path}")
+            time.sleep(0.05)
         return worker
 
     def api(self, server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -127,6 +137,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "AA_SCALED_DB": name,
         "AA_REDIS_PREFIX": f"aa-test-{name}",
         "AA_RUN_LOG": str(tmp / "runs.log"),
+        "AA_GATE_DIR": str(tmp),  # tests.scaled_lockstep
         "PYTHONPATH": str(ROOT),
     }
     try:
@@ -149,20 +160,31 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def _watch(cluster: Cluster, server: Server, pk: str) -> list[dict]:
+async def _watch_in_lockstep(cluster: Cluster, server: Server, pk: str, steps: int) -> list[dict]:
+    """Watch ``pk`` on ``server``, releasing each step of tests.scaled_lockstep in turn.
+
+    Step 1 is released only after the first frame (the snapshot, read after the hub
+    joined the group), step i + 1 (the finish after the last) only after step i arrived:
+    nothing is published before the tab listens, and no step is merged into a newer one.
+    """
     from websockets.asyncio.client import connect
 
     url = server.base.replace("http://", "ws://") + f"/ws/async-actions/{pk}/"
     headers = {"Cookie": f"sessionid={cluster.session}", "Origin": server.base}
     events: list[dict] = []
-    async with connect(url, additional_headers=headers, open_timeout=10) as socket:
+    released = 0
+    async with connect(url, additional_headers=headers, open_timeout=30) as socket:
         while True:
-            message = json.loads(await asyncio.wait_for(socket.recv(), timeout=30))
+            message = json.loads(await asyncio.wait_for(socket.recv(), timeout=60))
             assert message["type"] == "update", message
             event = message["action"]
             events.append(event)
             if event["status"] in ("succeeded", "failed", "cancelled"):
                 return events
+            reached = round(event["percent"] * (steps + 1) / 100)
+            if reached == released:  # release the next step, or the finish after the last
+                released += 1
+                (Path(cluster.env["AA_GATE_DIR"]) / f"{pk}.{released}").touch()
 
 
 def test_fifty_actions_through_both_servers_each_run_once_by_the_workers(cluster: Cluster):
@@ -178,10 +200,11 @@ def test_fifty_actions_through_both_servers_each_run_once_by_the_workers(cluster
 
 def test_tab_on_server_a_sees_progress_a_worker_publishes(cluster: Cluster) -> None:
     a, b = cluster.servers
-    pk = cluster.start(b, "tests.scaled_work", steps=10, delay=0.15)
-    events = asyncio.run(_watch(cluster, a, pk))
-    progress = [e for e in events if e["status"] == "running" and e["percent"] > 0]
-    assert len(progress) >= 3, events
+    pk = cluster.start(b, "tests.scaled_lockstep", steps=3)
+    events = asyncio.run(_watch_in_lockstep(cluster, a, pk, steps=3))
+    progress = [e["percent"] for e in events if e["status"] == "running" and e["percent"] > 0]
+    seen = [(e["seq"], e["status"], e["percent"]) for e in events]
+    assert progress == [25, 50, 75], seen
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs)
     assert events[-1]["status"] == "succeeded"

@@ -1,0 +1,62 @@
+"""The end of an action is pushed once, as the end: never first as a "running" state.
+
+``finish`` and ``requeue`` take the next ``seq`` before their database write; the monitor
+thread, flushing trailing progress meanwhile, used to push that ``seq`` with status
+"running" (seen by tests/test_scaleout.py as the last step arriving twice).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from async_actions import progress
+from async_actions.progress import Publisher
+from tests.test_core import _running, recording  # noqa: F401 - the fixture is used
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.usefixtures("recording")
+@pytest.mark.parametrize("end", ["finish", "requeue"])
+def test_the_monitor_does_not_push_the_end_seq_as_running(
+    monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    _action, publisher = _running()
+    pushed: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        progress.pusher,
+        "push",
+        lambda pk, snapshot: pushed.append((snapshot["status"], snapshot["seq"])),
+    )
+    publisher.update(75, "last step")
+    writing, release = threading.Event(), threading.Event()
+    update_running = Publisher._update_running
+
+    def slow_update(self: Publisher, fields: dict[str, Any], retry_for: float) -> int:
+        writing.set()
+        release.wait(10)
+        return update_running(self, fields, retry_for)
+
+    monkeypatch.setattr(Publisher, "_update_running", slow_update)
+    if end == "finish":
+        ending = threading.Thread(target=publisher.finish, args=("succeeded",))
+    else:
+        ending = threading.Thread(
+            target=publisher.requeue, kwargs={"run_after": None, "note": "again"}
+        )
+    ending.start()
+    assert writing.wait(10)
+    monitor = threading.Thread(target=publisher.flush_due, args=(time.monotonic() + 60,))
+    monitor.start()
+    monitor.join(2)  # returns at once; before the fix it pushed, then waited for the write
+    assert [status for status, seq in pushed if seq == publisher.snapshot()["seq"]] == []
+    release.set()
+    ending.join(10)
+    monitor.join(10)
+    final_seq = pushed[-1][1]
+    assert pushed[-1][0] == ("succeeded" if end == "finish" else "pending")
+    assert [status for status, seq in pushed if seq == final_seq] == [pushed[-1][0]]
