@@ -1,0 +1,104 @@
+"""Every status change is written in ``async_actions.lifecycle`` and nowhere else.
+
+The end of an action used to be written in five places, each a slightly different mix
+of conditional UPDATE, push, key release and signal. These tests read the package's
+source and fail when a status write, an ``action_finished.send`` or a concurrency key
+release appears outside ``lifecycle.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import async_actions
+
+PACKAGE = Path(async_actions.__file__).parent
+LIFECYCLE = PACKAGE / "lifecycle.py"
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts)
+
+
+def _dotted(node: ast.AST) -> str:
+    """``a.b.c`` for an attribute chain, "" for anything else."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return f"{inner}.{node.attr}" if inner else ""
+    return ""
+
+
+def _transitions(tree: ast.AST) -> list[tuple[int, str]]:
+    """Calls that change a status or announce the change: ``.update(status=...)``,
+    ``.update(**{... "status": ...})``, ``action_finished.send(...)``,
+    ``concurrency.release(...)``."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        name = _dotted(node.func)
+        if node.func.attr == "update":
+            for kw in node.keywords:
+                writes_status = kw.arg == "status" or (
+                    kw.arg is None
+                    and isinstance(kw.value, ast.Dict)
+                    and any(
+                        isinstance(k, ast.Constant) and k.value == "status" for k in kw.value.keys
+                    )
+                )
+                if writes_status:
+                    found.append((node.lineno, "an UPDATE of status"))
+        elif name.endswith("action_finished.send") or name == "action_finished.send":
+            found.append((node.lineno, "action_finished.send"))
+        elif name == "concurrency.release" or name.endswith(".concurrency.release"):
+            found.append((node.lineno, "concurrency.release"))
+    return found
+
+
+def _release_imported(tree: ast.AST) -> bool:
+    """Whether ``release`` is imported from the concurrency module by name."""
+    return any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "async_actions.concurrency"
+        and any(alias.name == "release" for alias in node.names)
+        for node in ast.walk(tree)
+    )
+
+
+def test_status_changes_and_their_after_steps_live_in_lifecycle_only():
+    outside = []
+    for path in _modules():
+        if path == LIFECYCLE:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for line, what in _transitions(tree):
+            outside.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {what}")
+        if _release_imported(tree):
+            outside.append(f"{path.relative_to(PACKAGE.parent)}: imports concurrency.release")
+    assert outside == [], "write these through async_actions.lifecycle:\n" + "\n".join(outside)
+
+
+def test_lifecycle_holds_every_kind_of_transition():
+    """The scan above is not vacuous: it finds the transitions where they are."""
+    kinds = {what for _, what in _transitions(ast.parse(LIFECYCLE.read_text()))}
+    assert kinds == {"an UPDATE of status", "action_finished.send", "concurrency.release"}
+
+
+def test_the_scan_sees_a_status_write_in_any_spelling():
+    source = (
+        "Action.objects.filter(pk=1).update(status='failed')\n"
+        "qs.update(**{'status': 'failed'})\n"
+        "signals.action_finished.send(sender=None)\n"
+        "async_actions.concurrency.release('k')\n"
+        "qs.update(cancel_requested=True)\n"
+    )
+    found = [what for _, what in _transitions(ast.parse(source))]
+    assert found == [
+        "an UPDATE of status",
+        "an UPDATE of status",
+        "action_finished.send",
+        "concurrency.release",
+    ]
