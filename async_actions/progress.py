@@ -362,6 +362,8 @@ class Publisher:
         now = timezone.now()
         with self._lock:
             self._seq += 1
+            # The final event carries this seq: a flush must not push it as "running".
+            self._pushed_seq = self._seq
             percent = 100.0 if status == Action.Status.SUCCEEDED else self._percent
             fields: dict[str, Any] = {
                 "percent": percent,
