@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import async_actions
+from async_actions import lifecycle, service
+from async_actions.models import Action
+from async_actions.progress import Publisher
+from async_actions.signals import action_finished
 
 PACKAGE = Path(async_actions.__file__).parent
 LIFECYCLE = PACKAGE / "lifecycle.py"
@@ -102,3 +109,35 @@ def test_the_scan_sees_a_status_write_in_any_spelling():
         "action_finished.send",
         "concurrency.release",
     ]
+
+
+@pytest.mark.django_db
+def test_of_two_ends_only_the_first_writes_and_signals():
+    action, _waits = lifecycle.claim(service.start("tests.echo", session_key="s").action.pk)
+    assert action is not None
+    publisher = Publisher(action)
+    ends: list[str] = []
+
+    def receiver(sender: Any, action: Action, status: str, **kwargs: Any) -> None:
+        ends.append(status)
+
+    action_finished.connect(receiver)
+    try:
+        assert lifecycle.end(action.pk, Action.Status.FAILED, error="stopped by staff")
+        # The handler returns late: its result changes nothing, and nothing is announced.
+        assert not lifecycle.finish(publisher, Action.Status.SUCCEEDED, response={"late": 1})
+        assert not lifecycle.cancel_pending(action.pk)
+    finally:
+        action_finished.disconnect(receiver)
+    row = Action.objects.get(pk=action.pk)
+    assert (row.status, row.error, row.response) == ("failed", "stopped by staff", None)
+    assert ends == ["failed"]
+
+
+@pytest.mark.django_db
+def test_a_claim_happens_once():
+    pk = service.start("tests.echo", session_key="s").action.pk
+    first, _ = lifecycle.claim(pk)
+    second, waits = lifecycle.claim(pk)
+    assert first is not None and first.status == "running" and first.attempt == 1
+    assert (second, waits) == (None, False)
