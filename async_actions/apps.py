@@ -13,18 +13,12 @@ class AsyncActionsConfig(AppConfig):
 
         from async_actions import (
             checks,  # noqa: F401  (registers the system checks)
-            fairness,
             ownership,
         )
-        from async_actions.signals import action_finished
 
         # Moves the session's anonymous actions to the user (CLAIM_SESSION_ACTIONS_ON_LOGIN).
         user_logged_in.connect(
             ownership.claim_session_actions, dispatch_uid="async_actions.claim_session_actions"
-        )
-        # Every end of an action frees a place under MAX_RUNNING_PER_OWNER.
-        action_finished.connect(
-            fairness.on_action_finished, sender=None, dispatch_uid="async_actions.fairness"
         )
 
         # Handlers live in each app's ``actions`` module, found like admin.py is.

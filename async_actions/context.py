@@ -80,6 +80,7 @@ class ActionContext:
         self.started_monotonic = time.monotonic()
         self._publisher = publisher
         self._cancel = threading.Event()
+        self._cancel_reason = ""
         self._cancel_callbacks: list[Callable[[], None]] = []
         self._callbacks_lock = threading.Lock()
         logger = logging.Logger(f"async_actions.actions.{action.handler}", logging.DEBUG)
@@ -111,16 +112,39 @@ class ActionContext:
         """Sleep up to ``timeout`` seconds, waking early on cancel; True if cancelled."""
         return self._cancel.wait(timeout)
 
-    def request_cancel(self) -> None:
-        self._publisher.cancel_requested = True
-        self._signal_cancel()
+    @property
+    def cancel_reason(self) -> str:
+        """Why the action was asked to stop ("" while it was not)."""
+        return self._cancel_reason
 
-    def _signal_cancel(self) -> None:
-        """Set the flag and run the cancel callbacks once (an async task's ``cancel``)."""
+    def cancel(self, reason: str = "requested") -> None:
+        """Ask the handler to stop, the way a user's cancel does.
+
+        ``cancelled`` turns true, ``raise_if_cancelled()`` raises and an async handler
+        gets ``CancelledError``; watchers see the cancel requested. ``reason`` (kept in
+        :attr:`cancel_reason`, the first one wins) goes to the ``async_actions`` log.
+        """
+        self._publisher.cancel_requested = True
+        self._signal_cancel(reason)
+
+    def request_cancel(self) -> None:
+        """Same as :meth:`cancel` with no reason (kept for existing callers)."""
+        self.cancel()
+
+    def _signal_cancel(self, reason: str) -> None:
+        """Set the flag and run the cancel callbacks once (an async task's ``cancel``).
+
+        The time limit stops a handler this way: no user asked, so watchers see no
+        cancel request.
+        """
         with self._callbacks_lock:
             first = not self._cancel.is_set()
             self._cancel.set()
+            if first:
+                self._cancel_reason = reason
             callbacks = list(self._cancel_callbacks) if first else []
+        if first:
+            _parent_logger.info("Action %s asked to cancel: %s", self.action_id, reason)
         for callback in callbacks:
             try:
                 callback()

@@ -14,28 +14,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db import (
-    DatabaseError,
-    IntegrityError,
-    close_old_connections,
-    connections,
-    transaction,
-)
-from django.db.models import Exists, F, OuterRef, Q
+from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
-from async_actions import concurrency, fairness
+from async_actions import lifecycle
 from async_actions.conf import action_settings
 from async_actions.context import ActionCancelled, ActionContext, ActionError, _current
 from async_actions.handlers import get_handler
-from async_actions.limits import time_limit_error, watchdog
 from async_actions.loop import EscapedBaseException, action_loop
 from async_actions.models import Action
-from async_actions.monitor import monitor
 from async_actions.payloads import PayloadError, check_payload
 from async_actions.progress import ProgressError, Publisher
 from async_actions.retries import retry_later
-from async_actions.signals import action_finished, action_started
+from async_actions.signals import action_started
+from async_actions.supervisor import supervisor, time_limit_error
 
 if TYPE_CHECKING:
     from async_actions.handlers import ActionHandler
@@ -47,87 +39,11 @@ BASE_EXCEPTION_ERROR = "The action failed: its handler raised {name}."
 
 
 def claim(action_id: UUID | str) -> Action | None:
-    """Move the action from pending to running in one conditional UPDATE.
+    """Move the action from pending to running; None if this caller did not win it.
 
-    Only one caller wins, so an action runs once even when its message is delivered
-    twice or two workers race for it. A pending action is not claimed before its
-    ``run_after``, nor while another action with its concurrency key runs: the
-    database's unique index on running keys fails this UPDATE, and the action waits.
-    Actions waiting for a key run in the order they were created.
+    See :func:`async_actions.lifecycle.claim`, which also tells whether it waits.
     """
-    return _claim(action_id)[0]
-
-
-def _claim(action_id: UUID | str) -> tuple[Action | None, bool]:
-    """The claimed action (or None), and whether it waits for a running action to wake
-    it: its concurrency key is busy, or its owner runs ``MAX_RUNNING_PER_OWNER`` already
-    (see :mod:`async_actions.fairness`). Such a refusal costs a few indexed queries, so a
-    worker moves on to the next message at once."""
-    # Read before the transaction: on SQLite with deferred transactions a read before
-    # the UPDATE would pin a snapshot that a concurrent commit makes unwritable.
-    owner, cap = _capped_owner(action_id)
-    try:
-        with transaction.atomic():
-            if owner is not None:
-                # Before the UPDATE takes its snapshot: a concurrent claim for the same
-                # owner on PostgreSQL waits here, then counts this one as running.
-                owner.lock()
-            # Read the clock inside the transaction: on SQLite (IMMEDIATE) that is after
-            # the write lock is ours, so started_at follows the order claims happen in.
-            now = timezone.now()
-            claimable = (
-                Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
-                .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
-                .filter(Q(concurrency_key="") | ~Exists(_older_waiters(now)))
-            )
-            if owner is not None:
-                claimable = claimable.filter(fairness.below_cap(owner, cap))
-            won = claimable.update(
-                status=Action.Status.RUNNING,
-                started_at=now,
-                heartbeat_at=now,
-                attempt=F("attempt") + 1,
-                seq=F("seq") + 1,
-            )
-            if not won and owner is not None and fairness.at_cap(owner, cap):
-                logger.debug("Action %s waits: its owner runs %d actions", action_id, cap)
-                return None, True
-    except IntegrityError:
-        logger.debug("Action %s waits: its concurrency key is busy", action_id)
-        return None, True
-    if not won:
-        return None, False
-    return Action.objects.get(pk=action_id), False
-
-
-def _capped_owner(action_id: UUID | str) -> tuple[fairness.Owner | None, int]:
-    """The pending action's owner under ``MAX_RUNNING_PER_OWNER`` (None: not capped), and
-    the cap. Should the owner change in between (a login taking over a session's
-    actions), this one claim is counted against the old owner."""
-    cap = fairness.running_cap()
-    if cap is None:
-        return None, 0
-    row = (
-        Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
-        .values_list(*fairness.OWNER_FIELDS)
-        .first()
-    )
-    return (fairness.owner_of(*row) if row is not None else None), cap
-
-
-def _older_waiters(now: Any) -> Any:
-    """Due pending actions with the same key created before the outer one."""
-    return (
-        Action.objects.filter(
-            status=Action.Status.PENDING, concurrency_key=OuterRef("concurrency_key")
-        )
-        .exclude(concurrency_key="")
-        .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
-        .filter(
-            Q(created_at__lt=OuterRef("created_at"))
-            | Q(created_at=OuterRef("created_at"), pk__lt=OuterRef("pk"))
-        )
-    )
+    return lifecycle.claim(action_id)[0]
 
 
 def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = None) -> str | None:
@@ -138,7 +54,7 @@ def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = No
     """
     keep_connection_if_healthy()
     try:
-        action, key_busy = _claim(action_id)
+        action, key_busy = lifecycle.claim(action_id)
         if action is None and not key_busy:  # a busy key's holder wakes it when done
             _not_claimed(action_id)
     except DatabaseError:
@@ -186,7 +102,7 @@ def _not_claimed(action_id: UUID | str) -> None:
     if row["run_after"] is not None and row["run_after"] > timezone.now():
         get_runner().dispatch_at(UUID(str(action_id)), row["run_after"])
     elif row["concurrency_key"]:
-        concurrency.release(row["concurrency_key"])
+        lifecycle.wake_next(row["concurrency_key"])
 
 
 def _call(handler: ActionHandler, ctx: ActionContext, publisher: Publisher) -> Any:
@@ -199,9 +115,10 @@ def _call(handler: ActionHandler, ctx: ActionContext, publisher: Publisher) -> A
 
 
 def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None) -> str:
+    """Run the handler of a claimed action and record its outcome through the lifecycle."""
     publisher = Publisher(action)
     ctx = ActionContext(action, publisher)
-    monitor.register(ctx, publisher)
+    supervisor.register(ctx, publisher, action.concurrency_key)
     token = _current.set(ctx)
     status, response, error, trace = Action.Status.SUCCEEDED, None, "", ""
     handler: ActionHandler | None = None
@@ -212,13 +129,7 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
         handler = get_handler(action.handler)
         if handler is None:
             raise ActionError(f"No handler named {action.handler!r} is available in this worker.")
-        watchdog.watch(
-            ctx,
-            publisher,
-            handler.get_time_limit(),
-            concurrency_key=action.concurrency_key,
-            on_abandon=on_abandon,
-        )
+        supervisor.start_clock(action.pk, handler.get_time_limit(), on_abandon=on_abandon)
         response = _checked_response(_call(handler, ctx, publisher))
     except ActionCancelled:
         status = Action.Status.CANCELLED
@@ -235,37 +146,30 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
         status, error, trace = _base_failure(exc, action)
     finally:
         _current.reset(token)
-        limit = watchdog.soft_limit_hit(action.pk)
-        watchdog.unwatch(action.pk)
+        limit = supervisor.stop_clock(action.pk)
     if retry is not None and handler is not None:
         try:
             if retry_later(action, handler, publisher, retry):
-                concurrency.release(action.concurrency_key)
                 return Action.Status.PENDING
         finally:
-            monitor.unregister(action.pk)
+            supervisor.unregister(action.pk)
         return Action.Status.RUNNING  # not written: whoever ended the row decided
     if limit is not None and status == Action.Status.CANCELLED:
         status, error = Action.Status.FAILED, time_limit_error(limit)
     if status != Action.Status.SUCCEEDED:
         response = None
     try:
-        written = publisher.finish(
+        lifecycle.finish(
+            publisher,
             status,
             response=response,
             error=error,
             traceback=trace,
             retry_for=float(action_settings.STALE_AFTER),
+            action=action,
         )
     finally:
-        monitor.unregister(action.pk)
-    if written:
-        concurrency.release(action.concurrency_key)
-        try:
-            action.refresh_from_db()
-        except DatabaseError:
-            close_old_connections()
-        action_finished.send(sender=Action, action=action, status=status)
+        supervisor.unregister(action.pk)
     return status
 
 

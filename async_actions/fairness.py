@@ -1,7 +1,7 @@
 """Fair shares of the workers: one owner runs at most ``MAX_RUNNING_PER_OWNER`` actions.
 
 Without a cap, whoever starts most work first fills every worker and everyone else
-waits behind their backlog. With it, a claim (``executor._claim``) that would take the
+waits behind their backlog. With it, a claim (``lifecycle.claim``) that would take the
 owner over the cap leaves the action pending, so the worker moves on to the next
 message, another owner's action. When one of the owner's actions ends, :func:`release`
 dispatches the owner's oldest waiting actions, as many as there are free places, the
@@ -146,9 +146,10 @@ def release(owner: Owner | None) -> None:
         runner.dispatch(pk)
 
 
-def on_action_finished(sender: Any, action: Action, **kwargs: Any) -> None:
-    """Every path that ends an action (the executor, a time limit, ``service`` finishing
-    or cancelling, the recovery sweep) sends ``action_finished``: each frees a place.
+def wake_after_end(action: Action) -> None:
+    """Free the place the ended ``action`` held: :mod:`async_actions.lifecycle` calls this
+    after every end (the executor, a time limit, ``service`` finishing or cancelling,
+    the recovery sweep).
 
     After commit: a claim in another connection must see the action ended, or it is
     refused for a place this release meant to give it.

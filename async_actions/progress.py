@@ -342,107 +342,80 @@ class Publisher:
         if not updated:
             self.lost = True
 
-    def finish(
-        self,
-        status: str,
-        *,
-        response: Any = None,
-        error: str = "",
-        traceback: str = "",
-        retry_for: float = 0.0,
-    ) -> bool:
-        """Write and push the final state; True if this process wrote it.
+    # -- called by async_actions.lifecycle, which writes the status ---------------------
+    @property
+    def write_lock(self) -> threading.Lock:
+        """Held around a status write, so no progress write of this publisher lands
+        between the final fields being taken and written."""
+        return self._write_lock
 
-        Retries for ``retry_for`` seconds when the database is down, so a short outage
-        does not leave the action running.
+    def final_state(
+        self, status: str, *, response: Any = None, error: str = "", traceback: str = ""
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The row fields and the event of the final state (``seq`` bumped once).
+
+        Call with :attr:`write_lock` held; :func:`async_actions.lifecycle.finish` writes
+        the fields on condition the row still runs, then :meth:`close` and push.
         """
         from async_actions.models import Action
 
         now = timezone.now()
-        with self._write_lock:
-            with self._lock:
-                self._seq += 1
-                self._end_seq_locked()
-                percent = 100.0 if status == Action.Status.SUCCEEDED else self._percent
-                fields: dict[str, Any] = {
-                    "status": status,
-                    "percent": percent,
-                    "message": self._message,
-                    "data": self._data,
-                    "seq": self._seq,
-                    "log": list(self._log),
-                    "response": response,
-                    "error": error,
-                    "traceback": traceback,
-                    "finished_at": now,
-                    "heartbeat_at": now,
-                    "expires_at": now + retention(),
-                }
-                snapshot = self._snapshot_locked(
-                    status=status, percent=percent, error=error, finished_at=now
-                )
-            updated = self._update_running(fields, retry_for)
-        if updated:
-            self.closed = True
-            pusher.push(self.action_id, snapshot)
-        return bool(updated)
+        with self._lock:
+            self._seq += 1
+            self._end_seq_locked()
+            percent = 100.0 if status == Action.Status.SUCCEEDED else self._percent
+            fields: dict[str, Any] = {
+                "percent": percent,
+                "message": self._message,
+                "data": self._data,
+                "seq": self._seq,
+                "log": list(self._log),
+                "response": response,
+                "error": error,
+                "traceback": traceback,
+                "finished_at": now,
+                "heartbeat_at": now,
+                "expires_at": now + retention(),
+            }
+            snapshot = self._snapshot_locked(
+                status=status, percent=percent, error=error, finished_at=now
+            )
+        return fields, snapshot
 
-    def requeue(self, *, run_after: Any, note: str, retry_for: float = 0.0) -> bool:
-        """Put the running action back to pending for another attempt; True if written.
+    def requeue_state(self, *, run_after: Any, note: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The row fields and the event of a return to pending for another attempt.
 
         Progress restarts (percent 0, message and data cleared) while ``seq`` keeps
-        increasing, so watchers see the reset; ``note`` goes to the log.
+        increasing, so watchers see the reset; ``note`` goes to the log. Call with
+        :attr:`write_lock` held (see :func:`async_actions.lifecycle.requeue`).
         """
-        with self._write_lock:
-            with self._lock:
-                self._seq += 1
-                self._end_seq_locked()
-                self._percent, self._message, self._data = 0.0, "", None
-                self._log.append({"time": time.time(), "level": "WARNING", "message": note})
-                fields: dict[str, Any] = {
-                    "status": "pending",
-                    "percent": 0.0,
-                    "message": "",
-                    "data": None,
-                    "seq": self._seq,
-                    "log": list(self._log),
-                    "run_after": run_after,
-                    "heartbeat_at": None,
-                }
-                snapshot = self._snapshot_locked(status="pending")
-            updated = self._update_running(fields, retry_for)
-        if updated:
-            self.closed = True
-            pusher.push(self.action_id, snapshot)
-        return bool(updated)
+        with self._lock:
+            self._seq += 1
+            self._end_seq_locked()
+            self._percent, self._message, self._data = 0.0, "", None
+            self._log.append({"time": time.time(), "level": "WARNING", "message": note})
+            fields: dict[str, Any] = {
+                "percent": 0.0,
+                "message": "",
+                "data": None,
+                "seq": self._seq,
+                "log": list(self._log),
+                "run_after": run_after,
+                "heartbeat_at": None,
+            }
+            snapshot = self._snapshot_locked(status="pending")
+        return fields, snapshot
+
+    def close(self) -> None:
+        """The final (or retry) state is written: later updates are dropped, so a late
+        handler cannot push a stale "running" over the end."""
+        self.closed = True
 
     def _end_seq_locked(self) -> None:
-        """The new ``seq`` belongs to the end state, pushed and written below: the monitor
-        must not push or write it meanwhile as a "running" state (a tab would see the
-        last progress twice, the second time with the end's ``seq``)."""
+        """The new ``seq`` belongs to the end state, pushed and written by ``lifecycle``:
+        the supervisor must not push or write it meanwhile as a "running" state (a tab
+        would see the last progress twice, the second time with the end's ``seq``)."""
         self._pushed_seq = self._written_seq = self._seq
-
-    def _update_running(self, fields: dict[str, Any], retry_for: float) -> int:
-        """UPDATE the row if it is still running; retry a failing database a while."""
-        from async_actions.models import Action
-
-        deadline = time.monotonic() + retry_for
-        delay = 0.1
-        while True:
-            try:
-                updated = Action.objects.filter(pk=self.action_id, status="running").update(
-                    **fields
-                )
-                break
-            except DatabaseError:
-                close_old_connections()
-                if time.monotonic() >= deadline:
-                    logger.exception("Final state of action %s not written", self.action_id)
-                    return 0
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        self.writes += 1
-        return updated
 
 
 def retention() -> Any:

@@ -21,10 +21,10 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from django.db import DatabaseError, close_old_connections
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
-from async_actions import concurrency
+from async_actions import lifecycle
 from async_actions.conf import action_settings
 from async_actions.handlers import get_handler
 from async_actions.models import Action
@@ -66,31 +66,24 @@ def lost_pending(now: datetime | None = None) -> Q:
 
 def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
     """Fail or requeue stale running actions; dispatch lost pending ones again."""
-    from async_actions import service
     from async_actions.runners import get_runner
 
     now = now or timezone.now()
     report = SweepReport()
-    stale = list(
-        Action.objects.filter(stale_running(now)).values_list(
-            "pk", "handler", "attempt", "concurrency_key"
-        )
-    )
-    for pk, handler_name, attempt, key in stale:
+    stale = list(Action.objects.filter(stale_running(now)).values_list("pk", "handler", "attempt"))
+    for pk, handler_name, attempt in stale:
         handler = get_handler(handler_name)
         retry = handler is not None and attempt < handler.max_attempts
         if dry_run:
             (report.requeued if retry else report.failed).append(pk)
             continue
         if retry:
-            if _requeue(pk, attempt, handler.max_attempts, now):
+            note = f"Attempt {attempt} of {handler.max_attempts} lost its worker; trying again."
+            if lifecycle.requeue_lost(pk, stale_running(now), note):
                 report.requeued.append(pk)
-                service._after_change(pk)  # watchers see it waiting again
-                concurrency.release(key)
                 get_runner().dispatch(pk)
-        elif _fail(pk, now):
+        elif lifecycle.fail_lost(pk, stale_running(now), WORKER_LOST, now):
             report.failed.append(pk)
-            service._after_change(pk, finished=Action.Status.FAILED)
     waiting = Action.objects.filter(lost_pending(now)).values_list("pk", "concurrency_key")
     keys: set[str] = set()
     unkeyed: list[UUID] = []
@@ -109,7 +102,7 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
             get_runner().dispatch(pk)
     if not dry_run:
         for key in keys:
-            concurrency.release(key)
+            lifecycle.wake_next(key)
     if report:
         logger.warning(
             "Recovery: %d failed (worker lost), %d requeued, %d dispatched again%s",
@@ -119,34 +112,6 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
             " (dry run)" if dry_run else "",
         )
     return report
-
-
-def _fail(pk: UUID, now: datetime) -> bool:
-    from async_actions.progress import retention
-
-    return bool(
-        Action.objects.filter(stale_running(now), pk=pk).update(
-            status=Action.Status.FAILED,
-            error=WORKER_LOST,
-            finished_at=now,
-            expires_at=now + retention(),
-            seq=F("seq") + 1,
-        )
-    )
-
-
-def _requeue(pk: UUID, attempt: int, max_attempts: int, now: datetime) -> bool:
-    note = f"Attempt {attempt} of {max_attempts} lost its worker; trying again."
-    return bool(
-        Action.objects.filter(stale_running(now), pk=pk).update(
-            status=Action.Status.PENDING,
-            message=note,
-            percent=0.0,
-            run_after=None,
-            heartbeat_at=None,
-            seq=F("seq") + 1,
-        )
-    )
 
 
 # -- the periodic sweep in each worker process ---------------------------------------

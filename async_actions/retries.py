@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from django.db import DatabaseError
 from django.utils import timezone
 
+from async_actions import lifecycle
 from async_actions.conf import action_settings
 
 if TYPE_CHECKING:
@@ -27,7 +28,11 @@ logger = logging.getLogger("async_actions")
 def retry_later(
     action: Action, handler: ActionHandler, publisher: Publisher, exc: BaseException
 ) -> bool:
-    """Requeue ``action`` after its failed attempt; True if the row went back to pending."""
+    """Requeue ``action`` after its failed attempt; True if the row went back to pending.
+
+    The status change is :func:`async_actions.lifecycle.requeue`'s; this decides the
+    backoff, dispatches the next attempt for it and sends ``action_retrying``.
+    """
     from async_actions.models import Action
     from async_actions.runners import get_runner
     from async_actions.signals import action_retrying
@@ -48,8 +53,12 @@ def retry_later(
         f"Attempt {action.attempt} of {handler.max_attempts} failed "
         f"({type(exc).__name__}); retrying in {delay:g} s."
     )
-    written = publisher.requeue(
-        run_after=run_after, note=note, retry_for=float(action_settings.STALE_AFTER)
+    written = lifecycle.requeue(
+        publisher,
+        run_after=run_after,
+        note=note,
+        concurrency_key=action.concurrency_key,
+        retry_for=float(action_settings.STALE_AFTER),
     )
     if not written:
         return False

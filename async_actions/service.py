@@ -16,17 +16,15 @@ from uuid import UUID
 
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
-from django.utils import timezone
 
-from async_actions import addresses, concurrency, fairness
+from async_actions import addresses, concurrency, fairness, lifecycle
 from async_actions.conf import action_settings
 from async_actions.handlers import find_handler_for, get_handler
 from async_actions.models import Action
-from async_actions.monitor import monitor
 from async_actions.payloads import check_payload, clean_text
-from async_actions.progress import push_action, retention, validate_data, validate_percent
+from async_actions.progress import push_action, validate_data, validate_percent
 from async_actions.runners import get_runner
-from async_actions.signals import action_finished
+from async_actions.supervisor import supervisor
 
 __all__ = [
     "OpStatus",
@@ -231,15 +229,14 @@ def _missing_or_done(pk: UUID) -> OpStatus:
     )
 
 
-def _after_change(pk: UUID, finished: str | None = None) -> None:
+def _push_stored(pk: UUID) -> None:
+    """Push the stored state after a change that is no transition (progress, a cancel
+    request), so watchers see it at once."""
     try:
         action = Action.objects.get(pk=pk)
     except (Action.DoesNotExist, DatabaseError):
         return
     push_action(action)
-    if finished:
-        concurrency.release(action.concurrency_key)
-        action_finished.send(sender=Action, action=action, status=finished)
 
 
 def live(action: Action) -> Action:
@@ -248,7 +245,7 @@ def live(action: Action) -> Action:
     The row lags the handler (by ``PROGRESS_DB_INTERVAL``, or by a whole transaction
     that holds SQLite's write lock); every surface reads through this.
     """
-    return monitor.overlay(action)
+    return supervisor.overlay(action)
 
 
 def update_progress(
@@ -258,7 +255,7 @@ def update_progress(
     pk = _pk(action_id)
     if pk is None:
         return OpStatus.NOT_FOUND
-    local = monitor.local(pk)
+    local = supervisor.local(pk)
     if local is not None:
         local.set_progress(percent, message, data)
         return OpStatus.OK
@@ -278,29 +275,19 @@ def update_progress(
             return _missing_or_done(pk)
     except DatabaseError:
         return OpStatus.DB_FAILED
-    _after_change(pk)
+    _push_stored(pk)
     return OpStatus.OK
 
 
 def _finish(pk: UUID, status: str, **fields: Any) -> OpStatus:
-    now = timezone.now()
     try:
-        with transaction.atomic():
-            updated = Action.objects.filter(pk=pk, status__in=Action.ACTIVE_STATUSES).update(
-                status=status,
-                finished_at=now,
-                expires_at=now + retention(),
-                seq=F("seq") + 1,
-                **fields,
-            )
-        if not updated:
+        if not lifecycle.end(pk, status, **fields):
             return _missing_or_done(pk)
     except DatabaseError:
         return OpStatus.DB_FAILED
-    local = monitor.local(pk)
+    local = supervisor.local(pk)
     if local is not None:
-        local.request_cancel()  # the handler's own result would be ignored now
-    _after_change(pk, finished=status)
+        local.cancel("ended from outside")  # the handler's own result would be ignored now
     return OpStatus.OK
 
 
@@ -331,29 +318,21 @@ def cancel(action_id: Any) -> OpStatus:
     pk = _pk(action_id)
     if pk is None:
         return OpStatus.NOT_FOUND
-    now = timezone.now()
     try:
+        if lifecycle.cancel_pending(pk):
+            return OpStatus.OK
         with transaction.atomic():
-            if Action.objects.filter(pk=pk, status=Action.Status.PENDING).update(
-                status=Action.Status.CANCELLED,
-                cancel_requested=True,
-                finished_at=now,
-                expires_at=now + retention(),
-                seq=F("seq") + 1,
-            ):
-                finished: str | None = Action.Status.CANCELLED
-            elif Action.objects.filter(pk=pk, status=Action.Status.RUNNING).update(
+            requested = Action.objects.filter(pk=pk, status=Action.Status.RUNNING).update(
                 cancel_requested=True
-            ):
-                finished = None
-            else:
-                return _missing_or_done(pk)
+            )
+        if not requested:
+            return _missing_or_done(pk)
     except DatabaseError:
         return OpStatus.DB_FAILED
-    local = monitor.local(pk)
-    if local is not None and finished is None:
-        local.request_cancel()
+    local = supervisor.local(pk)
+    if local is not None:
+        local.cancel()
         local.push_state()  # the running publisher owns seq, so it tells the watchers
     else:
-        _after_change(pk, finished=finished)
+        _push_stored(pk)
     return OpStatus.OK

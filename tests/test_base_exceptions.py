@@ -17,8 +17,8 @@ from django.test import override_settings
 from async_actions import service
 from async_actions.executor import BASE_EXCEPTION_ERROR
 from async_actions.models import Action
-from async_actions.monitor import monitor
 from async_actions.runners import get_runner, reset_runner
+from async_actions.supervisor import supervisor
 from tests.actions import BASE_EXCEPTIONS, barriers
 from tests.conftest import wait_for
 from tests.servers import ROOT
@@ -40,7 +40,7 @@ def assert_failed_cleanly(pk: Any, kind: str) -> None:
     assert action.error == BASE_EXCEPTION_ERROR.format(name=kind)
     assert kind in action.traceback  # for staff
     # No heartbeat, no cancel poll for it any more (unregistered just after the write).
-    wait_for(lambda: monitor.local(pk) is None and pk not in monitor.running_ids(), timeout=5)
+    wait_for(lambda: supervisor.local(pk) is None and pk not in supervisor.running_ids(), timeout=5)
 
 
 @pytest.mark.parametrize("mode", sorted(HANDLERS))

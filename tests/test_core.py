@@ -18,7 +18,7 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from async_actions import handlers, service
+from async_actions import handlers, lifecycle, service
 from async_actions.context import ActionContext
 from async_actions.executor import claim
 from async_actions.handlers import HandlerError, handler, perform
@@ -299,7 +299,7 @@ def test_progress_writes_are_coalesced_to_the_interval() -> None:
     # One write per 0.2 s window (plus the first), however many calls there were.
     assert calls > 10_000
     assert 4 <= publisher.writes <= 7
-    assert publisher.finish("succeeded", response=calls)
+    assert lifecycle.finish(publisher, "succeeded", response=calls)
     row = Action.objects.get(pk=action.pk)
     assert (row.status, row.percent, row.response) == ("succeeded", 100, calls)
     assert row.seq == action.seq + calls + 1  # every change counted, the final one too

@@ -105,9 +105,9 @@ def test_progress_writes_during_an_outage_do_not_kill_the_handler(runner: Any, o
     ctx_ready = threading.Event()
 
     def report() -> None:
-        from async_actions.monitor import monitor
+        from async_actions.supervisor import supervisor
 
-        ctx = wait_for(lambda: monitor.local(pk))
+        ctx = wait_for(lambda: supervisor.local(pk))
         for i in range(50):
             ctx.set_progress(i, f"during outage {i}")
             time.sleep(0.01)

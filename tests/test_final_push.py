@@ -1,6 +1,6 @@
 """The end of an action is pushed once, as the end: never first as a "running" state.
 
-``finish`` and ``requeue`` take the next ``seq`` before their database write; the monitor
+``finish`` and ``requeue`` take the next ``seq`` before their database write; the supervisor
 thread, flushing trailing progress meanwhile, used to push that ``seq`` with status
 "running" (seen by tests/test_scaleout.py as the last step arriving twice).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from async_actions import progress
+from async_actions import lifecycle, progress
 from async_actions.progress import Publisher
 from tests.test_core import _running, recording  # noqa: F401 - the fixture is used
 
@@ -34,19 +34,21 @@ def test_the_monitor_does_not_push_the_end_seq_as_running(
     )
     publisher.update(75, "last step")
     writing, release = threading.Event(), threading.Event()
-    update_running = Publisher._update_running
+    update_running = lifecycle._update_running
 
-    def slow_update(self: Publisher, fields: dict[str, Any], retry_for: float) -> int:
+    def slow_update(
+        publisher: Publisher, status: str, fields: dict[str, Any], retry_for: float
+    ) -> bool:
         writing.set()
         release.wait(10)
-        return update_running(self, fields, retry_for)
+        return update_running(publisher, status, fields, retry_for)
 
-    monkeypatch.setattr(Publisher, "_update_running", slow_update)
+    monkeypatch.setattr(lifecycle, "_update_running", slow_update)
     if end == "finish":
-        ending = threading.Thread(target=publisher.finish, args=("succeeded",))
+        ending = threading.Thread(target=lifecycle.finish, args=(publisher, "succeeded"))
     else:
         ending = threading.Thread(
-            target=publisher.requeue, kwargs={"run_after": None, "note": "again"}
+            target=lifecycle.requeue, args=(publisher,), kwargs={"run_after": None, "note": "again"}
         )
     ending.start()
     assert writing.wait(10)

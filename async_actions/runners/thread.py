@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from django.core import checks
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from async_actions.conf import action_settings
 from async_actions.runners.base import BaseRunner
@@ -173,14 +173,14 @@ class ThreadRunner(BaseRunner):
                 return
             self._closed = True
         self.accepting = False
-        from async_actions.monitor import monitor
+        from async_actions.supervisor import supervisor
 
         wait = float(action_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
         if not self.wait_idle(wait):
             logger.warning("Shutdown: asking %d running actions to cancel", self.active_count)
-            for ctx in monitor.contexts():
+            for ctx in supervisor.contexts():
                 if ctx.action_id in self._active:
-                    ctx.request_cancel()
+                    ctx.cancel("shutdown")
             self.wait_idle(float(action_settings.SHUTDOWN_GRACE))
         with self._lock:
             left = list(self._active)
@@ -202,10 +202,13 @@ class ThreadRunner(BaseRunner):
 
 def _mark_failed(ids: list[UUID], error: str) -> None:
     """Fail actions still running at shutdown the usual way: expiry, push, key release."""
-    from async_actions import service
+    from async_actions import lifecycle  # models: loaded after the app registry
+    from async_actions.models import Action
 
     for pk in ids:
-        if service.fail(pk, error) is service.OpStatus.DB_FAILED:
+        try:
+            lifecycle.end(pk, Action.Status.FAILED, error=error)
+        except DatabaseError:
             logger.error("Shutdown: could not mark action %s failed", pk)
 
 

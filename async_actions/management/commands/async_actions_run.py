@@ -19,8 +19,8 @@ from django.db import DatabaseError, close_old_connections
 
 from async_actions import service
 from async_actions.models import Action
-from async_actions.monitor import monitor
 from async_actions.payloads import PayloadError, loads
+from async_actions.supervisor import supervisor
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -117,7 +117,7 @@ class Command(BaseCommand):
         return action
 
     def _state(self, action: Action) -> dict[str, Any] | None:
-        ctx = monitor.local(action.pk)
+        ctx = supervisor.local(action.pk)
         if ctx is not None:  # running here: read memory, fresher than the database
             return ctx._publisher.snapshot()
         try:

@@ -1,0 +1,143 @@
+"""Every status change is written in ``async_actions.lifecycle`` and nowhere else.
+
+The end of an action used to be written in five places, each a slightly different mix
+of conditional UPDATE, push, key release and signal. These tests read the package's
+source and fail when a status write, an ``action_finished.send`` or a concurrency key
+release appears outside ``lifecycle.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import async_actions
+from async_actions import lifecycle, service
+from async_actions.models import Action
+from async_actions.progress import Publisher
+from async_actions.signals import action_finished
+
+PACKAGE = Path(async_actions.__file__).parent
+LIFECYCLE = PACKAGE / "lifecycle.py"
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts)
+
+
+def _dotted(node: ast.AST) -> str:
+    """``a.b.c`` for an attribute chain, "" for anything else."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return f"{inner}.{node.attr}" if inner else ""
+    return ""
+
+
+def _transitions(tree: ast.AST) -> list[tuple[int, str]]:
+    """Calls that change a status or announce the change: ``.update(status=...)``,
+    ``.update(**{... "status": ...})``, ``action_finished.send(...)``,
+    ``concurrency.release(...)``."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        name = _dotted(node.func)
+        if node.func.attr == "update":
+            for kw in node.keywords:
+                writes_status = kw.arg == "status" or (
+                    kw.arg is None
+                    and isinstance(kw.value, ast.Dict)
+                    and any(
+                        isinstance(k, ast.Constant) and k.value == "status" for k in kw.value.keys
+                    )
+                )
+                if writes_status:
+                    found.append((node.lineno, "an UPDATE of status"))
+        elif name.endswith("action_finished.send") or name == "action_finished.send":
+            found.append((node.lineno, "action_finished.send"))
+        elif name == "concurrency.release" or name.endswith(".concurrency.release"):
+            found.append((node.lineno, "concurrency.release"))
+    return found
+
+
+def _release_imported(tree: ast.AST) -> bool:
+    """Whether ``release`` is imported from the concurrency module by name."""
+    return any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "async_actions.concurrency"
+        and any(alias.name == "release" for alias in node.names)
+        for node in ast.walk(tree)
+    )
+
+
+def test_status_changes_and_their_after_steps_live_in_lifecycle_only():
+    outside = []
+    for path in _modules():
+        if path == LIFECYCLE:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for line, what in _transitions(tree):
+            outside.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {what}")
+        if _release_imported(tree):
+            outside.append(f"{path.relative_to(PACKAGE.parent)}: imports concurrency.release")
+    assert outside == [], "write these through async_actions.lifecycle:\n" + "\n".join(outside)
+
+
+def test_lifecycle_holds_every_kind_of_transition():
+    """The scan above is not vacuous: it finds the transitions where they are."""
+    kinds = {what for _, what in _transitions(ast.parse(LIFECYCLE.read_text()))}
+    assert kinds == {"an UPDATE of status", "action_finished.send", "concurrency.release"}
+
+
+def test_the_scan_sees_a_status_write_in_any_spelling():
+    source = (
+        "Action.objects.filter(pk=1).update(status='failed')\n"
+        "qs.update(**{'status': 'failed'})\n"
+        "signals.action_finished.send(sender=None)\n"
+        "async_actions.concurrency.release('k')\n"
+        "qs.update(cancel_requested=True)\n"
+    )
+    found = [what for _, what in _transitions(ast.parse(source))]
+    assert found == [
+        "an UPDATE of status",
+        "an UPDATE of status",
+        "action_finished.send",
+        "concurrency.release",
+    ]
+
+
+@pytest.mark.django_db
+def test_of_two_ends_only_the_first_writes_and_signals():
+    action, _waits = lifecycle.claim(service.start("tests.echo", session_key="s").action.pk)
+    assert action is not None
+    publisher = Publisher(action)
+    ends: list[str] = []
+
+    def receiver(sender: Any, action: Action, status: str, **kwargs: Any) -> None:
+        ends.append(status)
+
+    action_finished.connect(receiver)
+    try:
+        assert lifecycle.end(action.pk, Action.Status.FAILED, error="stopped by staff")
+        # The handler returns late: its result changes nothing, and nothing is announced.
+        assert not lifecycle.finish(publisher, Action.Status.SUCCEEDED, response={"late": 1})
+        assert not lifecycle.cancel_pending(action.pk)
+    finally:
+        action_finished.disconnect(receiver)
+    row = Action.objects.get(pk=action.pk)
+    assert (row.status, row.error, row.response) == ("failed", "stopped by staff", None)
+    assert ends == ["failed"]
+
+
+@pytest.mark.django_db
+def test_a_claim_happens_once():
+    pk = service.start("tests.echo", session_key="s").action.pk
+    first, _ = lifecycle.claim(pk)
+    second, waits = lifecycle.claim(pk)
+    assert first is not None and first.status == "running" and first.attempt == 1
+    assert (second, waits) == (None, False)
