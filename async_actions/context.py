@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from async_actions.exceptions import ActionCancelled, ActionError
 from async_actions.payloads import clean_text
 
 if TYPE_CHECKING:
@@ -22,18 +23,6 @@ _current: contextvars.ContextVar[ActionContext | None] = contextvars.ContextVar(
     "async_actions_context", default=None
 )
 _parent_logger = logging.getLogger("async_actions.actions")
-
-
-class ActionCancelled(Exception):
-    """Raised inside a handler to end the action as cancelled."""
-
-
-class ActionError(Exception):
-    """Raise with a message meant for the user; the action fails showing that message.
-
-    Any other exception fails the action with a generic message; its details go to the
-    traceback, which only staff see.
-    """
 
 
 def current() -> ActionContext | None:

@@ -17,25 +17,13 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
-from async_actions.context import ActionCancelled, _current
+from async_actions.context import _current
+from async_actions.exceptions import ActionCancelled, EscapedBaseException
 
 if TYPE_CHECKING:
     from async_actions.context import ActionContext
 
 __all__ = ["ActionLoop", "EscapedBaseException", "action_loop"]
-
-
-class EscapedBaseException(Exception):
-    """Carries a handler's ``BaseException`` (not ``CancelledError``) off the loop.
-
-    An asyncio task re-raises ``SystemExit`` and ``KeyboardInterrupt`` into the loop,
-    which stops it and leaves the waiting runner thread blocked for good; wrapped in an
-    ordinary exception it reaches the executor like any other failure.
-    """
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(repr(original))
-        self.original = original
 
 
 class ActionLoop:

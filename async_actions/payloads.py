@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from async_actions.conf import action_settings
+from async_actions.exceptions import PayloadError, PayloadTooLarge
 
 __all__ = [
     "PayloadError",
@@ -30,18 +31,6 @@ _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 #: Everything that is not a bracket, once strings are gone.
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-class PayloadError(TypeError, ValueError):
-    """A value cannot be stored as an action's JSON; the message says why.
-
-    Both a TypeError (not JSON) and a ValueError (bad content), so callers may catch
-    either.
-    """
-
-
-class PayloadTooLarge(PayloadError):
-    """The value is valid JSON but longer than its size limit (HTTP 413 at the edges)."""
 
 
 def _bad_string(value: str) -> str | None:

@@ -24,7 +24,8 @@ from django.db import DatabaseError, close_old_connections, connections, router
 from django.utils import timezone
 
 from async_actions.conf import action_settings
-from async_actions.payloads import PayloadError, check_payload, clean_text
+from async_actions.exceptions import PayloadError, ProgressError
+from async_actions.payloads import check_payload, clean_text
 
 if TYPE_CHECKING:
     from async_actions.models import Action
@@ -32,10 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("async_actions")
 
 EVENT_TYPE = "action.update"
-
-
-class ProgressError(PayloadError):
-    """A handler reported progress that cannot be stored; the message says why."""
 
 
 def group_name(action_id: UUID | str) -> str:

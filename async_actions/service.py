@@ -1,25 +1,40 @@
 """The public operations on actions; everything else (views, API, admin) calls these.
 
-Expected outcomes come back as :class:`OpStatus` values, never as exceptions: a
-finished action, a missing one, a database that is down. Programmer errors (a request
-that is not JSON) raise early with a message that says how to fix them.
+Expected outcomes come back as values, never as exceptions: a finished action, a
+missing one, a database that is down. ``start``/``perform`` answer a
+:class:`StartResult` (``.status``, ``.ok``, ``.action``); ``cancel``, ``complete``,
+``fail`` and ``update_progress`` answer the :class:`OpStatus` itself, which has the
+same ``.status`` and ``.ok``, and a StartResult compares equal to its OpStatus. Every
+operation on an existing action takes the :class:`Action` or its id. Each has an
+``a``-prefixed twin for async code. Programmer errors (a request that is not JSON)
+raise early, as :mod:`async_actions.exceptions`, with a message that says how to fix them.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from uuid import UUID
 
+from asgiref.sync import sync_to_async
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 
 from async_actions import addresses, concurrency, fairness, lifecycle
 from async_actions.conf import action_settings
-from async_actions.handlers import find_handler_for, get_handler
+from async_actions.handlers import (
+    ActionHandler,
+    Handle,
+    find_handler_for,
+    get_handler,
+    importable_path,
+    register_function,
+)
 from async_actions.models import Action
 from async_actions.payloads import check_payload, clean_text
 from async_actions.progress import push_action, validate_data, validate_percent
@@ -29,9 +44,16 @@ from async_actions.supervisor import supervisor
 __all__ = [
     "OpStatus",
     "StartResult",
+    "acancel",
+    "acomplete",
+    "afail",
+    "aperform",
+    "astart",
+    "aupdate_progress",
     "cancel",
     "complete",
     "fail",
+    "perform",
     "start",
     "update_progress",
 ]
@@ -59,6 +81,16 @@ class OpStatus(enum.Enum):
     #: (``on_busy = "refuse"``), and one is pending or running.
     BUSY = "busy"
 
+    @property
+    def status(self) -> OpStatus:
+        """The status itself, so every operation's answer has ``.status``."""
+        return self
+
+    @property
+    def ok(self) -> bool:
+        """Whether the operation did what was asked."""
+        return self is OpStatus.OK
+
 
 class _KeyBusy(Exception):
     """Rolls back a start whose refuse-mode concurrency key turned out to be taken."""
@@ -68,8 +100,10 @@ class _LimitReached(Exception):
     """Rolls back a start over ``MAX_ACTIVE_PER_OWNER`` or the per-address limit."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StartResult:
+    """What a start answers: the status, and the action when there is one."""
+
     status: OpStatus
     action: Action | None = None
     #: False when an idempotency key returned an action that already existed.
@@ -78,6 +112,21 @@ class StartResult:
     @property
     def ok(self) -> bool:
         return self.status is OpStatus.OK
+
+    def __eq__(self, other: object) -> bool:
+        # ``result == OpStatus.OK`` reads the same for a start as for a cancel.
+        if isinstance(other, OpStatus):
+            return self.status is other
+        if isinstance(other, StartResult):
+            return (self.status, self.action, self.created) == (
+                other.status,
+                other.action,
+                other.created,
+            )
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.status)
 
 
 def _owner(user: Any, session_key: str | None) -> tuple[Any, str]:
@@ -96,7 +145,7 @@ def _check_request(request: Any) -> None:
 
 
 def start(
-    handler: str | None = None,
+    handler: str | ActionHandler | Handle | None = None,
     request: Any = None,
     *,
     user: Any = None,
@@ -108,12 +157,16 @@ def start(
 ) -> StartResult:
     """Create an action and dispatch it to the runner once the transaction commits.
 
+    ``handler`` is a registered name, a handler, a ``@handler`` handle, or None to let
+    each handler's ``can_handle`` choose.
     ``public_only`` is for names that come from clients: only registered, public
     handlers are accepted, and no dotted path is imported. ``client_address`` (an IP
     address; the views pass the request's) is stored on the action; anonymous starts
     are limited per address (``MAX_ACTIVE_PER_ANONYMOUS_ADDRESS``) and share one
     address's place under ``MAX_RUNNING_PER_OWNER``. Without one, no address limit applies.
     """
+    if isinstance(handler, ActionHandler | Handle):
+        handler = handler.name
     request = {} if request is None else request
     _check_request(request)
     address = addresses.normalize(client_address) if client_address else ""
@@ -336,3 +389,93 @@ def cancel(action_id: Any) -> OpStatus:
     else:
         _push_stored(pk)
     return OpStatus.OK
+
+
+def perform(
+    func: Callable[..., Any],
+    *legacy_args: Any,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    user: Any = None,
+    session_key: str | None = None,
+    idempotency_key: str | None = None,
+    client_address: str | None = None,
+    **legacy_kwargs: Any,
+) -> StartResult:
+    """Start ``func(*args, **kwargs)`` as an action; ``func`` must be importable, the
+    arguments JSON.
+
+    The target's arguments (``args``, ``kwargs``) stay apart from the start's own
+    options (``user``, ``session_key``, ...), so a function may take any parameter
+    name. Inside ``func``, :func:`async_actions.context.current` gives the
+    ActionContext for progress and cancellation. The older form
+    ``perform(func, *args, **kwargs)`` still works, with a DeprecationWarning.
+    """
+    if legacy_args or legacy_kwargs:
+        if args or kwargs is not None:
+            raise TypeError(
+                "perform() takes the function's arguments either as args=/kwargs= or "
+                "(deprecated) inline, not both."
+            )
+        warnings.warn(
+            "perform(func, *args, **kwargs) is deprecated: pass the function's arguments "
+            "as perform(func, args=(...), kwargs={...}).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        args, kwargs = legacy_args, legacy_kwargs
+    path = importable_path(func)
+    request = {"args": list(args), "kwargs": dict(kwargs or {})}
+    check_payload(request, f"Arguments to {path}")
+    register_function(path, func)
+    return start(
+        path,
+        request,
+        user=user,
+        session_key=session_key,
+        idempotency_key=idempotency_key,
+        client_address=client_address,
+    )
+
+
+# Async twins: each runs its sync operation in Django's one sync thread
+# (``thread_sensitive``), as Django's own async ORM wrappers do, so the database
+# connection and any ``transaction.atomic()`` of the caller's sync code are shared safely.
+
+
+async def astart(
+    handler: str | ActionHandler | Handle | None = None,
+    request: Any = None,
+    **options: Any,
+) -> StartResult:
+    """:func:`start` for async code."""
+    return await sync_to_async(start, thread_sensitive=True)(handler, request, **options)
+
+
+async def aperform(func: Callable[..., Any], **options: Any) -> StartResult:
+    """:func:`perform` for async code; the target's arguments go in ``args=``/``kwargs=``."""
+    return await sync_to_async(perform, thread_sensitive=True)(func, **options)
+
+
+async def acancel(action_id: Any) -> OpStatus:
+    """:func:`cancel` for async code."""
+    return await sync_to_async(cancel, thread_sensitive=True)(action_id)
+
+
+async def acomplete(action_id: Any, response: Any = None) -> OpStatus:
+    """:func:`complete` for async code."""
+    return await sync_to_async(complete, thread_sensitive=True)(action_id, response)
+
+
+async def afail(action_id: Any, error: str) -> OpStatus:
+    """:func:`fail` for async code."""
+    return await sync_to_async(fail, thread_sensitive=True)(action_id, error)
+
+
+async def aupdate_progress(
+    action_id: Any, percent: float | None = None, message: str | None = None, data: Any = None
+) -> OpStatus:
+    """:func:`update_progress` for async code."""
+    return await sync_to_async(update_progress, thread_sensitive=True)(
+        action_id, percent, message, data
+    )

@@ -28,7 +28,7 @@ from django.views import View
 from async_actions import ownership, service
 from async_actions.addresses import client_address
 from async_actions.conf import action_settings
-from async_actions.handlers import ActionHandler, register
+from async_actions.handlers import ActionHandler, HandlerOptions, handler_options, register
 from async_actions.models import Action
 from async_actions.payloads import PayloadError, PayloadTooLarge, check_depth, check_text_depth
 from async_actions.service import OpStatus
@@ -44,33 +44,18 @@ logger = logging.getLogger("async_actions")
 RETRY_AFTER = 5
 
 
-CAPABILITY_ATTRIBUTES = (
-    "max_attempts",
-    "concurrency_key",
-    "on_busy",
-    "time_limit",
-    "retry_on",
-    "retry_backoff",
-    "retry_backoff_max",
-)
-
-
-def _class_attributes(cls: type) -> set[str]:
-    return {name for klass in cls.__mro__ if klass is not View for name in vars(klass)}
-
-
 class _ViewHandler(ActionHandler):
     """Runs a view's ``run()``; not public, so API clients cannot start views by name."""
-
-    public = False
 
     def __init__(self, view_class: type[BaseAsyncView]) -> None:
         self.name = view_class.handler_name()  # type: ignore[misc]
         self.view_class = view_class
-        # A view declares capabilities (time_limit, concurrency_key, ...) like a handler.
-        for attr in CAPABILITY_ATTRIBUTES:
-            if attr in _class_attributes(view_class):
-                setattr(self, attr, getattr(view_class, attr))
+        # A view declares its options (time_limit, concurrency_key, ...) like a handler.
+        super().__init__(
+            handler_options(
+                self.name, lambda: HandlerOptions.from_attributes(view_class, public=False)
+            )
+        )
 
     def handle(self, ctx: ActionContext) -> Any:
         return self.view_class().run(ctx, ctx.request)

@@ -11,8 +11,8 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from async_actions import ownership
-from async_actions.context import ActionError
-from async_actions.handlers import perform
+from async_actions.exceptions import ActionError
+from async_actions.service import perform
 from example_project.demo import tasks
 
 
@@ -42,7 +42,9 @@ def action_status(request, pk):
 def start_thumbnails(request):
     """Starts a plain function with perform(); the same action is visible in the API."""
     user, session_key = ownership.new_owner(request.user, request.session)
-    result = perform(tasks.make_thumbnails, count=12, user=user, session_key=session_key)
+    result = perform(
+        tasks.make_thumbnails, kwargs={"count": 12}, user=user, session_key=session_key
+    )
     if not result.ok:
         messages.error(request, _("The thumbnails could not be started. Try again."))
     else:
