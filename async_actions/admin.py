@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from async_actions import retention, service
+from async_actions import http, retention, service
 from async_actions.models import Action
 from async_actions.service import OpStatus
 
@@ -383,8 +383,7 @@ class ActionAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request):  # may see it, may not control it
             raise PermissionDenied
         outcome = service.cancel(pk)
-        code = {OpStatus.OK: 202, OpStatus.ACTION_COMPLETED: 409}.get(outcome, 503)
-        return JsonResponse({"status": outcome.value}, status=code)
+        return JsonResponse({"status": outcome.value}, status=http.outcome(outcome).status)
 
     def purge_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_delete_permission(request):

@@ -16,10 +16,10 @@ from __future__ import annotations
 from django.urls import path
 
 from async_actions.consumers import ActionConsumer
+from async_actions.paths import WEBSOCKET_PATH, WEBSOCKET_ROUTE
 
-#: The path the progress element connects to; ``{id}`` is the action's UUID.
-WEBSOCKET_PATH = "/ws/async-actions/{id}/"
+__all__ = ["WEBSOCKET_PATH", "websocket_urlpatterns"]  # WEBSOCKET_PATH: the old import path
 
 websocket_urlpatterns = [
-    path("ws/async-actions/<uuid:pk>/", ActionConsumer.as_asgi(), name="async_actions_ws"),
+    path(WEBSOCKET_ROUTE, ActionConsumer.as_asgi(), name="async_actions_ws"),
 ]

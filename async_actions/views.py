@@ -14,6 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
+from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.core.serializers.json import DjangoJSONEncoder
@@ -22,10 +23,12 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.functional import Promise
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 from django.views import View
 
-from async_actions import ownership, service
+from async_actions import http, ownership, service
 from async_actions.addresses import client_address
 from async_actions.conf import action_settings
 from async_actions.handlers import ActionHandler, HandlerOptions, handler_options, register
@@ -36,12 +39,23 @@ from async_actions.service import OpStatus
 if TYPE_CHECKING:
     from async_actions.context import ActionContext
 
-__all__ = ["AsyncFormView", "BaseAsyncView"]
+__all__ = [
+    "ActionPageMixin",
+    "AsyncFormView",
+    "BaseAsyncView",
+    "CancelPage",
+    "ProcessingPage",
+    "ResultPage",
+    "StatusPage",
+]
 
 logger = logging.getLogger("async_actions")
 
-#: Seconds a client is asked to wait after a 503 (shutdown, database down).
-RETRY_AFTER = 5
+#: Seconds a client is asked to wait after a 429 or 503 (kept for imports of the old name).
+RETRY_AFTER = http.RETRY_AFTER
+
+#: The message of a refused start that is the site's fault, not the visitor's.
+CANNOT_START = _lazy("This action cannot be started right now.")
 
 
 class _ViewHandler(ActionHandler):
@@ -82,8 +96,6 @@ class BaseAsyncView(View):
     title: ClassVar[str] = ""
     #: The URL namespace ``urls()`` mounts under; defaults to the class name in snake case.
     url_namespace: ClassVar[str] = ""
-    #: Set by ``urls()`` for each page: which page this instance serves.
-    page: str = "initial"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -113,17 +125,16 @@ class BaseAsyncView(View):
 
     @classmethod
     def urls(cls, **initkwargs: Any) -> tuple[list[Any], str]:
-        """Patterns for ``include()``: initial, processing, result, status and cancel."""
-        pages = [
-            ("", "initial"),
-            ("processing/<uuid:pk>/", "processing"),
-            ("result/<uuid:pk>/", "result"),
-            ("status/<uuid:pk>/", "status"),
-            ("cancel/<uuid:pk>/", "cancel"),
-        ]
-        patterns = [
-            path(route, cls.as_view(page=name, **initkwargs), name=name) for route, name in pages
-        ]
+        """Patterns for ``include()``: initial, processing, result, status and cancel.
+
+        The start page is this class; each other page is a small view of its own
+        (:class:`ProcessingPage`, ...) that looks the action up and calls back into an
+        instance of this class for its hooks and templates.
+        """
+        patterns = [path("", cls.as_view(**initkwargs), name="initial")]
+        for route, page in ACTION_PAGES.items():
+            view = page.as_view(view_class=cls, view_initkwargs=initkwargs)
+            patterns.append(path(route, view, name=page.name))
         return patterns, cls.namespace()
 
     def url_for(self, name: str, action: Action | None = None) -> str:
@@ -136,23 +147,10 @@ class BaseAsyncView(View):
     # -- dispatch ----------------------------------------------------------------------
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
-            if self.page == "initial":
-                return super().dispatch(request, *args, **kwargs)
-            action = self.get_action(kwargs["pk"])
-            if self.page == "cancel":
-                if request.method != "POST":
-                    return self.http_method_not_allowed(request, *args, **kwargs)
-                return self.cancel(action)
-            if request.method not in ("GET", "HEAD"):
-                return self.http_method_not_allowed(request, *args, **kwargs)
-            handler = getattr(self, f"{self.page}_page")
-            return handler(action)
+            return super().dispatch(request, *args, **kwargs)
         except DatabaseError:
             logger.exception("Database error in %s", type(self).__qualname__)
-            return self.unavailable(
-                _("The service is temporarily unavailable. Please try again in a moment."),
-                status=503,
-            )
+            return self.refusal(OpStatus.DB_FAILED)
 
     def get_queryset(self) -> models.QuerySet[Action]:
         """Actions the visitor may see (:mod:`async_actions.ownership`), of this view."""
@@ -280,24 +278,12 @@ class BaseAsyncView(View):
             return self.refused(exc)
         if result.status is OpStatus.OK and result.action is not None:
             return redirect_303(self.url_for("processing", result.action))
-        if result.status is OpStatus.BUSY:
-            return self.unavailable(
-                _("This work is already running. Try again when it has finished."),
-                status=409,
-            )
-        if result.status is OpStatus.LIMIT_REACHED:
-            return self.unavailable(
-                _("You already have as many actions running as allowed. Wait for one to finish."),
-                status=429,
-            )
-        if result.status is OpStatus.SHUTDOWN_IN_PROGRESS:
-            message = _("The server is restarting. Please try again in a moment.")
-        elif result.status is OpStatus.DB_FAILED:
-            message = _("The service is temporarily unavailable. Please try again in a moment.")
-        else:
+        if result.status is OpStatus.NO_HANDLER:
+            # The view names its own handler: a missing one is the site's fault (503),
+            # not the visitor's request (the API's 400).
             logger.error("Could not start %s: %s", self.handler_name(), result.status)
-            message = _("This action cannot be started right now.")
-        return self.unavailable(message, status=503)
+            return self.unavailable(CANNOT_START, status=503)
+        return self.refusal(result.status)
 
     def cancel(self, action: Action) -> HttpResponse:
         """Ask the action to stop; JSON for scripts, a redirect for plain forms."""
@@ -308,8 +294,7 @@ class BaseAsyncView(View):
             return self.unavailable(_("You may not cancel this action."), status=403)
         status = service.cancel(action.pk)
         if wants_json:
-            code = {OpStatus.OK: 202, OpStatus.ACTION_COMPLETED: 409}.get(status, 503)
-            return JsonResponse({"status": status.value}, status=code)
+            return JsonResponse({"status": status.value}, status=http.outcome(status).status)
         action.refresh_from_db()
         page = "result" if action.is_finished else "processing"
         return redirect_303(self.url_for(page, action))
@@ -321,10 +306,16 @@ class BaseAsyncView(View):
             status=413 if isinstance(exc, PayloadTooLarge) else 400,
         )
 
-    def unavailable(self, message: str, *, status: int) -> HttpResponse:
+    def refusal(self, status: OpStatus) -> HttpResponse:
+        """The error page for a service outcome, as :data:`async_actions.http.OUTCOMES` says."""
+        outcome = http.outcome(status)
+        return self.unavailable(outcome.message, status=outcome.status)
+
+    def unavailable(self, message: str | Promise, *, status: int) -> HttpResponse:
+        """The error page (``error_template_name``) with ``message``; 429/503 add Retry-After."""
         response = self.render(self.error_template_name, status=status, message=message)
-        if status in (429, 503):
-            response["Retry-After"] = str(RETRY_AFTER)
+        for header, value in http.retry_headers(status).items():
+            response[header] = value
         return response
 
 
@@ -408,6 +399,93 @@ class AsyncFormView(BaseAsyncView):
         if isinstance(value, dict):
             return {str(k): self._to_json(v, folder) for k, v in value.items()}
         return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+class ActionPageMixin(View):
+    """One page of an action, for a user's view class: lookup, ownership, 404 and 503.
+
+    ``urls()`` mounts each page with ``view_class`` (the user's subclass of
+    :class:`BaseAsyncView`). The page builds an instance of it for the request and
+    calls back into it, so its hooks (``get_queryset``, ``result_page``,
+    ``status_json``, templates, ...) decide what the page shows.
+    """
+
+    #: The name of the page in the view's URL namespace.
+    name: ClassVar[str] = ""
+    view_class: type[BaseAsyncView] | None = None
+    view_initkwargs: dict[str, Any] | None = None
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        view = self.user_view(request, *args, **kwargs)
+        try:
+            action = view.get_action(kwargs["pk"])  # 404 for others' and unknown actions
+            if (request.method or "").lower() not in self.http_method_names:
+                return self.http_method_not_allowed(request, *args, **kwargs)
+            return self.answer(view, action)
+        except DatabaseError:
+            logger.exception("Database error in %s", type(view).__qualname__)
+            return view.refusal(OpStatus.DB_FAILED)
+
+    def user_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> BaseAsyncView:
+        """An instance of the user's view class, set up for this request."""
+        if self.view_class is None:
+            raise ImproperlyConfigured(f"{type(self).__qualname__} needs a view_class")
+        view = self.view_class(**(self.view_initkwargs or {}))
+        view.setup(request, *args, **kwargs)
+        return view
+
+    def answer(self, view: BaseAsyncView, action: Action) -> HttpResponse:
+        """The page's response for ``action``, through ``view``'s hooks."""
+        raise NotImplementedError
+
+
+class ProcessingPage(ActionPageMixin):
+    """Live progress; a finished action redirects to its result."""
+
+    name = "processing"
+    http_method_names = ["get", "head"]
+
+    def answer(self, view: BaseAsyncView, action: Action) -> HttpResponse:
+        return view.processing_page(action)
+
+
+class ResultPage(ActionPageMixin):
+    """The result, failed or cancelled page; a running action redirects to processing."""
+
+    name = "result"
+    http_method_names = ["get", "head"]
+
+    def answer(self, view: BaseAsyncView, action: Action) -> HttpResponse:
+        return view.result_page(action)
+
+
+class StatusPage(ActionPageMixin):
+    """The status JSON the progress element polls without a WebSocket."""
+
+    name = "status"
+    http_method_names = ["get", "head"]
+
+    def answer(self, view: BaseAsyncView, action: Action) -> HttpResponse:
+        return view.status_page(action)
+
+
+class CancelPage(ActionPageMixin):
+    """POST: ask the action to stop (JSON or a redirect, as the view's ``cancel`` says)."""
+
+    name = "cancel"
+    http_method_names = ["post"]
+
+    def answer(self, view: BaseAsyncView, action: Action) -> HttpResponse:
+        return view.cancel(action)
+
+
+#: Route → page view, mounted by :meth:`BaseAsyncView.urls` after the start page.
+ACTION_PAGES: dict[str, type[ActionPageMixin]] = {
+    "processing/<uuid:pk>/": ProcessingPage,
+    "result/<uuid:pk>/": ResultPage,
+    "status/<uuid:pk>/": StatusPage,
+    "cancel/<uuid:pk>/": CancelPage,
+}
 
 
 def redirect_303(url: str) -> HttpResponse:

@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from async_actions.handlers import get_handler, unregister
 from async_actions.models import Action, ActionQuerySet
+from async_actions.views import CancelPage, ProcessingPage, ResultPage, StatusPage
 from tests.actions import gate
 from tests.conftest import wait_for
 from tests.views import EchoView, GateView
@@ -398,3 +399,19 @@ def test_a_request_over_max_request_bytes_answers_413_and_stores_nothing(
     assert response.status_code == 413
     assert b"Traceback" not in response.content
     assert Action.objects.count() == 0
+
+
+def test_urls_mount_one_small_view_per_action_page() -> None:
+    patterns, namespace = EchoView.urls()
+    views = {p.name: p.callback.view_class for p in patterns}  # type: ignore[attr-defined]
+    assert namespace == "echo_view"
+    assert views == {
+        "initial": EchoView,
+        "processing": ProcessingPage,
+        "result": ResultPage,
+        "status": StatusPage,
+        "cancel": CancelPage,
+    }
+    # Each page calls back into the user's class for its hooks and templates.
+    for pattern in patterns[1:]:
+        assert pattern.callback.view_initkwargs["view_class"] is EchoView  # type: ignore[attr-defined]

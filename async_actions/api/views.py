@@ -1,7 +1,8 @@
 """The actions endpoint: one viewset, every expected outcome an HTTP status with JSON.
 
-Service outcomes (:class:`~async_actions.service.OpStatus`) map to status codes here and
-nowhere else, so the schema, the docs and the behaviour agree.
+Service outcomes (:class:`~async_actions.service.OpStatus`) map to status codes and JSON
+``code`` values through :data:`async_actions.http.OUTCOMES`, the table the pages and the
+admin use too, so the schema, the docs and the behaviour agree.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from async_actions import ownership, service
+from async_actions import http, ownership, service
 from async_actions.addresses import client_address
 from async_actions.api.parsers import BODY_SLACK, JSONParser, TooLarge
 from async_actions.api.serializers import (
@@ -35,23 +36,16 @@ from async_actions.payloads import PayloadError, PayloadTooLarge
 from async_actions.service import OpStatus
 
 #: Seconds a client should wait before retrying a 429 or 503.
-RETRY_AFTER = 5
+RETRY_AFTER = http.RETRY_AFTER
 
 
-class ServiceUnavailable(APIException):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "The service is temporarily unavailable. Try again in a moment."
-    default_code = "unavailable"
+class Refused(APIException):
+    """A service outcome as an API error: status, ``code`` and ``detail`` from the table."""
 
-
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
-
-
-class TooManyActive(APIException):
-    status_code = status.HTTP_429_TOO_MANY_REQUESTS
-    default_code = "limit_reached"
+    def __init__(self, status: OpStatus, detail: str | None = None) -> None:
+        outcome = http.outcome(status)
+        self.status_code = outcome.status
+        super().__init__({"detail": detail or str(outcome.message), "code": outcome.code})
 
 
 class ActionPagination(PageNumberPagination):
@@ -127,14 +121,14 @@ class ActionViewSet(
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, DatabaseError):
-            exc = ServiceUnavailable()
+            exc = Refused(OpStatus.DB_FAILED)
         response = super().handle_exception(exc)
         if isinstance(response.data, dict) and "detail" not in response.data:
             response.data = _readable(response.data)
         elif isinstance(response.data, list):
             response.data = _readable({"body": response.data})
-        if response.status_code in (429, 503):
-            response["Retry-After"] = str(RETRY_AFTER)
+        for header, value in http.retry_headers(response.status_code).items():
+            response[header] = value
         return response
 
     @extend_schema(
@@ -255,13 +249,11 @@ class ActionViewSet(
             raise PermissionDenied("You may see this action but not cancel it.")
         outcome = service.cancel(action.pk)
         if outcome is OpStatus.ACTION_COMPLETED:
-            raise Conflict(
-                {"detail": f"The action has already {action.status}.", "code": "finished"}
-            )
+            raise Refused(outcome, f"The action has already {action.status}.")
         if outcome is OpStatus.NOT_FOUND:
             raise NotFound("No such action.")
         if outcome is not OpStatus.OK:
-            raise ServiceUnavailable()
+            raise Refused(outcome)
         action.refresh_from_db()
         return Response(
             ActionSerializer(action, context=self.get_serializer_context()).data,
@@ -302,24 +294,4 @@ def _start_refused(outcome: OpStatus, handler: str) -> APIException:
             else "No handler accepts this request; name one in 'handler'."
         )
         return ValidationError({"detail": detail, "code": "no_handler"})
-    if outcome is OpStatus.BUSY:
-        return Conflict(
-            {
-                "detail": "This work is already running and the handler does not queue "
-                "another. Try again when it has finished.",
-                "code": "busy",
-            }
-        )
-    if outcome is OpStatus.LIMIT_REACHED:
-        return TooManyActive(
-            {
-                "detail": "You already have as many unfinished actions as allowed. "
-                "Wait for one to finish.",
-                "code": "limit_reached",
-            }
-        )
-    if outcome is OpStatus.SHUTDOWN_IN_PROGRESS:
-        return ServiceUnavailable(
-            {"detail": "The server is restarting. Try again in a moment.", "code": "shutdown"}
-        )
-    return ServiceUnavailable()
+    return Refused(outcome)

@@ -14,7 +14,7 @@ from django.utils.translation import gettext
 
 from async_actions.conf import action_settings
 from async_actions.models import Action
-from async_actions.routing import WEBSOCKET_PATH
+from async_actions.paths import websocket_path
 
 register = template.Library()
 
@@ -63,7 +63,7 @@ def async_action_progress(
         "status_url": status_url or context.get("status_url", ""),
         "result_url": result_url or context.get("result_url", ""),
         "cancel_url": cancel_url or context.get("cancel_url", ""),
-        "ws_path": ws_path or WEBSOCKET_PATH.format(id=action.pk),
+        "ws_path": ws_path or websocket_path(action.pk),
         "poll_ms": int(float(action_settings.POLL_INTERVAL) * 1000),
         "elapsed": f"{elapsed:.1f}",
         "script_url": static("async_actions/progress.js"),

@@ -1,0 +1,23 @@
+"""Where the WebSocket lives: a leaf module, so what only needs the path imports no consumer.
+
+:mod:`async_actions.routing` mounts the consumer at :data:`WEBSOCKET_ROUTE`; the
+template tag writes :data:`WEBSOCKET_PATH` into the progress element. Neither side has
+to import the other (the tag would otherwise load the whole WebSocket stack).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+__all__ = ["WEBSOCKET_PATH", "WEBSOCKET_ROUTE", "websocket_path"]
+
+#: The route pattern ``routing.websocket_urlpatterns`` mounts the consumer at.
+WEBSOCKET_ROUTE = "ws/async-actions/<uuid:pk>/"
+
+#: The path the progress element connects to; ``{id}`` is the action's UUID.
+WEBSOCKET_PATH = "/ws/async-actions/{id}/"
+
+
+def websocket_path(action_id: uuid.UUID | str) -> str:
+    """The WebSocket path of one action."""
+    return WEBSOCKET_PATH.format(id=action_id)
