@@ -96,6 +96,9 @@ class BaseAsyncView(View):
     title: ClassVar[str] = ""
     #: The URL namespace ``urls()`` mounts under; defaults to the class name in snake case.
     url_namespace: ClassVar[str] = ""
+    #: The action page this instance serves (set per request by its page view); None on
+    #: the start page.
+    action_page: ActionPageMixin | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -147,6 +150,8 @@ class BaseAsyncView(View):
     # -- dispatch ----------------------------------------------------------------------
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
+            if self.action_page is not None:  # set by ActionPageMixin: one of the action pages
+                return self.action_page.serve(self, request, *args, **kwargs)
             return super().dispatch(request, *args, **kwargs)
         except DatabaseError:
             logger.exception("Database error in %s", type(self).__qualname__)
@@ -417,14 +422,20 @@ class ActionPageMixin(View):
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         view = self.user_view(request, *args, **kwargs)
-        try:
-            action = view.get_action(kwargs["pk"])  # 404 for others' and unknown actions
-            if (request.method or "").lower() not in self.http_method_names:
-                return self.http_method_not_allowed(request, *args, **kwargs)
-            return self.answer(view, action)
-        except DatabaseError:
-            logger.exception("Database error in %s", type(view).__qualname__)
-            return view.refusal(OpStatus.DB_FAILED)
+        view.action_page = self
+        # Through the user's own dispatch, so its mixins and decorators (LoginRequiredMixin,
+        # a permission check...) guard every page as they guard the start page; it calls
+        # serve() back, and answers a DatabaseError with the 503 page.
+        return view.dispatch(request, *args, **kwargs)
+
+    def serve(
+        self, view: BaseAsyncView, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        """Look the action up through ``view`` (404 for others' and unknown ones) and answer."""
+        action = view.get_action(kwargs["pk"])
+        if (request.method or "").lower() not in self.http_method_names:
+            return self.http_method_not_allowed(request, *args, **kwargs)
+        return self.answer(view, action)
 
     def user_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> BaseAsyncView:
         """An instance of the user's view class, set up for this request."""

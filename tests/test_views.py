@@ -415,3 +415,24 @@ def test_urls_mount_one_small_view_per_action_page() -> None:
     # Each page calls back into the user's class for its hooks and templates.
     for pattern in patterns[1:]:
         assert pattern.callback.view_initkwargs["view_class"] is EchoView  # type: ignore[attr-defined]
+
+
+def test_a_mixin_on_the_users_view_class_guards_every_action_page(
+    client: Client, make_user: Any, runner: Any
+) -> None:
+    """LoginRequiredMixin on the view class holds for the action pages too, not only the
+    start page: each page goes through the class's own dispatch."""
+    alice = make_user("alice")
+    client.force_login(alice)
+    pk = start(client, "members_only_view")
+    finished(pk)
+    stranger = Client()
+    for page in ("initial", "processing", "result", "status", "cancel"):
+        url = reverse(f"members_only_view:{page}", kwargs=None if page == "initial" else {"pk": pk})
+        answer = stranger.post(url) if page == "cancel" else stranger.get(url)
+        assert answer.status_code == 302, page
+        assert answer["Location"].startswith(reverse("login")), page
+    for page in ("result", "status"):
+        assert (
+            client.get(reverse(f"members_only_view:{page}", kwargs={"pk": pk})).status_code == 200
+        )

@@ -15,4 +15,5 @@ urlpatterns = [
     path("t/steps/", include(views.StepsView.urls())),
     path("t/exclusive/", include(views.ExclusiveView.urls())),
     path("t/shout/", include(views.ShoutView.urls())),
+    path("t/members/", include(views.MembersOnlyView.urls())),
 ]

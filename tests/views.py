@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.files.storage import default_storage
 
 from async_actions.context import ActionContext, ActionError
@@ -82,3 +83,7 @@ class ShoutView(BaseAsyncView):
         ctx.set_progress(42, text, {"html": text})
         ctx.wait_cancelled(float(data.get("hold", 3)))
         return {"text": text}
+
+
+class MembersOnlyView(LoginRequiredMixin, EchoView):
+    """A site's mixin on its view class guards every page, not only the start page."""
