@@ -12,21 +12,19 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from async_actions import recovery
-from async_actions.handlers import handler, unregister
 from async_actions.models import Action
-from tests.conftest import wait_for
+from tests.helpers import TASKS_RUNNER, wait_for, work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def retried_handler() -> Any:
-    @handler("tests.recover_twice", max_attempts=2)
+def retried_handler(temporary_handler: Any) -> Any:
+    @temporary_handler("tests.recover_twice", max_attempts=2)
     def recover_twice(ctx: Any) -> Any:
         return {"attempt": ctx.request.get("n", 0)}
 
-    yield recover_twice
-    unregister("tests.recover_twice")
+    return recover_twice
 
 
 def running(handler_name: str = "tests.echo", age: float = 60, **fields: Any) -> Action:
@@ -199,7 +197,6 @@ def test_tasks_sweep_enqueues_again_only_what_the_backend_no_longer_holds() -> N
 
     from async_actions import service
     from async_actions.runners import reset_runner
-    from tests.test_tasks_runner import TASKS_RUNNER, work
 
     with override_settings(ASYNC_ACTIONS=TASKS_RUNNER):
         reset_runner()
