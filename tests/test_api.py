@@ -18,7 +18,7 @@ from tests import capability_actions  # noqa: F401  (registers caps.* handlers)
 from tests.actions import gate
 from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 URL = "/api/actions/"
 

@@ -16,7 +16,7 @@ from tests import capability_actions as caps
 from tests.actions import gate, gates
 from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 RACE_ROUNDS = 30
 
@@ -169,6 +169,7 @@ def test_database_refuses_two_running_rows_with_one_key():
     Action.objects.create(handler="tests.echo", status="running")
 
 
+@pytest.mark.django_db(transaction=True)
 def test_two_racing_claims_for_one_key_never_both_win():
     for _ in range(RACE_ROUNDS):
         Action.objects.all().delete()

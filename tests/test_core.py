@@ -31,7 +31,7 @@ from async_actions.signals import action_finished, action_started
 from tests import actions as test_actions
 from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -182,6 +182,7 @@ def test_fail_and_cancel_of_pending_actions(recording: Recording) -> None:
     assert Action.objects.get(pk=cancelled.pk).status == "cancelled"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_dispatch_waits_for_the_transaction_to_commit(recording: Recording) -> None:
     from django.db import transaction
 
@@ -191,6 +192,7 @@ def test_dispatch_waits_for_the_transaction_to_commit(recording: Recording) -> N
     assert recording.dispatched == [action.pk]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_idempotency_key_returns_the_unfinished_action_of_the_same_owner(
     recording: Recording, django_user_model: Any
 ) -> None:
@@ -208,6 +210,7 @@ def test_idempotency_key_returns_the_unfinished_action_of_the_same_owner(
     assert recording.dispatched == [first.action.pk, other_owner.action.pk, after_finish.action.pk]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_idempotent_starts_racing_on_postgres_create_one_action(recording: Recording) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the race needs concurrent writers (AA_TEST_DB=postgres)")

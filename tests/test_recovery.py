@@ -15,7 +15,7 @@ from async_actions import recovery
 from async_actions.models import Action
 from tests.helpers import TASKS_RUNNER, wait_for, work
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 
 @pytest.fixture
@@ -110,6 +110,7 @@ def test_dry_run_reports_without_changing() -> None:
     assert lost.status == "running"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_two_sweepers_racing_handle_each_row_once() -> None:
     lost = [running() for _ in range(20)]
     reports: list[recovery.SweepReport] = []
@@ -191,6 +192,7 @@ def test_dispatching_an_action_already_queued_is_a_no_op(runner: Any) -> None:
     assert (final.status, final.attempt) == ("succeeded", 1)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_tasks_sweep_enqueues_again_only_what_the_backend_no_longer_holds() -> None:
     from django.test import override_settings
     from django_tasks_db.models import DBTaskResult

@@ -17,7 +17,7 @@ from async_actions.signals import action_retrying
 from tests import capability_actions as caps
 from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from tests.actions import gate
 from tests.helpers import wait_finished, wait_for
 from tests.views import EchoView, GateView
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 PAGES = ["processing", "result", "status"]
 
