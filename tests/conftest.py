@@ -4,49 +4,21 @@ failure."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-REQUIRE_SERVICES = os.environ.get("AA_REQUIRE_SERVICES") == "1"
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def need(available: bool, reason: str) -> None:
-    """Skip (or, under AA_REQUIRE_SERVICES=1, fail) when a service is missing."""
-    if available:
-        return
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{reason} (AA_REQUIRE_SERVICES=1 forbids skipping)")
-    pytest.skip(reason)
-
-
-def redis_available() -> bool:
-    return _reachable(os.environ.get("AA_REDIS_HOST", "127.0.0.1"), 6379)
-
-
-def postgres_available() -> bool:
-    return _reachable(os.environ.get("AA_PG_HOST", "127.0.0.1"), 5432)
-
-
-def chromium_path() -> str | None:
-    return (
-        os.environ.get("AA_CHROMIUM")
-        or shutil.which("chromium")
-        or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    )
+from async_actions import handlers
+from tests.helpers import (  # noqa: F401  (re-exported: older tests import them from here)
+    REQUIRE_SERVICES,
+    chromium_path,
+    need,
+    postgres_available,
+    redis_available,
+    wait_finished,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -59,16 +31,27 @@ def require_postgres() -> None:
     need(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
+@pytest.fixture
+def temporary_handler() -> Iterator[Callable[..., Callable[[Any], Any]]]:
+    """``@temporary_handler(name, **options)`` registers a handler for this test only.
+
+    The registry is process-wide: a handler a test registers and leaves behind answers
+    every later test that starts that name. This one is unregistered at teardown (only if
+    its registration succeeded, so a refused duplicate never removes the original).
+    """
+    registered: list[str] = []
+
+    def register(name: str, **options: Any) -> Callable[[Any], Any]:
+        def decorate(func: Any) -> Any:
+            made = handlers.handler(name, **options)(func)
+            registered.append(name)
+            return made
+
+        return decorate
+
+    yield register
+    for name in registered:
+        handlers.unregister(name)
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from rest_framework.test import APIClient
 from async_actions.models import Action, ActionQuerySet
 from tests import capability_actions  # noqa: F401  (registers caps.* handlers)
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 URL = "/api/actions/"
 
@@ -45,10 +45,6 @@ def as_user(user: Any) -> APIClient:
     return client
 
 
-def finished(pk: str) -> Action:
-    return wait_for(lambda: Action.objects.filter(pk=pk).finished().first())
-
-
 def post(client: APIClient, body: Any, **extra: Any) -> Any:
     return client.post(URL, json.dumps(body), content_type="application/json", **extra)
 
@@ -60,7 +56,7 @@ def test_create_starts_the_action_and_answers_201_with_location(api: APIClient, 
     assert body["handler"] == "tests.echo"
     assert body["status"] in ("pending", "running", "succeeded")
     assert response["Location"].endswith(f"{URL}{body['id']}/")
-    assert finished(body["id"]).response == {"echo": {"x": 1}}
+    assert wait_finished(body["id"]).response == {"echo": {"x": 1}}
     shown = api.get(f"{URL}{body['id']}/").json()
     assert shown["status"] == "succeeded"
     assert shown["response"] == {"echo": {"x": 1}}
@@ -77,7 +73,7 @@ def test_idempotent_repeat_returns_the_same_action_with_200(api: APIClient, runn
     assert first.json()["id"] == again.json()["id"]
     assert Action.objects.count() == 1
     gate("api-idem").set()
-    finished(first.json()["id"])
+    wait_finished(first.json()["id"])
 
 
 @pytest.mark.parametrize(
@@ -123,7 +119,7 @@ def test_busy_key_answers_409(api: APIClient, runner: Any) -> None:
     assert second.status_code == 409
     assert second.json()["code"] == "busy"
     gate("api-busy").set()
-    finished(first.json()["id"])
+    wait_finished(first.json()["id"])
 
 
 @override_settings(ASYNC_ACTIONS={"MAX_ACTIVE_PER_OWNER": 1})
@@ -135,7 +131,7 @@ def test_limit_of_active_actions_answers_429_with_retry_after(api: APIClient, ru
     assert second["Retry-After"]
     assert "Wait for one to finish" in second.json()["detail"]
     gate("api-limit").set()
-    finished(first.json()["id"])
+    wait_finished(first.json()["id"])
 
 
 def test_shutdown_answers_503_with_retry_after(api: APIClient, runner: Any) -> None:
@@ -167,7 +163,7 @@ def test_cancel_running_answers_202_and_finished_answers_409(api: APIClient, run
     response = api.post(f"{URL}{started['id']}/cancel/")
     assert response.status_code == 202
     assert response.json()["cancel_requested"] is True
-    assert finished(started["id"]).status == "cancelled"
+    assert wait_finished(started["id"]).status == "cancelled"
     again = api.post(f"{URL}{started['id']}/cancel/")
     assert again.status_code == 409
     assert "already cancelled" in again.json()["detail"]
@@ -175,7 +171,7 @@ def test_cancel_running_answers_202_and_finished_answers_409(api: APIClient, run
 
 def test_log_returns_the_kept_records(api: APIClient, runner: Any) -> None:
     started = post(api, {"handler": "tests.logs", "request": {"count": 3}}).json()
-    finished(started["id"])
+    wait_finished(started["id"])
     response = api.get(f"{URL}{started['id']}/log/")
     assert response.status_code == 200
     messages = [entry["message"] for entry in response.json()["log"]]
@@ -197,7 +193,7 @@ def test_other_users_actions_are_404_and_not_listed(api: APIClient, runner: Any)
     for method, suffix in [(bob.get, ""), (bob.post, "cancel/"), (bob.get, "log/")]:
         assert method(f"{URL}{mine['id']}/{suffix}").status_code == 404
     assert bob.get(URL).json()["count"] == 0
-    finished(mine["id"])
+    wait_finished(mine["id"])
     assert Action.objects.get(pk=mine["id"]).status == "succeeded"
 
 
@@ -205,7 +201,7 @@ def test_staff_with_view_permission_see_every_action_and_the_traceback(
     api: APIClient, runner: Any
 ) -> None:
     failing = post(api, {"handler": "tests.boom"}).json()
-    finished(failing["id"])
+    wait_finished(failing["id"])
     own = api.get(f"{URL}{failing['id']}/").json()
     assert own["status"] == "failed"
     assert own["error"] and own["traceback"] == ""

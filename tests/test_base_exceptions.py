@@ -20,18 +20,13 @@ from async_actions.models import Action
 from async_actions.runners import get_runner, reset_runner
 from async_actions.supervisor import supervisor
 from tests.actions import BASE_EXCEPTIONS, barriers
-from tests.conftest import wait_for
+from tests.helpers import TASKS_RUNNER, wait_finished, wait_for, work
 from tests.servers import ROOT
-from tests.test_tasks_runner import TASKS_RUNNER, work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 KINDS = sorted(BASE_EXCEPTIONS)
 HANDLERS = {"sync": "tests.raise_base", "async": "tests.araise_base"}
-
-
-def finished(pk: Any) -> Action | None:
-    return Action.objects.filter(pk=pk).finished().first()
 
 
 def assert_failed_cleanly(pk: Any, kind: str) -> None:
@@ -49,11 +44,11 @@ def test_base_exception_fails_the_action_on_the_thread_runner(
     runner: Any, kind: str, mode: str
 ) -> None:
     pk = service.start(HANDLERS[mode], {"kind": kind}, session_key="s").action.pk
-    wait_for(lambda: finished(pk))
+    wait_finished(pk)
     assert_failed_cleanly(pk, kind)
     # A later action on the same pool still runs.
     after = service.start("tests.echo", {"after": kind}, session_key="s").action.pk
-    assert wait_for(lambda: finished(after)).status == "succeeded"
+    assert wait_finished(after).status == "succeeded"
 
 
 def test_pool_keeps_max_workers_threads_after_every_kind(runner: Any) -> None:
@@ -65,7 +60,7 @@ def test_pool_keeps_max_workers_threads_after_every_kind(runner: Any) -> None:
     ]
     assert len(bad) > size  # more than the pool: each thread met several
     for pk in bad:
-        wait_for(lambda pk=pk: finished(pk))
+        wait_finished(pk)
         assert Action.objects.get(pk=pk).status == "failed"
     barriers["full-pool"] = barrier = threading.Barrier(size + 1)
     met = [
@@ -74,7 +69,7 @@ def test_pool_keeps_max_workers_threads_after_every_kind(runner: Any) -> None:
     ]
     barrier.wait(timeout=10)  # all MAX_WORKERS actions run at once, or this breaks
     for pk in met:
-        assert wait_for(lambda pk=pk: finished(pk)).status == "succeeded"
+        assert wait_finished(pk).status == "succeeded"
     assert sum(thread.is_alive() for thread in runner._threads) == size
 
 

@@ -13,22 +13,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import chromium_path, need
+from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS
 from tests.servers import daphne, sqlite_env
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "screenshots" / "processing.png"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")

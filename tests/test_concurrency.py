@@ -10,13 +10,13 @@ import pytest
 from django.db import IntegrityError, close_old_connections, transaction
 
 from async_actions import executor, service
-from async_actions.handlers import HandlerError, handler, unregister
+from async_actions.handlers import HandlerError, handler
 from async_actions.models import Action
 from tests import capability_actions as caps
 from tests.actions import gate, gates
-from tests.conftest import wait_for
+from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 RACE_ROUNDS = 30
 
@@ -32,11 +32,6 @@ def _clean() -> Iterator[None]:
 
 def status(pk: Any) -> str:
     return Action.objects.get(pk=pk).status
-
-
-def finished(pk: Any) -> Action | None:
-    action = Action.objects.get(pk=pk)
-    return action if action.is_finished else None
 
 
 def max_overlap(events: list[Any], labels: set[str] | None = None) -> int:
@@ -87,7 +82,7 @@ def test_second_action_with_a_busy_key_waits_in_pending_then_runs(runner):
     wait_for(lambda: runner.active_count == 1)
     assert status(second.action.pk) == "pending"
     gate("first").set()
-    assert wait_for(lambda: finished(second.action.pk)).status == "succeeded"
+    assert wait_finished(second.action.pk).status == "succeeded"
     assert status(first.action.pk) == "succeeded"
     assert max_overlap(caps.events) == 1
 
@@ -98,7 +93,7 @@ def test_waiting_actions_run_in_order_of_creation(runner):
     waiting = [service.start("caps.import_one", {"hold": 0}) for _ in range(3)]
     gate("holder").set()
     for started in waiting:
-        wait_for(lambda s=started: finished(s.action.pk))
+        wait_finished(started.action.pk)
     rows = Action.objects.filter(pk__in=[s.action.pk for s in waiting]).order_by("started_at")
     assert [r.pk for r in rows] == [s.action.pk for s in waiting]
 
@@ -111,7 +106,7 @@ def test_refusing_handler_returns_busy_while_its_key_is_taken(runner):
     assert second.action is None
     assert Action.objects.count() == 1
     gate("refuse").set()
-    wait_for(lambda: finished(first.action.pk))
+    wait_finished(first.action.pk)
     assert service.start("caps.import_refuse", {"hold": 0}).ok
 
 
@@ -126,11 +121,11 @@ def test_key_from_the_request_lets_different_customers_run_together(runner):
     a1 = service.start("caps.export_per_customer", {"customer": "acme", "gate": "acme"})
     b1 = service.start("caps.export_per_customer", {"customer": "bolt", "hold": 0})
     a2 = service.start("caps.export_per_customer", {"customer": "acme", "hold": 0})
-    assert wait_for(lambda: finished(b1.action.pk)).status == "succeeded"
+    assert wait_finished(b1.action.pk).status == "succeeded"
     assert status(a2.action.pk) == "pending"
     assert a2.action.concurrency_key == "export:acme"
     gate("acme").set()
-    assert wait_for(lambda: finished(a2.action.pk)).status == "succeeded"
+    assert wait_finished(a2.action.pk).status == "succeeded"
     assert status(a1.action.pk) == "succeeded"
 
 
@@ -148,7 +143,7 @@ def test_cancelling_a_waiting_action_does_not_strand_the_ones_behind_it(runner):
     behind = service.start("caps.import_one", {"hold": 0})
     assert service.cancel(cancelled.action.pk) is service.OpStatus.OK
     gate("strand").set()
-    assert wait_for(lambda: finished(behind.action.pk)).status == "succeeded"
+    assert wait_finished(behind.action.pk).status == "succeeded"
     assert status(cancelled.action.pk) == "cancelled"
 
 
@@ -157,7 +152,7 @@ def test_failing_the_holder_from_outside_frees_the_key(runner):
     wait_for(lambda: status(holder.action.pk) == "running")
     waiter = service.start("caps.import_one", {"hold": 0})
     assert service.fail(holder.action.pk, "Stopped by an operator") is service.OpStatus.OK
-    assert wait_for(lambda: finished(waiter.action.pk)).status == "succeeded"
+    assert wait_finished(waiter.action.pk).status == "succeeded"
 
 
 def test_database_refuses_two_running_rows_with_one_key():
@@ -174,6 +169,7 @@ def test_database_refuses_two_running_rows_with_one_key():
     Action.objects.create(handler="tests.echo", status="running")
 
 
+@pytest.mark.django_db(transaction=True)
 def test_two_racing_claims_for_one_key_never_both_win():
     for _ in range(RACE_ROUNDS):
         Action.objects.all().delete()
@@ -198,7 +194,7 @@ def test_two_racing_starts_with_one_key_never_run_at_the_same_time(runner):
         )
         assert all(s.ok for s in started), started
         for s in started:
-            assert wait_for(lambda s=s: finished(s.action.pk)).status == "succeeded"
+            assert wait_finished(s.action.pk).status == "succeeded"
         assert max_overlap(caps.events) == 1, (round_, caps.events)
         assert [e[0] for e in caps.events].count("enter") == 2
 
@@ -214,19 +210,16 @@ def test_two_racing_refusing_starts_accept_exactly_one(runner):
         assert outcomes == ["busy", "ok"], (round_, outcomes)
         (accepted,) = [s for s in started if s.ok]
         gate(request["gate"]).set()
-        wait_for(lambda a=accepted: finished(a.action.pk))
+        wait_finished(accepted.action.pk)
 
 
-def test_a_key_function_returning_a_non_string_is_a_clear_error(runner):
-    @handler("caps.bad_key", concurrency_key=lambda request: 42)
+def test_a_key_function_returning_a_non_string_is_a_clear_error(runner, temporary_handler):
+    @temporary_handler("caps.bad_key", concurrency_key=lambda request: 42)
     def bad_key(ctx: Any) -> None:
         return None
 
-    try:
-        with pytest.raises(HandlerError, match="concurrency key must be a string"):
-            service.start("caps.bad_key")
-    finally:
-        unregister("caps.bad_key")
+    with pytest.raises(HandlerError, match="concurrency key must be a string"):
+        service.start("caps.bad_key")
 
 
 def test_a_request_the_key_function_cannot_read_is_a_value_error(runner):

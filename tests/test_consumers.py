@@ -14,18 +14,15 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.contrib.sessions.backends.db import SessionStore
 
 from async_actions import consumers, service
 from async_actions.models import Action
 from async_actions.progress import event_for, group_name
-from example_project.asgi import application
 from tests.actions import gate
+from tests.helpers import TIMEOUT, communicator, make_action, new_session
 from tests.views import GateView, StepsView
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-TIMEOUT = 10
 
 
 @pytest.fixture(autouse=True)
@@ -34,30 +31,6 @@ async def fresh_layer() -> AsyncIterator[None]:
     await layer.flush()
     yield
     await layer.flush()
-
-
-@sync_to_async
-def new_session(user: Any = None) -> str:
-    store = SessionStore()
-    if user is not None:
-        store["_auth_user_id"] = str(user.pk)
-        store["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-        store["_auth_user_hash"] = user.get_session_auth_hash()
-    store.save()
-    return store.session_key
-
-
-def communicator(action_id: Any, session_key: str | None) -> WebsocketCommunicator:
-    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
-    if session_key:
-        headers.append((b"cookie", f"sessionid={session_key}".encode()))
-    return WebsocketCommunicator(application, f"/ws/async-actions/{action_id}/", headers=headers)
-
-
-@sync_to_async
-def make_action(session_key: str = "", **fields: Any) -> Action:
-    fields.setdefault("handler", GateView.handler_name())
-    return Action.objects.create(session_key=session_key, **fields)
 
 
 async def start_view(view: Any, data: dict, session_key: str) -> Action:

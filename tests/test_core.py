@@ -29,13 +29,9 @@ from async_actions.runners.base import BaseRunner
 from async_actions.service import OpStatus
 from async_actions.signals import action_finished, action_started
 from tests import actions as test_actions
-from tests.conftest import wait_for
+from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _finished(pk: Any, timeout: float = 10) -> Action:
-    return wait_for(lambda: Action.objects.filter(pk=pk).finished().first(), timeout=timeout)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -89,7 +85,7 @@ def test_perform_refuses_arguments_that_are_not_json() -> None:
 def test_perform_runs_an_importable_function_with_its_arguments(runner: Any) -> None:
     result = perform(test_actions.add, 2, b=3, session_key="s")
     assert result.status is OpStatus.OK
-    action = _finished(result.action.pk)
+    action = wait_finished(result.action.pk)
     assert action.handler == "tests.actions.add"
     assert action.request == {"args": [2], "kwargs": {"b": 3}}
     assert (action.status, action.response) == ("succeeded", 5)
@@ -99,7 +95,7 @@ def test_start_without_a_name_asks_each_handler_can_handle(runner: Any) -> None:
     result = service.start(request={"double": 21}, session_key="s")
     assert result.status is OpStatus.OK
     assert result.action.handler == "tests.doubler"
-    assert _finished(result.action.pk).response == 42
+    assert wait_finished(result.action.pk).response == 42
     assert service.start(request={"nobody": "takes this"}).status is OpStatus.NO_HANDLER
 
 
@@ -186,6 +182,7 @@ def test_fail_and_cancel_of_pending_actions(recording: Recording) -> None:
     assert Action.objects.get(pk=cancelled.pk).status == "cancelled"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_dispatch_waits_for_the_transaction_to_commit(recording: Recording) -> None:
     from django.db import transaction
 
@@ -195,6 +192,7 @@ def test_dispatch_waits_for_the_transaction_to_commit(recording: Recording) -> N
     assert recording.dispatched == [action.pk]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_idempotency_key_returns_the_unfinished_action_of_the_same_owner(
     recording: Recording, django_user_model: Any
 ) -> None:
@@ -212,6 +210,7 @@ def test_idempotency_key_returns_the_unfinished_action_of_the_same_owner(
     assert recording.dispatched == [first.action.pk, other_owner.action.pk, after_finish.action.pk]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_idempotent_starts_racing_on_postgres_create_one_action(recording: Recording) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the race needs concurrent writers (AA_TEST_DB=postgres)")
@@ -308,21 +307,21 @@ def test_progress_writes_are_coalesced_to_the_interval() -> None:
 def test_the_log_keeps_the_newest_records_up_to_log_limit(runner: Any, settings: Any) -> None:
     settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "LOG_LIMIT": 3}
     result = service.start("tests.logs", {"count": 10}, session_key="s")
-    action = _finished(result.action.pk)
+    action = wait_finished(result.action.pk)
     assert [entry["message"] for entry in action.log] == ["line 7", "line 8", "line 9"]
     assert {entry["level"] for entry in action.log} == {"INFO"}
 
 
 def test_outcomes_of_a_handler(runner: Any) -> None:
-    ok = _finished(service.start("tests.progress", {"steps": 4}, session_key="s").action.pk)
+    ok = wait_finished(service.start("tests.progress", {"steps": 4}, session_key="s").action.pk)
     assert (ok.status, ok.percent, ok.response, ok.message) == ("succeeded", 100, 4, "step 4")
-    boom = _finished(service.start("tests.boom", session_key="s").action.pk)
+    boom = wait_finished(service.start("tests.boom", session_key="s").action.pk)
     assert boom.status == "failed"
     assert "RuntimeError" in boom.traceback  # kept for staff
     assert "/etc/passwd" not in boom.error  # users see a generic message
-    user_error = _finished(service.start("tests.user_error", session_key="s").action.pk)
+    user_error = wait_finished(service.start("tests.user_error", session_key="s").action.pk)
     assert (user_error.status, user_error.error) == ("failed", "Row 3 is not a number")
-    bad = _finished(service.start("tests.bad_response", session_key="s").action.pk)
+    bad = wait_finished(service.start("tests.bad_response", session_key="s").action.pk)
     assert bad.status == "failed"
     assert "not JSON" in bad.error or "JSON" in bad.error
 
@@ -331,7 +330,7 @@ def test_cancel_reaches_a_running_handler(runner: Any) -> None:
     pk = service.start("tests.wait", {"gate": "core-cancel"}, session_key="s").action.pk
     wait_for(lambda: Action.objects.filter(pk=pk, status="running").exists())
     assert service.cancel(pk) is OpStatus.OK
-    action = _finished(pk)
+    action = wait_finished(pk)
     assert action.status == "cancelled"
     assert action.percent == 10  # where it stopped; only success sets 100
 
@@ -349,7 +348,7 @@ def test_signals_are_sent_with_the_stored_row(runner: Any) -> None:
     action_finished.connect(on_finished)
     try:
         pk = service.start("tests.echo", {"x": 1}, session_key="s").action.pk
-        _finished(pk)
+        wait_finished(pk)
         wait_for(lambda: len(seen) == 2)
     finally:
         action_started.disconnect(on_started)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import chromium_path, need
+from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS
 from tests.servers import daphne, manage, sqlite_env
-from tests.test_browser import CHROMIUM_ARGS, TIMEOUT_MS
 
 pytestmark = pytest.mark.browser
 

@@ -8,29 +8,17 @@ from typing import Any
 
 import pytest
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from async_actions.fanout import Hub, Subscriber
 from async_actions.layers import InMemoryChannelLayer
 from async_actions.progress import event_for, group_name
-from example_project.asgi import application
-from tests.test_consumers import make_action, new_session
+from tests.helpers import TIMEOUT, communicator, make_action, new_session
 
-TIMEOUT = 10
 ACTION_ID = "6f1c1f0e-8d8e-4a49-9a55-0d1b9c3e7a01"
 
 
 def snapshot(seq: int, status: str = "running") -> dict[str, Any]:
     return {"id": ACTION_ID, "status": status, "seq": seq, "percent": seq % 100}
-
-
-def communicator(action_id: Any, session_key: str) -> WebsocketCommunicator:
-    headers = [
-        (b"origin", b"http://testserver"),
-        (b"host", b"testserver"),
-        (b"cookie", f"sessionid={session_key}".encode()),
-    ]
-    return WebsocketCommunicator(application, f"/ws/async-actions/{action_id}/", headers=headers)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -33,7 +33,7 @@ from async_actions.payloads import (
     loads,
 )
 from async_actions.views import AsyncFormView
-from tests.conftest import wait_for
+from tests.helpers import TIMEOUT, communicator, make_action, new_session, wait_for
 from tests.urls import urlpatterns as test_urlpatterns
 
 LIMIT = 64
@@ -308,8 +308,6 @@ async def cancel_reply(ws: Any) -> dict[str, Any]:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("depth", DEPTHS)
 async def test_a_too_deep_websocket_frame_is_not_acted_on(depth: int):
-    from tests.test_consumers import TIMEOUT, communicator, make_action, new_session
-
     session = await new_session()
     action = await make_action(session)
     ws = communicator(action.pk, session)

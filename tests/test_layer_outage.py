@@ -26,8 +26,8 @@ from async_actions.fanout import Hub, Subscriber, hub_for
 from async_actions.models import Action
 from async_actions.progress import event_for, group_name, layer_call, pusher
 from tests.conftest import need
+from tests.helpers import communicator, make_action, new_session
 from tests.servers import free_port
-from tests.test_consumers import communicator, make_action, new_session
 
 TIMEOUT = 10
 #: Seconds between the hub's probes in these tests (the default is 5).

@@ -22,7 +22,7 @@ from async_actions.context import ActionContext
 from async_actions.handlers import handler
 from async_actions.models import Action
 from async_actions.progress import ActionLog, ProgressError
-from tests.conftest import wait_for
+from tests.helpers import wait_finished
 
 #: Values ``tests.bounds.percent`` reports, by the name in its request (most are not JSON).
 PERCENTS: dict[str, Any] = {
@@ -63,14 +63,10 @@ def log_lines(ctx: ActionContext) -> None:
         ctx.log.info("%d %s", i, ctx.request["text"] * ctx.request["repeat"])
 
 
-def finished(pk: Any) -> Action:
-    return wait_for(lambda: Action.objects.filter(pk=pk).finished().first())
-
-
 def started(name: str, request: Any) -> Action:
     result = service.start(name, request)
     assert result.action is not None
-    return finished(result.action.pk)
+    return wait_finished(result.action.pk)
 
 
 def log_bytes(log: list[dict[str, Any]]) -> int:

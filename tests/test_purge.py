@@ -14,7 +14,7 @@ from django.utils import timezone
 from async_actions import retention
 from async_actions.models import Action
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 
 def rows(count: int, **fields: Any) -> None:

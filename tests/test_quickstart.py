@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import chromium_path, need
+from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS
 from tests.servers import ROOT, free_port, wait_http
-from tests.test_browser import CHROMIUM_ARGS, TIMEOUT_MS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

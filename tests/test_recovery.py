@@ -12,21 +12,19 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from async_actions import recovery
-from async_actions.handlers import handler, unregister
 from async_actions.models import Action
-from tests.conftest import wait_for
+from tests.helpers import TASKS_RUNNER, wait_for, work
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 
 @pytest.fixture
-def retried_handler() -> Any:
-    @handler("tests.recover_twice", max_attempts=2)
+def retried_handler(temporary_handler: Any) -> Any:
+    @temporary_handler("tests.recover_twice", max_attempts=2)
     def recover_twice(ctx: Any) -> Any:
         return {"attempt": ctx.request.get("n", 0)}
 
-    yield recover_twice
-    unregister("tests.recover_twice")
+    return recover_twice
 
 
 def running(handler_name: str = "tests.echo", age: float = 60, **fields: Any) -> Action:
@@ -112,6 +110,7 @@ def test_dry_run_reports_without_changing() -> None:
     assert lost.status == "running"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_two_sweepers_racing_handle_each_row_once() -> None:
     lost = [running() for _ in range(20)]
     reports: list[recovery.SweepReport] = []
@@ -193,13 +192,13 @@ def test_dispatching_an_action_already_queued_is_a_no_op(runner: Any) -> None:
     assert (final.status, final.attempt) == ("succeeded", 1)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_tasks_sweep_enqueues_again_only_what_the_backend_no_longer_holds() -> None:
     from django.test import override_settings
     from django_tasks_db.models import DBTaskResult
 
     from async_actions import service
     from async_actions.runners import reset_runner
-    from tests.test_tasks_runner import TASKS_RUNNER, work
 
     with override_settings(ASYNC_ACTIONS=TASKS_RUNNER):
         reset_runner()

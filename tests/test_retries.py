@@ -15,9 +15,9 @@ from async_actions.handlers import HandlerError, get_handler, handler
 from async_actions.models import Action
 from async_actions.signals import action_retrying
 from tests import capability_actions as caps
-from tests.conftest import wait_for
+from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 
 @pytest.fixture(autouse=True)
@@ -50,14 +50,9 @@ def retried() -> Iterator[list[dict[str, Any]]]:
     action_retrying.disconnect(receiver)
 
 
-def finished(pk: Any) -> Action | None:
-    action = Action.objects.get(pk=pk)
-    return action if action.is_finished else None
-
-
 def test_retryable_failure_runs_again_until_it_succeeds(runner, retried):
     started = service.start("caps.flaky", {"fail_times": 2})
-    action = wait_for(lambda: finished(started.action.pk))
+    action = wait_finished(started.action.pk)
     assert action.status == "succeeded", action.traceback
     assert action.attempt == 3
     assert action.response == {"attempt": 3}
@@ -72,7 +67,7 @@ def test_retryable_failure_runs_again_until_it_succeeds(runner, retried):
 
 def test_progress_restarts_cleanly_between_attempts_while_seq_keeps_rising(runner, retried):
     started = service.start("caps.flaky", {"fail_times": 1})
-    action = wait_for(lambda: finished(started.action.pk))
+    action = wait_finished(started.action.pk)
     assert action.status == "succeeded"
     (requeued,) = retried
     assert requeued["status"] == "pending"
@@ -84,7 +79,7 @@ def test_progress_restarts_cleanly_between_attempts_while_seq_keeps_rising(runne
 
 def test_action_fails_once_its_attempts_are_used_up(runner, retried):
     started = service.start("caps.flaky", {"fail_times": 5})
-    action = wait_for(lambda: finished(started.action.pk))
+    action = wait_finished(started.action.pk)
     assert action.status == "failed"
     assert action.attempt == 3
     assert len(retried) == 2
@@ -94,7 +89,7 @@ def test_action_fails_once_its_attempts_are_used_up(runner, retried):
 
 def test_exception_not_listed_in_retry_on_fails_at_once(runner, retried):
     started = service.start("caps.flaky_wrong_error")
-    action = wait_for(lambda: finished(started.action.pk))
+    action = wait_finished(started.action.pk)
     assert (action.status, action.attempt) == ("failed", 1)
     assert retried == []
 

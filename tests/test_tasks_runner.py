@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.core.management import call_command
 from django.test import override_settings
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -17,15 +16,9 @@ from async_actions.models import Action
 from async_actions.runners import get_runner, reset_runner
 from async_actions.runners.tasks import TasksRunner, run_action
 from async_actions.tasks_compat import SOURCE
+from tests.helpers import TASKS_RUNNER, work
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-TASKS_RUNNER = {
-    "RUNNER": "async_actions.runners.tasks.TasksRunner",
-    "HEARTBEAT_INTERVAL": 0.5,
-    "STALE_AFTER": 5.0,
-    "SWEEP_INTERVAL": 3600.0,
-}
 
 
 @pytest.fixture
@@ -34,14 +27,6 @@ def tasks_runner() -> Any:
         reset_runner()
         yield get_runner()
     reset_runner()
-
-
-def work(max_tasks: int | None = None) -> None:
-    """Run a db_worker in this process until the queue is empty."""
-    args = ["db_worker", "--batch", "--no-startup-delay", "--interval", "0.05", "-v0"]
-    if max_tasks:
-        args += ["--max-tasks", str(max_tasks)]
-    call_command(*args)
 
 
 def test_compat_module_picks_the_framework_of_this_django() -> None:

@@ -14,9 +14,9 @@ from async_actions.models import Action
 from async_actions.runners import get_runner
 from tests import capability_actions as caps
 from tests.actions import gate, gates
-from tests.conftest import wait_for
+from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 
 @pytest.fixture(autouse=True)
@@ -37,19 +37,14 @@ def limits(runner: Any, settings: Any) -> Any:
     return fresh
 
 
-def finished(pk: Any) -> Action | None:
-    action = Action.objects.get(pk=pk)
-    return action if action.is_finished else None
-
-
 def test_stuck_handler_past_its_hard_limit_does_not_stop_the_next_action(limits):
     stuck = service.start("caps.stuck", {"gate": "stuck"})
     after = service.start("caps.quick")
 
-    failed = wait_for(lambda: finished(stuck.action.pk))
+    failed = wait_finished(stuck.action.pk)
     assert failed.status == "failed"
     assert failed.error.startswith("Time limit exceeded")
-    assert wait_for(lambda: finished(after.action.pk)).status == "succeeded"
+    assert wait_finished(after.action.pk).status == "succeeded"
     assert limits.abandoned_count == 1
 
     # The abandoned thread finishes late: its result must not replace the failure.
@@ -63,12 +58,12 @@ def test_stuck_handler_past_its_hard_limit_does_not_stop_the_next_action(limits)
 
     # Capacity is intact: one thread, still serving.
     again = service.start("caps.quick")
-    assert wait_for(lambda: finished(again.action.pk)).status == "succeeded"
+    assert wait_finished(again.action.pk).status == "succeeded"
 
 
 def test_handler_that_stops_at_the_soft_limit_fails_with_the_time_limit_error(limits):
     started = service.start("caps.cooperative")
-    action = wait_for(lambda: finished(started.action.pk))
+    action = wait_finished(started.action.pk)
     assert action.status == "failed"
     assert action.error == "Time limit exceeded: the action ran longer than 0.2 seconds."
     assert ("saw_cancel", str(action.pk)) in caps.events
@@ -78,7 +73,7 @@ def test_handler_that_stops_at_the_soft_limit_fails_with_the_time_limit_error(li
 
 def test_async_handler_gets_cancelled_error_at_its_time_limit(limits):
     started = service.start("caps.async_slow")
-    action = wait_for(lambda: finished(started.action.pk))
+    action = wait_finished(started.action.pk)
     assert action.status == "failed"
     assert action.error.startswith("Time limit exceeded")
     assert ("async_limit_cancelled", str(action.pk)) in caps.events
@@ -88,7 +83,7 @@ def test_async_handler_gets_cancelled_error_at_its_time_limit(limits):
 def test_time_limit_setting_applies_to_handlers_without_their_own(limits, settings):
     settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "TIME_LIMIT": 0.2}
     started = service.start("tests.wait", {"gate": "never"})
-    action = wait_for(lambda: finished(started.action.pk))
+    action = wait_finished(started.action.pk)
     assert (action.status, action.error) == (
         "failed",
         "Time limit exceeded: the action ran longer than 0.2 seconds.",
@@ -100,7 +95,7 @@ def test_time_limit_setting_applies_to_handlers_without_their_own(limits, settin
 def test_hard_limit_frees_the_concurrency_key_for_the_next_waiter(limits):
     stuck = service.start("caps.stuck_keyed", {"gate": "keyed"})
     waiter = service.start("caps.keyed_quick")
-    assert wait_for(lambda: finished(waiter.action.pk)).status == "succeeded"
+    assert wait_finished(waiter.action.pk).status == "succeeded"
     assert Action.objects.get(pk=stuck.action.pk).status == "failed"
 
 

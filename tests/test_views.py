@@ -17,10 +17,10 @@ from async_actions.handlers import get_handler, unregister
 from async_actions.models import Action, ActionQuerySet
 from async_actions.views import CancelPage, ProcessingPage, ResultPage, StatusPage
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_finished, wait_for
 from tests.views import EchoView, GateView
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 PAGES = ["processing", "result", "status"]
 
@@ -29,10 +29,6 @@ def action_id_from(response: Any) -> str:
     match = re.search(r"/processing/([0-9a-f-]{36})/$", response["Location"])
     assert match, response["Location"]
     return match.group(1)
-
-
-def finished(pk: str) -> Action:
-    return wait_for(lambda: Action.objects.filter(pk=pk).finished().first())
 
 
 @pytest.fixture
@@ -72,7 +68,7 @@ def test_post_starts_the_action_and_answers_303_to_the_processing_page(
     client: Client, runner: Any
 ) -> None:
     pk = start(client)
-    action = finished(pk)
+    action = wait_finished(pk)
     assert action.handler == "tests.views.EchoView"
     assert action.status == "succeeded"
     assert action.response == {"echo": {"word": "hi"}}
@@ -100,14 +96,14 @@ def test_processing_page_shows_the_accessible_live_element(client: Client, runne
         assert "async_actions/progress.js" in html
     finally:
         gate("proc").set()
-    finished(pk)
+    wait_finished(pk)
 
 
 def test_result_page_shows_the_response_and_processing_redirects_there(
     client: Client, runner: Any
 ) -> None:
     pk = start(client, data={"word": "needle-42"})
-    finished(pk)
+    wait_finished(pk)
     processing = client.get(reverse("echo_view:processing", kwargs={"pk": pk}))
     assert processing.status_code == 302
     assert processing["Location"] == reverse("echo_view:result", kwargs={"pk": pk})
@@ -126,12 +122,12 @@ def test_result_of_a_running_action_redirects_to_processing(client: Client, runn
         assert response["Location"] == reverse("gate_view:processing", kwargs={"pk": pk})
     finally:
         gate("running").set()
-    finished(pk)
+    wait_finished(pk)
 
 
 def test_status_json_reports_progress_result_url_and_completed(client: Client, runner: Any) -> None:
     pk = start(client)
-    finished(pk)
+    wait_finished(pk)
     data = client.get(reverse("echo_view:status", kwargs={"pk": pk})).json()
     assert data["status"] == "succeeded"
     assert data["completed"] is True
@@ -178,7 +174,7 @@ def test_another_visitor_gets_404_on_every_url(client: Client, runner: Any, page
         assert Action.objects.get(pk=pk).cancel_requested is False
     finally:
         gate("other").set()
-    finished(pk)
+    wait_finished(pk)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -191,7 +187,7 @@ def test_another_user_gets_404_and_view_permission_sees_the_action(
     staff.force_login(make_user("boss", is_staff=True))
     viewer.force_login(with_permission(make_user("viewer"), "view_action"))
     pk = start(owner)
-    finished(pk)
+    wait_finished(pk)
     url = reverse(f"echo_view:{page}", kwargs={"pk": pk})
     assert other.get(url).status_code == 404
     assert staff.get(url).status_code == 404  # is_staff alone grants nothing
@@ -201,14 +197,14 @@ def test_another_user_gets_404_and_view_permission_sees_the_action(
 
 def test_an_action_of_one_view_is_404_under_another_view(client: Client, runner: Any) -> None:
     pk = start(client)
-    finished(pk)
+    wait_finished(pk)
     assert client.get(reverse("echo_view:result", kwargs={"pk": pk})).status_code == 200
     assert client.get(reverse("boom_view:result", kwargs={"pk": pk})).status_code == 404
 
 
 def test_failed_page_hides_the_traceback_from_non_staff(client: Client, runner: Any) -> None:
     pk = start(client, "boom_view")
-    finished(pk)
+    wait_finished(pk)
     page = client.get(reverse("boom_view:result", kwargs={"pk": pk}))
     assert page.status_code == 200
     assert b"unexpected error" in page.content
@@ -224,7 +220,7 @@ def test_staff_with_view_permission_see_the_traceback_on_the_failed_page(
     staff = Client()
     staff.force_login(with_permission(make_user("boss", is_staff=True), "view_action"))
     pk = start(staff, "boom_view")
-    finished(pk)
+    wait_finished(pk)
     page = staff.get(reverse("boom_view:result", kwargs={"pk": pk}))
     assert b"secret path" in page.content
     assert (
@@ -235,7 +231,7 @@ def test_staff_with_view_permission_see_the_traceback_on_the_failed_page(
 
 def test_action_error_message_is_shown_to_the_user(client: Client, runner: Any) -> None:
     pk = start(client, "user_error_view")
-    finished(pk)
+    wait_finished(pk)
     page = client.get(reverse("user_error_view:result", kwargs={"pk": pk}))
     assert b"Row 3 is not a number" in page.content
     assert client.get(reverse("user_error_view:status", kwargs={"pk": pk})).json()["error"] == (
@@ -252,7 +248,7 @@ def test_cancel_of_a_running_action_ends_it_cancelled(client: Client, runner: An
     )
     assert response.status_code == 202
     assert response.json() == {"status": "ok"}
-    assert finished(pk).status == "cancelled"
+    assert wait_finished(pk).status == "cancelled"
     page = client.get(reverse("gate_view:result", kwargs={"pk": pk}))
     assert b"cancelled" in page.content.lower()
 
@@ -262,12 +258,12 @@ def test_cancel_from_a_plain_form_redirects_303(client: Client, runner: Any) -> 
     pk = start(client, "gate_view", {"gate": "form-cancel"})
     response = client.post(reverse("gate_view:cancel", kwargs={"pk": pk}))
     assert response.status_code == 303
-    assert finished(pk).status == "cancelled"
+    assert wait_finished(pk).status == "cancelled"
 
 
 def test_cancel_of_a_finished_action_answers_409(client: Client, runner: Any) -> None:
     pk = start(client)
-    finished(pk)
+    wait_finished(pk)
     response = client.post(
         reverse("echo_view:cancel", kwargs={"pk": pk}), HTTP_ACCEPT="application/json"
     )
@@ -291,7 +287,7 @@ def test_cancel_needs_post_and_a_csrf_token(runner: Any) -> None:
         assert client.post(url, HTTP_X_CSRFTOKEN=token).status_code == 303
     finally:
         gate("csrf").set()
-    assert finished(pk).status in ("cancelled", "succeeded")
+    assert wait_finished(pk).status in ("cancelled", "succeeded")
 
 
 def test_form_errors_rerender_the_form_without_an_action(client: Client) -> None:
@@ -311,7 +307,7 @@ def test_form_data_reaches_run_as_json_with_files_as_storage_names(
         reverse("upload_view:initial"), {"count": "3", "when": "2024-02-29", "upload": upload}
     )
     assert response.status_code == 303
-    action = finished(action_id_from(response))
+    action = wait_finished(action_id_from(response))
     assert action.status == "succeeded", action.traceback
     request = action.request
     assert request["count"] == 3 and request["when"] == "2024-02-29"
@@ -362,7 +358,7 @@ def test_too_many_active_actions_answer_429(client: Client, runner: Any, setting
         assert response["Retry-After"]
     finally:
         gate("limit").set()
-    finished(pk)
+    wait_finished(pk)
 
 
 def test_bad_uuid_in_url_is_404(client: Client) -> None:
@@ -388,7 +384,7 @@ def test_start_while_the_key_is_busy_shows_a_readable_409(client: Client, runner
     assert "already running" in response.content.decode()
     assert Action.objects.count() == 1
     gate("exclusive").set()
-    assert finished(first).status == "succeeded"
+    assert wait_finished(first).status == "succeeded"
 
 
 def test_a_request_over_max_request_bytes_answers_413_and_stores_nothing(
@@ -425,7 +421,7 @@ def test_a_mixin_on_the_users_view_class_guards_every_action_page(
     alice = make_user("alice")
     client.force_login(alice)
     pk = start(client, "members_only_view")
-    finished(pk)
+    wait_finished(pk)
     stranger = Client()
     for page in ("initial", "processing", "result", "status", "cancel"):
         url = reverse(f"members_only_view:{page}", kwargs=None if page == "initial" else {"pk": pk})

@@ -1,0 +1,150 @@
+"""Helpers the test modules share: waiting, service probes, the Tasks worker, WebSocket
+communicators and browser options.
+
+One place for them, so a test module never imports another test module. Fixtures live in
+tests/conftest.py (which re-exports the service probes and ``wait_for`` for older
+imports); processes a test starts live in tests/servers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.sessions.backends.db import SessionStore
+from django.core.management import call_command
+
+from async_actions.models import Action
+from tests.views import GateView
+
+REQUIRE_SERVICES = os.environ.get("AA_REQUIRE_SERVICES") == "1"
+
+# -- waiting ----------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def wait_finished(pk: Any, timeout: float = 10.0) -> Action:
+    """The action ``pk`` once it is succeeded, failed or cancelled; fail after ``timeout``."""
+    return wait_for(lambda: Action.objects.filter(pk=pk).finished().first(), timeout=timeout)
+
+
+# -- services a test may need ------------------------------------------------------------
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip (or, under AA_REQUIRE_SERVICES=1, fail) when a service is missing."""
+    if available:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (AA_REQUIRE_SERVICES=1 forbids skipping)")
+    pytest.skip(reason)
+
+
+def redis_available() -> bool:
+    return _reachable(os.environ.get("AA_REDIS_HOST", "127.0.0.1"), 6379)
+
+
+def postgres_available() -> bool:
+    return _reachable(os.environ.get("AA_PG_HOST", "127.0.0.1"), 5432)
+
+
+def chromium_path() -> str | None:
+    return (
+        os.environ.get("AA_CHROMIUM")
+        or shutil.which("chromium")
+        or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    )
+
+
+#: Headless Chromium as the browser tests launch it.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 30_000
+
+# -- the Tasks framework runner -----------------------------------------------------------
+
+#: ``ASYNC_ACTIONS`` selecting the TasksRunner, with the test settings' short intervals.
+TASKS_RUNNER = {
+    "RUNNER": "async_actions.runners.tasks.TasksRunner",
+    "HEARTBEAT_INTERVAL": 0.5,
+    "STALE_AFTER": 5.0,
+    "SWEEP_INTERVAL": 3600.0,
+}
+
+
+def work(max_tasks: int | None = None) -> None:
+    """Run a db_worker in this process until the queue is empty."""
+    args = ["db_worker", "--batch", "--no-startup-delay", "--interval", "0.05", "-v0"]
+    if max_tasks:
+        args += ["--max-tasks", str(max_tasks)]
+    call_command(*args)
+
+
+# -- WebSockets through the project's ASGI application --------------------------------------
+
+#: Seconds a communicator waits for a frame.
+TIMEOUT = 10
+
+
+@sync_to_async
+def new_session(user: Any = None) -> str:
+    """A saved session (logged in as ``user`` if given); its key is the socket's cookie."""
+    store = SessionStore()
+    if user is not None:
+        store["_auth_user_id"] = str(user.pk)
+        store["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        store["_auth_user_hash"] = user.get_session_auth_hash()
+    store.save()
+    return store.session_key
+
+
+def communicator(action_id: Any, session_key: str | None) -> WebsocketCommunicator:
+    """A same-origin socket on the action's progress URL, with the session's cookie."""
+    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
+    if session_key:
+        headers.append((b"cookie", f"sessionid={session_key}".encode()))
+    # Imported here: the ASGI module calls async_actions.startup(), which a test process
+    # should do only when a test talks to the application, not when conftest loads.
+    from example_project.asgi import application
+
+    return WebsocketCommunicator(application, f"/ws/async-actions/{action_id}/", headers=headers)
+
+
+@sync_to_async
+def make_action(session_key: str = "", **fields: Any) -> Action:
+    """An action row of ``GateView``'s handler owned by the session."""
+    fields.setdefault("handler", GateView.handler_name())
+    return Action.objects.create(session_key=session_key, **fields)
