@@ -14,7 +14,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -395,6 +395,9 @@ class ActionAdmin(admin.ModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        if any("\x00" in text for item in request.GET.lists() for text in (item[0], *item[1])):
+            # A filter or search with a NUL character is a 500 on PostgreSQL: refuse it.
+            return HttpResponseBadRequest("A query parameter holds a NUL character.")
         extra_context = {
             **(extra_context or {}),
             "aa_purge_url": reverse("admin:async_actions_action_purge"),

@@ -93,6 +93,11 @@ class ActionViewSet(
         if self.action != "list":
             return queryset
         params = self.request.query_params
+        if any("\x00" in text for item in params.lists() for text in (item[0], *item[1])):
+            # PostgreSQL cannot compare with a NUL character: refuse it, do not 503.
+            raise ValidationError(
+                {"detail": "A query parameter holds a NUL character.", "code": "invalid_filter"}
+            )
         wanted = params.get("status")
         if wanted:
             known = set(Action.Status.values)
