@@ -58,6 +58,11 @@ CLOSE_UNAVAILABLE = CloseCode.UNAVAILABLE
 CLOSE_TOO_BIG = CloseCode.TOO_BIG
 MAX_CLIENT_FRAME = 4096
 
+#: Answers to a cancel frame that stay true for the life of the socket.
+_SETTLED_CANCEL_ANSWERS = frozenset(
+    {"forbidden", service.OpStatus.OK.value, service.OpStatus.ACTION_COMPLETED.value}
+)
+
 #: Open sockets per (owner, action) in this process, for ``MAX_SOCKETS_PER_OWNER_ACTION``.
 _open_sockets: Counter[tuple[str, UUID]] = Counter()
 
@@ -79,6 +84,8 @@ class ActionConsumer(AsyncWebsocketConsumer):
     #: True once the connection passed every check and sent its snapshot; frames count only then.
     authorized = False
     _slot: tuple[str, UUID] | None = None
+    #: The answer to this socket's cancel once it cannot change (see ``_cancel``).
+    _cancel_answer: str | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -156,12 +163,17 @@ class ActionConsumer(AsyncWebsocketConsumer):
             await self._cancel(self.action_id)
 
     async def _cancel(self, action_id: UUID) -> None:
-        if not await database_sync_to_async(self._may_control)(action_id):
-            # Watching with view_action does not include cancelling.
-            await self.send(text_data=json.dumps({"type": "cancel", "status": "forbidden"}))
-            return
-        status = await database_sync_to_async(service.cancel)(action_id)
-        await self.send(text_data=json.dumps({"type": "cancel", "status": status.value}))
+        # A settled answer (asked to stop, already finished, forbidden) cannot change:
+        # repeat it without the database, so a flood of cancel frames costs no queries.
+        answer = self._cancel_answer
+        if answer is None:
+            if not await database_sync_to_async(self._may_control)(action_id):
+                answer = "forbidden"  # watching with view_action does not include cancelling
+            else:
+                answer = (await database_sync_to_async(service.cancel)(action_id)).value
+            if answer in _SETTLED_CANCEL_ANSWERS:
+                self._cancel_answer = answer
+        await self.send(text_data=json.dumps({"type": "cancel", "status": answer}))
 
     # -- refusing and closing ----------------------------------------------------------
     async def _refuse(self, code: CloseCode) -> None:
