@@ -46,7 +46,8 @@ class CloseCode(enum.IntEnum):
     NOT_FOUND = 4404
     #: A frame larger than ``MAX_CLIENT_FRAME`` (like HTTP 413).
     TOO_BIG = 4413
-    #: More than ``MAX_SOCKETS_PER_OWNER_ACTION`` sockets to one action (like HTTP 429).
+    #: More than ``MAX_SOCKETS_PER_OWNER_ACTION`` sockets to one action, or
+    #: ``MAX_SOCKETS_PER_OWNER`` to all actions together (like HTTP 429).
     TOO_MANY = 4429
     #: The database or the channel layer is down (like HTTP 503): the page polls.
     UNAVAILABLE = 4503
@@ -65,6 +66,8 @@ _SETTLED_CANCEL_ANSWERS = frozenset(
 
 #: Open sockets per (owner, action) in this process, for ``MAX_SOCKETS_PER_OWNER_ACTION``.
 _open_sockets: Counter[tuple[str, UUID]] = Counter()
+#: Open sockets per owner in this process, all actions together, for ``MAX_SOCKETS_PER_OWNER``.
+_owner_sockets: Counter[str] = Counter()
 
 
 class ActionConsumer(AsyncWebsocketConsumer):
@@ -196,10 +199,14 @@ class ActionConsumer(AsyncWebsocketConsumer):
     def _take_slot(self, action_id: UUID) -> bool:
         """Count this socket against its owner and action; False when over the cap."""
         cap = action_settings.MAX_SOCKETS_PER_OWNER_ACTION
+        total = action_settings.MAX_SOCKETS_PER_OWNER
         key = (self._owner_key(), action_id)
         if cap is not None and _open_sockets[key] >= cap:
             return False
+        if total is not None and _owner_sockets[key[0]] >= total:
+            return False
         _open_sockets[key] += 1
+        _owner_sockets[key[0]] += 1
         self._slot = key
         return True
 
@@ -209,6 +216,9 @@ class ActionConsumer(AsyncWebsocketConsumer):
             _open_sockets[key] -= 1
             if _open_sockets[key] <= 0:
                 del _open_sockets[key]
+            _owner_sockets[key[0]] -= 1
+            if _owner_sockets[key[0]] <= 0:
+                del _owner_sockets[key[0]]
 
     # -- authorization (sync: run through database_sync_to_async) ----------------------
     def _visible_queryset(self) -> QuerySet[Action]:

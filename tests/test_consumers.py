@@ -447,11 +447,31 @@ async def test_no_cap_when_the_setting_is_none(settings: Any) -> None:
         await ws.disconnect()
 
 
+async def test_sockets_are_capped_per_owner_across_actions(settings: Any) -> None:
+    """Before, only the per-action cap held: an owner with many (finished) actions could
+    hold ``MAX_SOCKETS_PER_OWNER_ACTION`` sockets to each of them."""
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "MAX_SOCKETS_PER_OWNER": 3}
+    session, other = await new_session(), await new_session()
+    actions = [await make_action(session, status="succeeded") for _ in range(5)]
+    tabs = [await open_socket(action, session) for action in actions]
+    assert [code for _, code in tabs] == [None, None, None, 4429, 4429]
+    # another owner is not affected
+    theirs, code = await open_socket(await make_action(other), other)
+    assert code is None
+    await tabs[0][0].disconnect()  # a closed tab frees its place
+    again, code = await open_socket(actions[4], session)
+    assert code is None
+    for ws, _ in [*tabs[1:], (again, None), (theirs, None)]:
+        await ws.disconnect()
+    assert not consumers._owner_sockets
+
+
+@pytest.mark.parametrize("name", ["MAX_SOCKETS_PER_OWNER_ACTION", "MAX_SOCKETS_PER_OWNER"])
 @pytest.mark.parametrize("value", [0, -1, "20", True, 2.5])
-def test_a_bad_socket_cap_fails_the_system_check(settings: Any, value: Any) -> None:
+def test_a_bad_socket_cap_fails_the_system_check(settings: Any, name: str, value: Any) -> None:
     from async_actions.checks import check_settings
 
-    settings.ASYNC_ACTIONS = {"MAX_SOCKETS_PER_OWNER_ACTION": value}
+    settings.ASYNC_ACTIONS = {name: value}
     assert [m.id for m in check_settings()] == ["async_actions.E030"]
 
 
