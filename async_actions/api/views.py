@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
@@ -133,6 +134,8 @@ class ActionViewSet(
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, DatabaseError):
             exc = ServiceUnavailable()
+        elif isinstance(exc, RequestDataTooBig):  # met first by the CSRF check of a session
+            exc = TooLarge(f"The body is over DATA_UPLOAD_MAX_MEMORY_SIZE: {exc}")
         response = super().handle_exception(exc)
         if isinstance(response.data, dict) and "detail" not in response.data:
             response.data = _readable(response.data)
