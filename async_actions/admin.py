@@ -14,7 +14,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -107,6 +107,12 @@ class ActionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Action | None = None) -> bool:
         return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Action | None = None) -> bool:
+        # An unfinished action is cancelled, not deleted: its handler would run on untracked.
+        if obj is not None and obj.status not in Action.TERMINAL_STATUSES:
+            return False
+        return super().has_delete_permission(request, obj)
 
     # -- list columns -----------------------------------------------------------------
     @admin.display(description=_("id"), ordering="id")
@@ -298,6 +304,10 @@ class ActionAdmin(admin.ModelAdmin):
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[Action]) -> None:
         started, refused = 0, []
         for original in queryset.select_related("user"):
+            if original.status not in Action.TERMINAL_STATUSES:
+                # A retry beside a running original would do its work twice.
+                refused.append(f"{original.short_id}: {original.status}")
+                continue
             try:
                 result = service.start(
                     original.handler,
@@ -306,11 +316,15 @@ class ActionAdmin(admin.ModelAdmin):
                     session_key=original.session_key or None,
                     client_address=original.client_address or None,  # the same fair share
                     retry_of=original,
+                    # A second click, or a second operator, gets the retry already going.
+                    idempotency_key=f"retry:{original.pk}",
                 )
             except (TypeError, ValueError) as exc:
                 refused.append(f"{original.short_id}: {exc}")
                 continue
-            if result.ok:
+            if result.ok and not result.created and result.action is not None:
+                refused.append(f"{original.short_id}: already retried by {result.action.short_id}")
+            elif result.ok:
                 started += 1
             else:
                 refused.append(f"{original.short_id}: {result.status.value}")
@@ -394,6 +408,9 @@ class ActionAdmin(admin.ModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        if any("\x00" in text for item in request.GET.lists() for text in (item[0], *item[1])):
+            # A filter or search with a NUL character is a 500 on PostgreSQL: refuse it.
+            return HttpResponseBadRequest("A query parameter holds a NUL character.")
         extra_context = {
             **(extra_context or {}),
             "aa_purge_url": reverse("admin:async_actions_action_purge"),

@@ -167,18 +167,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
 
 
 def _check_websocket_settings(raw: dict[str, Any]) -> list[CheckMessage]:
-    cap = raw.get("MAX_SOCKETS_PER_OWNER_ACTION", DEFAULTS["MAX_SOCKETS_PER_OWNER_ACTION"])
-    if cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
-        return []
-    return [
-        Error(
-            f"{SETTING_NAME}['MAX_SOCKETS_PER_OWNER_ACTION'] is {cap!r}; it must be None "
-            "or a whole number, 1 or more.",
-            hint="A browser tab holds one socket per action it shows; "
-            f"the default ({DEFAULTS['MAX_SOCKETS_PER_OWNER_ACTION']}) allows that many tabs.",
-            id="async_actions.E030",
+    errors: list[CheckMessage] = []
+    for name in ("MAX_SOCKETS_PER_OWNER_ACTION", "MAX_SOCKETS_PER_OWNER"):
+        cap = raw.get(name, DEFAULTS[name])
+        if cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
+            continue
+        errors.append(
+            Error(
+                f"{SETTING_NAME}['{name}'] is {cap!r}; it must be None "
+                "or a whole number, 1 or more.",
+                hint="A browser tab holds one socket per action it shows; "
+                f"the default ({DEFAULTS[name]}) allows that many tabs.",
+                id="async_actions.E030",
+            )
         )
-    ]
+    return errors
 
 
 def _check_proxy_header(raw: dict[str, Any]) -> list[CheckMessage]:

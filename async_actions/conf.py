@@ -72,6 +72,9 @@ DEFAULTS: dict[str, Any] = {
     # Open WebSockets one owner (user, or anonymous session) may hold to one action in
     # one server process; None means no limit.
     "MAX_SOCKETS_PER_OWNER_ACTION": 20,
+    # Open WebSockets one owner may hold to all actions together in one server process
+    # (many finished actions must not mean many times the per-action cap); None: no limit.
+    "MAX_SOCKETS_PER_OWNER": 100,
     # Active actions all anonymous visitors from one client address may have together
     # (a client that drops its cookie is a new owner per start); None means no limit.
     "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": 20,

@@ -46,7 +46,8 @@ class CloseCode(enum.IntEnum):
     NOT_FOUND = 4404
     #: A frame larger than ``MAX_CLIENT_FRAME`` (like HTTP 413).
     TOO_BIG = 4413
-    #: More than ``MAX_SOCKETS_PER_OWNER_ACTION`` sockets to one action (like HTTP 429).
+    #: More than ``MAX_SOCKETS_PER_OWNER_ACTION`` sockets to one action, or
+    #: ``MAX_SOCKETS_PER_OWNER`` to all actions together (like HTTP 429).
     TOO_MANY = 4429
     #: The database or the channel layer is down (like HTTP 503): the page polls.
     UNAVAILABLE = 4503
@@ -58,8 +59,15 @@ CLOSE_UNAVAILABLE = CloseCode.UNAVAILABLE
 CLOSE_TOO_BIG = CloseCode.TOO_BIG
 MAX_CLIENT_FRAME = 4096
 
+#: Answers to a cancel frame that stay true for the life of the socket.
+_SETTLED_CANCEL_ANSWERS = frozenset(
+    {"forbidden", service.OpStatus.OK.value, service.OpStatus.ACTION_COMPLETED.value}
+)
+
 #: Open sockets per (owner, action) in this process, for ``MAX_SOCKETS_PER_OWNER_ACTION``.
 _open_sockets: Counter[tuple[str, UUID]] = Counter()
+#: Open sockets per owner in this process, all actions together, for ``MAX_SOCKETS_PER_OWNER``.
+_owner_sockets: Counter[str] = Counter()
 
 
 class ActionConsumer(AsyncWebsocketConsumer):
@@ -79,6 +87,8 @@ class ActionConsumer(AsyncWebsocketConsumer):
     #: True once the connection passed every check and sent its snapshot; frames count only then.
     authorized = False
     _slot: tuple[str, UUID] | None = None
+    #: The answer to this socket's cancel once it cannot change (see ``_cancel``).
+    _cancel_answer: str | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -163,12 +173,17 @@ class ActionConsumer(AsyncWebsocketConsumer):
             await self._cancel(self.action_id)
 
     async def _cancel(self, action_id: UUID) -> None:
-        if not await database_sync_to_async(self._may_control)(action_id):
-            # Watching with view_action does not include cancelling.
-            await self.send(text_data=json.dumps({"type": "cancel", "status": "forbidden"}))
-            return
-        status = await database_sync_to_async(service.cancel)(action_id)
-        await self.send(text_data=json.dumps({"type": "cancel", "status": status.value}))
+        # A settled answer (asked to stop, already finished, forbidden) cannot change:
+        # repeat it without the database, so a flood of cancel frames costs no queries.
+        answer = self._cancel_answer
+        if answer is None:
+            if not await database_sync_to_async(self._may_control)(action_id):
+                answer = "forbidden"  # watching with view_action does not include cancelling
+            else:
+                answer = (await database_sync_to_async(service.cancel)(action_id)).value
+            if answer in _SETTLED_CANCEL_ANSWERS:
+                self._cancel_answer = answer
+        await self.send(text_data=json.dumps({"type": "cancel", "status": answer}))
 
     # -- refusing and closing ----------------------------------------------------------
     async def _refuse(self, code: CloseCode) -> None:
@@ -191,10 +206,14 @@ class ActionConsumer(AsyncWebsocketConsumer):
     def _take_slot(self, action_id: UUID) -> bool:
         """Count this socket against its owner and action; False when over the cap."""
         cap = action_settings.MAX_SOCKETS_PER_OWNER_ACTION
+        total = action_settings.MAX_SOCKETS_PER_OWNER
         key = (self._owner_key(), action_id)
         if cap is not None and _open_sockets[key] >= cap:
             return False
+        if total is not None and _owner_sockets[key[0]] >= total:
+            return False
         _open_sockets[key] += 1
+        _owner_sockets[key[0]] += 1
         self._slot = key
         return True
 
@@ -204,6 +223,9 @@ class ActionConsumer(AsyncWebsocketConsumer):
             _open_sockets[key] -= 1
             if _open_sockets[key] <= 0:
                 del _open_sockets[key]
+            _owner_sockets[key[0]] -= 1
+            if _owner_sockets[key[0]] <= 0:
+                del _owner_sockets[key[0]]
 
     # -- authorization (sync: run through database_sync_to_async) ----------------------
     def _visible_queryset(self) -> QuerySet[Action]:

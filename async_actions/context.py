@@ -42,7 +42,7 @@ class _ActionLogHandler(logging.Handler):
         try:
             message = record.getMessage()
         except Exception:  # a bad format string must not kill the handler
-            message = str(record.msg)
+            message = record.msg  # clean_text below never raises, even for this
         self.publisher.add_log(
             {
                 "time": record.created,

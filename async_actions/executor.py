@@ -23,7 +23,7 @@ from async_actions.context import ActionCancelled, ActionContext, ActionError, _
 from async_actions.handlers import get_handler
 from async_actions.loop import EscapedBaseException, action_loop
 from async_actions.models import Action
-from async_actions.payloads import PayloadError, check_payload
+from async_actions.payloads import PayloadError, check_payload, clean_text
 from async_actions.progress import ProgressError, Publisher
 from async_actions.retries import retry_later
 from async_actions.signals import action_started
@@ -158,6 +158,9 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
         status, error = Action.Status.FAILED, time_limit_error(limit)
     if status != Action.Status.SUCCEEDED:
         response = None
+    # An exception's text may hold NULs or lone surrogates, or be huge: never let the
+    # final write fail on it, or the action would stay running with its heartbeat on.
+    error, trace = clean_text(error, ERROR_LENGTH), clean_text(trace, TRACE_LENGTH)
     try:
         lifecycle.finish(
             publisher,
@@ -173,13 +176,18 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
     return status
 
 
+#: Bounds on the stored error (shown to the user) and traceback (shown to staff).
+ERROR_LENGTH = 10_000
+TRACE_LENGTH = 100_000
+
+
 def _failure(exc: Exception, action: Action) -> tuple[str, str, str]:
     """Status, user-facing error and (staff-only) traceback for an exception."""
     trace = "".join(tb.format_exception(exc))
-    if isinstance(exc, ActionError):
-        return Action.Status.FAILED, str(exc) or UNEXPECTED_ERROR, trace
+    if isinstance(exc, ActionError):  # clean_text: a str() that raises gives a placeholder
+        return Action.Status.FAILED, clean_text(exc) or UNEXPECTED_ERROR, trace
     if isinstance(exc, ProgressError):
-        return Action.Status.FAILED, str(exc), trace
+        return Action.Status.FAILED, clean_text(exc), trace
     logger.error("Action %s (%s) failed", action.pk, action.handler, exc_info=exc)
     return Action.Status.FAILED, UNEXPECTED_ERROR, trace
 

@@ -149,8 +149,17 @@ def check_payload(
 
 
 def clean_text(value: Any, max_length: int | None = None) -> str:
-    """``value`` as text a database can store: NULs and lone surrogates replaced."""
-    text = str(value)
+    """``value`` as text a database can store: NULs and lone surrogates replaced.
+
+    Never raises: a value whose ``str()`` raises or is not text (a handler's exception
+    or message object) becomes ``<unprintable TypeName>``.
+    """
+    try:
+        text = str(value)
+    except Exception:
+        text = None
+    if not isinstance(text, str):
+        text = f"<unprintable {type(value).__name__}>"
     if max_length is not None:
         text = text[:max_length]
     if _bad_string(text):

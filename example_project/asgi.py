@@ -11,10 +11,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
 import async_actions  # noqa: E402
 from async_actions.origins import SameOriginValidator  # noqa: E402
-from async_actions.routing import websocket_urlpatterns  # noqa: E402
+from async_actions.routing import websocket_not_found, websocket_urlpatterns  # noqa: E402
 
 if settings.DEBUG:  # `python -m daphne` serves static files itself only in the demo
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
@@ -22,7 +23,11 @@ if settings.DEBUG:  # `python -m daphne` serves static files itself only in the 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(
+            AuthMiddlewareStack(
+                URLRouter([*websocket_urlpatterns, re_path(r"", websocket_not_found)])
+            )
+        ),
     }
 )
 async_actions.startup()  # recovery and the runner start with the server, not the first POST

@@ -284,3 +284,40 @@ def test_only_the_sites_own_and_trusted_origins_may_open_a_socket(
         assert opened is accepted
 
     asyncio.run(scenario())
+
+
+BAD_PATHS = [
+    "ws/async-actions/not-a-uuid/",
+    "ws/async-actions/%00/",
+    "ws/async-actions/" + "f" * 5000 + "/",
+    "ws/async-actions/{pk}",  # no trailing slash
+    "ws/async-actions/{pk}/extra/",
+    "ws/async-actions/",
+    "ws/async-actions//",
+]
+OTHER_PATHS = ["ws/actions/{pk}/", "", "ws/", "admin/", "%ff%fe/", "a" * 3000]
+
+
+def test_a_malformed_websocket_path_is_refused_without_an_exception(site: Site) -> None:
+    """Before, every path the router did not match (a non-UUID id under
+    ``ws/async-actions/``, any other path) raised "No route found" inside the
+    application: a traceback in the server log per handshake. Now a malformed id closes
+    with 4404 like an unknown one, and any other path is refused (HTTP 403)."""
+    base = site.server.base.replace("http", "ws", 1)
+    headers = {"Origin": site.origin, "Cookie": f"sessionid={site.owner}"}
+    before = site.server.log().count("Exception inside application")
+
+    async def scenario() -> None:
+        for path in BAD_PATHS:
+            url = f"{base}/{path.format(pk=site.pending)}"
+            async with connect(url, additional_headers=headers, open_timeout=TIMEOUT) as ws:
+                assert await close_code(ws) == (4404, []), path
+        for path in OTHER_PATHS:
+            url = f"{base}/{path.format(pk=site.pending)}"
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url, additional_headers=headers, open_timeout=TIMEOUT):
+                    pass
+            assert refused.value.response.status_code == 403, path
+
+    asyncio.run(scenario())
+    assert site.server.log().count("Exception inside application") == before

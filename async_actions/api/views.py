@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
@@ -87,6 +88,11 @@ class ActionViewSet(
         if self.action != "list":
             return queryset
         params = self.request.query_params
+        if any("\x00" in text for item in params.lists() for text in (item[0], *item[1])):
+            # PostgreSQL cannot compare with a NUL character: refuse it, do not 503.
+            raise ValidationError(
+                {"detail": "A query parameter holds a NUL character.", "code": "invalid_filter"}
+            )
         wanted = params.get("status")
         if wanted:
             known = set(Action.Status.values)
@@ -122,6 +128,8 @@ class ActionViewSet(
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, DatabaseError):
             exc = Refused(OpStatus.DB_FAILED)
+        elif isinstance(exc, RequestDataTooBig):  # met first by the CSRF check of a session
+            exc = TooLarge(f"The body is over DATA_UPLOAD_MAX_MEMORY_SIZE: {exc}")
         response = super().handle_exception(exc)
         if isinstance(response.data, dict) and "detail" not in response.data:
             response.data = _readable(response.data)
