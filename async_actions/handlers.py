@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from async_actions.conf import action_settings
+
 if TYPE_CHECKING:
     from async_actions.context import ActionContext
     from async_actions.service import StartResult
@@ -106,8 +108,6 @@ class ActionHandler:
     def get_time_limit(self) -> float | None:
         """Seconds this handler may run before it is asked to cancel, or None."""
         if self.time_limit is FROM_SETTINGS:
-            from async_actions.conf import action_settings
-
             return action_settings.TIME_LIMIT
         return self.time_limit
 
@@ -119,8 +119,6 @@ class ActionHandler:
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after attempt number ``attempt`` failed: exponential, capped."""
-        from async_actions.conf import action_settings
-
         base = action_settings.RETRY_BACKOFF if self.retry_backoff is None else self.retry_backoff
         cap = (
             action_settings.RETRY_BACKOFF_MAX

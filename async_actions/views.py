@@ -265,9 +265,9 @@ class BaseAsyncView(View):
             "status_url": self.url_for("status", action),
             "cancel_url": self.url_for("cancel", action) if self.may_control(action) else "",
             "start_url": self.url_for("initial"),
-            "poll_interval": float(action_settings.POLL_INTERVAL),
+            "poll_interval": action_settings.POLL_INTERVAL,
             # Whole seconds for the no-JavaScript <meta refresh>; 0 would reload at once.
-            "refresh_seconds": max(1, round(float(action_settings.POLL_INTERVAL))),
+            "refresh_seconds": max(1, round(action_settings.POLL_INTERVAL)),
         }
 
     @property
@@ -393,7 +393,7 @@ class AsyncFormView(BaseAsyncView):
         RecursionError on deep enough text. The field's value sits inside the form's
         data, the action's request, so it may nest one level less than the request.
         """
-        limit = int(action_settings.MAX_JSON_DEPTH) - 1
+        limit = action_settings.MAX_JSON_DEPTH - 1
         for name, field in form.fields.items():
             if not isinstance(field, forms.JSONField) or field.disabled:
                 continue

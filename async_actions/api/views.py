@@ -198,7 +198,7 @@ class ActionViewSet(
         },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        limit = int(action_settings.MAX_REQUEST_BYTES)
+        limit = action_settings.MAX_REQUEST_BYTES
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
