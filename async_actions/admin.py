@@ -36,7 +36,7 @@ def _pretty(value: Any) -> str:
 
 
 @admin.register(Action)
-class ActionAdmin(admin.ModelAdmin):
+class ActionAdmin(admin.ModelAdmin[Action]):
     list_display = [
         "short_id",
         "handler",
@@ -96,7 +96,9 @@ class ActionAdmin(admin.ModelAdmin):
         (_("Outcome"), {"fields": ["response_json", "error", "traceback_text"]}),
         (_("Log"), {"fields": ["log_lines"]}),
     ]
-    readonly_fields = [name for _title, options in fieldsets for name in options["fields"]]
+    readonly_fields = [
+        name for _title, options in fieldsets for name in options["fields"] if isinstance(name, str)
+    ]
 
     class Media:
         css = {"all": ["async_actions/progress.css", "async_actions/admin.css"]}
@@ -115,7 +117,7 @@ class ActionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("owner"), ordering="user__username")
     def owner(self, action: Action) -> str:
-        if action.user_id:
+        if action.user_id and action.user:
             return action.user.get_username()
         if action.session_key:
             return _("session %(key)s…") % {"key": action.session_key[:8]}
@@ -126,7 +128,7 @@ class ActionAdmin(admin.ModelAdmin):
         action = service.live(action)
         label = action.get_status_display()
         if action.cancel_requested and action.is_active:
-            label = _("Cancelling")
+            label = str(_("Cancelling"))
         return format_html('<span class="aa-badge aa-badge--{}">{}</span>', action.status, label)
 
     @admin.display(description=_("progress"), ordering="percent")

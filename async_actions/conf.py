@@ -161,7 +161,7 @@ class Setting(Generic[T]):
     def __get__(self, instance: ActionSettings | None, owner: type) -> Setting[T] | T:
         if instance is None:
             return self
-        return instance._value(self)  # type: ignore[no-any-return]
+        return instance._value(self)
 
     def raw(self, user_settings: dict[str, Any]) -> Any:
         """The value as configured (or the default), before conversion."""

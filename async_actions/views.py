@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
@@ -19,6 +20,7 @@ from django.core.files.storage import default_storage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, models
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -149,7 +151,7 @@ class BaseAsyncView(View):
         return reverse(f"{prefix}{name}", kwargs=kwargs)
 
     # -- dispatch ----------------------------------------------------------------------
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
             if self.page == "initial":
                 return super().dispatch(request, *args, **kwargs)
@@ -160,7 +162,7 @@ class BaseAsyncView(View):
                 return self.cancel(action)
             if request.method not in ("GET", "HEAD"):
                 return self.http_method_not_allowed(request, *args, **kwargs)
-            handler = getattr(self, f"{self.page}_page")
+            handler: Callable[[Action], HttpResponse] = getattr(self, f"{self.page}_page")
             return handler(action)
         except DatabaseError:
             logger.exception("Database error in %s", type(self).__qualname__)

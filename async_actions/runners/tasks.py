@@ -33,7 +33,7 @@ logger = logging.getLogger("async_actions")
 LOWEST_PRIORITY = -100
 
 
-@task()
+@task()  # type: ignore[untyped-decorator]  # the backport ships no type information
 def run_action(action_id: str) -> str | None:
     """The task a worker runs: execute the action if it is still pending."""
     from async_actions import executor, recovery
