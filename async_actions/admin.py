@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -27,6 +27,12 @@ from async_actions import retention, service
 from async_actions.models import Action
 from async_actions.service import OpStatus
 
+if TYPE_CHECKING:
+    # django-stubs makes ModelAdmin generic; at runtime Django's class is not subscriptable.
+    _ModelAdmin = admin.ModelAdmin[Action]
+else:
+    _ModelAdmin = admin.ModelAdmin
+
 
 def _pretty(value: Any) -> str:
     if value is None or value == {} or value == []:
@@ -36,7 +42,7 @@ def _pretty(value: Any) -> str:
 
 
 @admin.register(Action)
-class ActionAdmin(admin.ModelAdmin[Action]):
+class ActionAdmin(_ModelAdmin):
     list_display = [
         "short_id",
         "handler",
