@@ -1,5 +1,5 @@
 # The two commands the README starts with, and a few more.
-.PHONY: demo test lint bench
+.PHONY: demo test lint typecheck bench
 
 demo:  ## the demo site on http://127.0.0.1:8000 (embedded: SQLite, in-memory layer, threads)
 	bash scripts/demo
@@ -9,6 +9,9 @@ test:  ## the whole suite: lint, both Python x Django legs, SQLite and PostgreSQ
 
 lint:
 	bash scripts/test lint
+
+typecheck:  ## mypy --strict and the import-linter layers contract (not yet part of `make test`)
+	bash scripts/test typecheck
 
 bench:  ## benchmarks; rewrites docs/performance.md
 	bash scripts/bench

@@ -43,6 +43,18 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
 
 
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """``mypy --strict`` on the package and the import-linter layers contract.
+
+    Not in ``nox.options.sessions`` yet: the package does not pass both while issue 16's
+    restructuring is in flight. Once it does, fold these two commands into ``lint``.
+    """
+    session.install("-e", ".[dev]", "django>=5.2,<5.3")
+    session.run("lint-imports")
+    session.run("mypy", env={"PYTHONPATH": os.getcwd()})
+
+
 @nox.session
 @nox.parametrize(
     "python,django",

@@ -63,7 +63,7 @@ def client_address(meta: dict[str, Any]) -> str:
         entries = [entry.strip() for entry in str(meta.get(header) or "").split(",")]
         entries = [entry for entry in entries if entry]
         if entries:
-            count = int(action_settings.TRUSTED_PROXY_COUNT)
+            count = action_settings.TRUSTED_PROXY_COUNT
             address = normalize(entries[max(0, len(entries) - count)])
             if address:
                 return address

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -27,6 +27,12 @@ from async_actions import http, retention, service
 from async_actions.models import Action
 from async_actions.service import OpStatus
 
+if TYPE_CHECKING:
+    # django-stubs makes ModelAdmin generic; at runtime Django's class is not subscriptable.
+    _ModelAdmin = admin.ModelAdmin[Action]
+else:
+    _ModelAdmin = admin.ModelAdmin
+
 
 def _pretty(value: Any) -> str:
     if value is None or value == {} or value == []:
@@ -36,7 +42,7 @@ def _pretty(value: Any) -> str:
 
 
 @admin.register(Action)
-class ActionAdmin(admin.ModelAdmin):
+class ActionAdmin(_ModelAdmin):
     list_display = [
         "short_id",
         "handler",
@@ -96,7 +102,9 @@ class ActionAdmin(admin.ModelAdmin):
         (_("Outcome"), {"fields": ["response_json", "error", "traceback_text"]}),
         (_("Log"), {"fields": ["log_lines"]}),
     ]
-    readonly_fields = [name for _title, options in fieldsets for name in options["fields"]]
+    readonly_fields = [
+        name for _title, options in fieldsets for name in options["fields"] if isinstance(name, str)
+    ]
 
     class Media:
         css = {"all": ["async_actions/progress.css", "async_actions/admin.css"]}
@@ -121,7 +129,7 @@ class ActionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("owner"), ordering="user__username")
     def owner(self, action: Action) -> str:
-        if action.user_id:
+        if action.user_id and action.user:
             return action.user.get_username()
         if action.session_key:
             return _("session %(key)s…") % {"key": action.session_key[:8]}
@@ -132,7 +140,7 @@ class ActionAdmin(admin.ModelAdmin):
         action = service.live(action)
         label = action.get_status_display()
         if action.cancel_requested and action.is_active:
-            label = _("Cancelling")
+            label = str(_("Cancelling"))
         return format_html('<span class="aa-badge aa-badge--{}">{}</span>', action.status, label)
 
     @admin.display(description=_("progress"), ordering="percent")

@@ -1,62 +1,34 @@
-"""System checks: a misconfigured ``ASYNC_ACTIONS`` is reported at startup with a hint."""
+"""System checks: a misconfigured ``ASYNC_ACTIONS`` is reported at startup with a hint.
+
+Per-key checks come from the table in ``conf.py`` (each row's rule, id and hint); this
+module adds the checks that look at several keys or at other Django settings. Checks
+inspect only: they build no runner, start no thread and touch no database.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from async_actions.conf import DEFAULTS, SETTING_NAME, action_settings
+from async_actions.conf import (
+    DEFAULTS,
+    SETTING_NAME,
+    ActionSettings,
+    action_settings,
+    is_number,
+    is_whole,
+)
 
-_POSITIVE_NUMBERS = (
-    "PROGRESS_DB_INTERVAL",
-    "PUSH_INTERVAL",
-    "HEARTBEAT_INTERVAL",
-    "STALE_AFTER",
-    "CANCEL_POLL_INTERVAL",
-    "POLL_INTERVAL",
-)
-_NON_NEGATIVE_NUMBERS = (
-    "SHUTDOWN_TIMEOUT",
-    "SHUTDOWN_GRACE",
-    "TIME_LIMIT_GRACE",
-    "RETRY_BACKOFF",
-    "RETRY_BACKOFF_MAX",
-)
-_POSITIVE_INTEGERS = (
-    "MAX_WORKERS",
-    "LOG_LIMIT",
-    "MAX_REQUEST_BYTES",
-    "MAX_PROGRESS_DATA_BYTES",
-    "MAX_RESPONSE_BYTES",
-    "MAX_MESSAGE_LENGTH",
-    "LOG_LIMIT_BYTES",
-    "TRUSTED_PROXY_COUNT",
-)
-#: Python's json recurses once per level and fails near 1,000 levels; leave it room.
-MAX_JSON_DEPTH_CEILING = 500
 #: Below this, LOG_LIMIT_BYTES keeps little more than one short record.
 MIN_LOG_BYTES = 1024
-#: Whole numbers 1 or more, or None for no limit.
-_OPTIONAL_LIMITS = (
-    "MAX_ACTIVE_PER_OWNER",
-    "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS",
-    "MAX_RUNNING_PER_OWNER",
-)
-#: A request.META key: HTTP_X_FORWARDED_FOR, not X-Forwarded-For.
-_META_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMessage]:
+    """Every bad value the settings table's rules find, then the checks across keys."""
     raw = getattr(settings, SETTING_NAME, {})
     if not isinstance(raw, dict):
         return [
@@ -75,130 +47,62 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
                 id="async_actions.E002",
             )
         )
-    for key in _POSITIVE_NUMBERS:
-        value = raw.get(key, DEFAULTS[key])
-        if not _is_number(value) or value <= 0:
-            errors.append(_bad(key, value, "a number of seconds greater than 0"))
-    for key in _NON_NEGATIVE_NUMBERS:
-        value = raw.get(key, DEFAULTS[key])
-        if not _is_number(value) or value < 0:
-            errors.append(_bad(key, value, "a number of seconds, 0 or more"))
-    for key in _POSITIVE_INTEGERS:
-        value = raw.get(key, DEFAULTS[key])
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            errors.append(_bad(key, value, "a whole number, 1 or more"))
-    depth = raw.get("MAX_JSON_DEPTH", DEFAULTS["MAX_JSON_DEPTH"])
-    if (
-        not isinstance(depth, int)
-        or isinstance(depth, bool)
-        or not 1 <= depth <= MAX_JSON_DEPTH_CEILING
-    ):
-        errors.append(
-            Error(
-                f"{SETTING_NAME}['MAX_JSON_DEPTH'] is {depth!r}; it must be a whole number "
-                f"from 1 to {MAX_JSON_DEPTH_CEILING}.",
-                hint="Deeper JSON makes Python's json module raise RecursionError; remove "
-                f"the key to use the default ({DEFAULTS['MAX_JSON_DEPTH']}).",
-                id="async_actions.E070",
-            )
-        )
-    log_bytes = raw.get("LOG_LIMIT_BYTES", DEFAULTS["LOG_LIMIT_BYTES"])
-    warnings: list[CheckMessage] = []
-    if isinstance(log_bytes, int) and 1 <= log_bytes < MIN_LOG_BYTES:
-        warnings.append(
-            Warning(
-                f"{SETTING_NAME}['LOG_LIMIT_BYTES'] is {log_bytes}: an action keeps only its "
-                "last log record, cut to a few words.",
-                hint=f"A log record takes about 80 bytes before its message; use "
-                f"{MIN_LOG_BYTES} or more (default {DEFAULTS['LOG_LIMIT_BYTES']}).",
-                id="async_actions.W070",
-            )
-        )
-    for key in _OPTIONAL_LIMITS:
-        limit = raw.get(key, DEFAULTS[key])
-        if limit is not None and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
-        ):
-            errors.append(_bad(key, limit, "None or a whole number, 1 or more"))
-    errors.extend(_check_proxy_header(raw))
-    sweep = raw.get("SWEEP_INTERVAL")
-    if sweep is not None and (not _is_number(sweep) or sweep <= 0):
-        errors.append(_bad("SWEEP_INTERVAL", sweep, "None or seconds greater than 0"))
-    queue_name = raw.get("TASKS_QUEUE", DEFAULTS["TASKS_QUEUE"])
-    if not isinstance(queue_name, str) or not queue_name:
-        errors.append(_bad("TASKS_QUEUE", queue_name, "a queue name"))
-    time_limit = raw.get("TIME_LIMIT")
-    if time_limit is not None and (not _is_number(time_limit) or time_limit <= 0):
-        errors.append(_bad("TIME_LIMIT", time_limit, "None or seconds greater than 0"))
-    retention = raw.get("RETENTION", DEFAULTS["RETENTION"])
-    if not (isinstance(retention, timedelta) or _is_number(retention)) or (
-        (retention.total_seconds() if isinstance(retention, timedelta) else retention) <= 0
-    ):
-        errors.append(_bad("RETENTION", retention, "a timedelta or seconds greater than 0"))
-    heartbeat, stale = raw.get("HEARTBEAT_INTERVAL", 5.0), raw.get("STALE_AFTER", 60.0)
-    if _is_number(heartbeat) and _is_number(stale) and stale <= 2 * heartbeat:
-        errors.append(
-            Error(
-                f"{SETTING_NAME}['STALE_AFTER'] ({stale}) must be more than twice "
-                f"HEARTBEAT_INTERVAL ({heartbeat}), or live actions will be taken for lost.",
-                hint="Raise STALE_AFTER or lower HEARTBEAT_INTERVAL.",
-                id="async_actions.E004",
-            )
-        )
-    claim = raw.get("CLAIM_SESSION_ACTIONS_ON_LOGIN", True)
-    if not isinstance(claim, bool):
-        errors.append(
-            Error(
-                f"{SETTING_NAME}['CLAIM_SESSION_ACTIONS_ON_LOGIN'] is {claim!r}; "
-                "it must be True or False.",
-                hint="True moves a visitor's anonymous actions to their user on login.",
-                id="async_actions.E040",
-            )
-        )
-    errors.extend(_check_websocket_settings(raw))
-    errors.extend(_check_layer_check_interval(raw))
+    errors.extend(_check_table(raw))
+    errors.extend(_check_heartbeat(raw))
+    warnings = _check_log_bytes(raw)
     if errors:
         return errors + warnings
     errors.extend(_check_runner())
     errors.extend(_check_channel_layer(raw))
     errors.extend(_check_session_engine())
     errors.extend(_check_running_cap(raw))
+    warnings.extend(_check_layer_check_interval(raw))
     return errors + warnings
 
 
-def _check_websocket_settings(raw: dict[str, Any]) -> list[CheckMessage]:
+def _check_table(raw: dict[str, Any]) -> list[CheckMessage]:
+    """One error per key whose value breaks its row's rule (generated from conf's table)."""
     errors: list[CheckMessage] = []
-    for name in ("MAX_SOCKETS_PER_OWNER_ACTION", "MAX_SOCKETS_PER_OWNER"):
-        cap = raw.get(name, DEFAULTS[name])
-        if cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
-            continue
-        errors.append(
-            Error(
-                f"{SETTING_NAME}['{name}'] is {cap!r}; it must be None "
-                "or a whole number, 1 or more.",
-                hint="A browser tab holds one socket per action it shows; "
-                f"the default ({DEFAULTS[name]}) allows that many tabs.",
-                id="async_actions.E030",
+    for setting in ActionSettings.table():
+        value = setting.raw(raw)
+        if not setting.rule.accepts(value):
+            errors.append(
+                Error(
+                    f"{SETTING_NAME}[{setting.name!r}] is {value!r}; "
+                    f"it must be {setting.rule.expected}.",
+                    hint=setting.hint_for(value),
+                    id=setting.check_id,
+                )
             )
-        )
     return errors
 
 
-def _check_proxy_header(raw: dict[str, Any]) -> list[CheckMessage]:
-    header = raw.get("TRUSTED_PROXY_HEADER")
-    if header is None or (isinstance(header, str) and _META_KEY.match(header)):
+def _check_heartbeat(raw: dict[str, Any]) -> list[CheckMessage]:
+    heartbeat = ActionSettings.HEARTBEAT_INTERVAL.raw(raw)
+    stale = ActionSettings.STALE_AFTER.raw(raw)
+    if not (is_number(heartbeat) and is_number(stale)) or stale > 2 * heartbeat:
         return []
-    suggestion = (
-        "HTTP_" + header.upper().replace("-", "_")
-        if isinstance(header, str) and header
-        else "HTTP_X_FORWARDED_FOR"
-    )
     return [
         Error(
-            f"{SETTING_NAME}['TRUSTED_PROXY_HEADER'] is {header!r}; it must be None or a "
-            "request.META key.",
-            hint=f"Name the header as Django's request.META does, e.g. {suggestion!r}.",
-            id="async_actions.E060",
+            f"{SETTING_NAME}['STALE_AFTER'] ({stale}) must be more than twice "
+            f"HEARTBEAT_INTERVAL ({heartbeat}), or live actions will be taken for lost.",
+            hint="Raise STALE_AFTER or lower HEARTBEAT_INTERVAL.",
+            id="async_actions.E004",
+        )
+    ]
+
+
+def _check_log_bytes(raw: dict[str, Any]) -> list[CheckMessage]:
+    log_bytes = ActionSettings.LOG_LIMIT_BYTES.raw(raw)
+    if not (is_whole(log_bytes) and 1 <= log_bytes < MIN_LOG_BYTES):
+        return []
+    return [
+        Warning(
+            f"{SETTING_NAME}['LOG_LIMIT_BYTES'] is {log_bytes}: an action keeps only its "
+            "last log record, cut to a few words.",
+            hint=f"A log record takes about 80 bytes before its message; use "
+            f"{MIN_LOG_BYTES} or more (default {DEFAULTS['LOG_LIMIT_BYTES']}).",
+            id="async_actions.W070",
         )
     ]
 
@@ -229,14 +133,6 @@ def _check_running_cap(raw: dict[str, Any]) -> list[CheckMessage]:
             id="async_actions.W060",
         )
     ]
-
-
-def _bad(key: str, value: Any, expected: str) -> Error:
-    return Error(
-        f"{SETTING_NAME}[{key!r}] is {value!r}; it must be {expected}.",
-        hint=f"Remove it to use the default ({DEFAULTS[key]!r}) or set a valid value.",
-        id="async_actions.E003",
-    )
 
 
 def _check_runner() -> list[CheckMessage]:
@@ -301,28 +197,18 @@ def _check_session_engine() -> list[CheckMessage]:
 
 def _check_layer_check_interval(raw: dict[str, Any]) -> list[CheckMessage]:
     """The hub renews memberships at half the layer's group_expiry, seen at each check."""
-    key = "LAYER_CHECK_INTERVAL"
-    value = raw.get(key, DEFAULTS[key])
-    if not _is_number(value) or value <= 0:
-        return [
-            Error(
-                f"{SETTING_NAME}[{key!r}] is {value!r}; it must be a number of seconds "
-                "greater than 0.",
-                hint=f"Remove it to use the default ({DEFAULTS[key]!r}) or set a valid value.",
-                id="async_actions.E080",
-            )
-        ]
-    alias = raw.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"])
+    value = ActionSettings.LAYER_CHECK_INTERVAL.raw(raw)
+    alias = ActionSettings.CHANNEL_LAYER.raw(raw)
     config = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(alias) or {}
     expiry = (config.get("CONFIG") or {}).get("group_expiry")
-    if _is_number(expiry) and value >= expiry / 2:
-        return [
-            Warning(
-                f"{SETTING_NAME}[{key!r}] ({value}) is not below half the channel layer's "
-                f"group_expiry ({expiry}): group memberships may expire before the hub "
-                "renews them, and open tabs stop getting updates until the next check.",
-                hint="Lower LAYER_CHECK_INTERVAL or raise group_expiry.",
-                id="async_actions.W080",
-            )
-        ]
-    return []
+    if not (is_number(value) and is_number(expiry)) or value < expiry / 2:
+        return []
+    return [
+        Warning(
+            f"{SETTING_NAME}['LAYER_CHECK_INTERVAL'] ({value}) is not below half the channel "
+            f"layer's group_expiry ({expiry}): group memberships may expire before the hub "
+            "renews them, and open tabs stop getting updates until the next check.",
+            hint="Lower LAYER_CHECK_INTERVAL or raise group_expiry.",
+            id="async_actions.W080",
+        )
+    ]

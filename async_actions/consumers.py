@@ -70,7 +70,7 @@ _open_sockets: Counter[tuple[str, UUID]] = Counter()
 _owner_sockets: Counter[str] = Counter()
 
 
-class ActionConsumer(AsyncWebsocketConsumer):
+class ActionConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
     """Sends ``{"type": "update", "action": {...}}`` frames; accepts ``{"type": "cancel"}``.
 
     Authorization is decided before the handshake is accepted, and a connection holds no
@@ -242,5 +242,7 @@ class ActionConsumer(AsyncWebsocketConsumer):
 
     # -- database ----------------------------------------------------------------------
     async def _snapshot(self) -> dict[str, Any] | None:
+        if self.action_id is None:
+            return None
         action = await database_sync_to_async(Action.objects.filter(pk=self.action_id).first)()
         return service.live(action).snapshot() if action is not None else None

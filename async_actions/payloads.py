@@ -75,7 +75,7 @@ def _walk(value: Any, what: str, limit: int, *, strings: bool) -> None:
 
 
 def _depth_limit(limit: int | None) -> int:
-    return int(action_settings.MAX_JSON_DEPTH) if limit is None else limit
+    return action_settings.MAX_JSON_DEPTH if limit is None else limit
 
 
 def _too_deep(what: str, limit: int) -> PayloadError:

@@ -20,6 +20,7 @@ from django.core.files.storage import default_storage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, models
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -148,7 +149,7 @@ class BaseAsyncView(View):
         return reverse(f"{prefix}{name}", kwargs=kwargs)
 
     # -- dispatch ----------------------------------------------------------------------
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
             if self.action_page is not None:  # set by ActionPageMixin: one of the action pages
                 return self.action_page.serve(self, request, *args, **kwargs)
@@ -253,9 +254,9 @@ class BaseAsyncView(View):
             "status_url": self.url_for("status", action),
             "cancel_url": self.url_for("cancel", action) if self.may_control(action) else "",
             "start_url": self.url_for("initial"),
-            "poll_interval": float(action_settings.POLL_INTERVAL),
+            "poll_interval": action_settings.POLL_INTERVAL,
             # Whole seconds for the no-JavaScript <meta refresh>; 0 would reload at once.
-            "refresh_seconds": max(1, round(float(action_settings.POLL_INTERVAL))),
+            "refresh_seconds": max(1, round(action_settings.POLL_INTERVAL)),
         }
 
     @property
@@ -374,7 +375,7 @@ class AsyncFormView(BaseAsyncView):
         RecursionError on deep enough text. The field's value sits inside the form's
         data, the action's request, so it may nest one level less than the request.
         """
-        limit = int(action_settings.MAX_JSON_DEPTH) - 1
+        limit = action_settings.MAX_JSON_DEPTH - 1
         for name, field in form.fields.items():
             if not isinstance(field, forms.JSONField) or field.disabled:
                 continue

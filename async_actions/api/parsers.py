@@ -31,7 +31,7 @@ class TooLarge(APIException):
 
 def body_limit() -> int:
     """Largest body accepted, in bytes: ``MAX_REQUEST_BYTES`` plus the envelope."""
-    return int(action_settings.MAX_REQUEST_BYTES) + BODY_SLACK
+    return action_settings.MAX_REQUEST_BYTES + BODY_SLACK
 
 
 class JSONParser(parsers.JSONParser):
@@ -51,7 +51,7 @@ class JSONParser(parsers.JSONParser):
             text = raw.decode(encoding)
         except (LookupError, UnicodeDecodeError) as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
-        depth = int(action_settings.MAX_JSON_DEPTH)
+        depth = action_settings.MAX_JSON_DEPTH
         try:
             check_text_depth(text, "The body", limit=depth + ENVELOPE_DEPTH)
         except PayloadError:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from async_actions import ownership
 from async_actions.models import Action
 
 
-class ActionSerializer(serializers.ModelSerializer):
+class ActionSerializer(serializers.ModelSerializer[Action]):
     """An action as its owner sees it; the traceback only for staff who may see all."""
 
     owner = serializers.SerializerMethodField()
     duration = serializers.FloatField(read_only=True, allow_null=True)
-    retry_of = serializers.PrimaryKeyRelatedField(read_only=True)
+    retry_of: serializers.PrimaryKeyRelatedField[Action] = serializers.PrimaryKeyRelatedField(
+        read_only=True
+    )
     traceback = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
 
@@ -46,7 +50,7 @@ class ActionSerializer(serializers.ModelSerializer):
 
     def get_owner(self, action: Action) -> str | None:
         """The owning user's name; None for an anonymous visitor's session."""
-        return action.user.get_username() if action.user_id else None
+        return action.user.get_username() if action.user_id and action.user else None
 
     def get_traceback(self, action: Action) -> str:
         request = self.context.get("request")
@@ -59,10 +63,10 @@ class ActionSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         if not path or request is None:
             return None
-        return request.build_absolute_uri(path)
+        return str(request.build_absolute_uri(path))
 
 
-class StartSerializer(serializers.Serializer):
+class StartSerializer(serializers.Serializer[Any]):
     """The body of ``POST /actions/``."""
 
     handler = serializers.CharField(
@@ -85,18 +89,20 @@ class StartSerializer(serializers.Serializer):
     )
 
 
-class LogSerializer(serializers.Serializer):
+class LogSerializer(serializers.Serializer[Any]):
     """The action's kept log records, oldest first (``LOG_LIMIT``, ``LOG_LIMIT_BYTES``)."""
 
     id = serializers.UUIDField()
     log = serializers.ListField(child=serializers.DictField())
 
 
-class ErrorSerializer(serializers.Serializer):
+class ErrorSerializer(serializers.Serializer[Any]):
     """Every error answer: a readable ``detail`` and, where useful, a machine ``code``."""
 
     detail = serializers.CharField()
     code = serializers.CharField(required=False)
-    errors = serializers.DictField(
+    # Describes the JSON body for the schema only; never bound to data, so shadowing
+    # Serializer.errors does no harm and keeps the documented field name.
+    errors = serializers.DictField(  # type: ignore[assignment]
         required=False, help_text="Per-field messages when the body was invalid."
     )

@@ -68,7 +68,7 @@ class ActionViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.CreateModelMixin,
-    viewsets.GenericViewSet,
+    viewsets.GenericViewSet[Action],
 ):
     """Actions of the authenticated user (all of them with ``view_action``)."""
 
@@ -121,7 +121,10 @@ class ActionViewSet(
             raise NotFound("No such action.")
         return service.live(action)
 
-    def paginate_queryset(self, queryset: Any) -> list[Action] | None:
+    # The stub's row type is generic for values() querysets; ours are always Actions.
+    def paginate_queryset(  # type: ignore[override]
+        self, queryset: QuerySet[Action]
+    ) -> list[Action] | None:
         page = super().paginate_queryset(queryset)
         return None if page is None else [service.live(action) for action in page]
 
@@ -200,7 +203,7 @@ class ActionViewSet(
         },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        limit = int(action_settings.MAX_REQUEST_BYTES)
+        limit = action_settings.MAX_REQUEST_BYTES
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:

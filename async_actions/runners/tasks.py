@@ -33,7 +33,7 @@ logger = logging.getLogger("async_actions")
 LOWEST_PRIORITY = -100
 
 
-@task()
+@task()  # type: ignore[untyped-decorator]  # the backport ships no type information
 def run_action(action_id: str) -> str | None:
     """The task a worker runs: execute the action if it is still pending."""
     from async_actions import executor, recovery
@@ -68,8 +68,8 @@ class TasksRunner(BaseRunner):
 
     def _task(self, **options: Any) -> Any:
         return run_action.using(
-            backend=str(action_settings.TASKS_BACKEND),
-            queue_name=str(action_settings.TASKS_QUEUE),
+            backend=action_settings.TASKS_BACKEND,
+            queue_name=action_settings.TASKS_QUEUE,
             **options,
         )
 
@@ -147,7 +147,7 @@ class TasksRunner(BaseRunner):
 
     def _backend(self) -> Any:
         try:
-            return task_backends[str(action_settings.TASKS_BACKEND)]
+            return task_backends[action_settings.TASKS_BACKEND]
         except InvalidTaskBackendError:
             return None
 

@@ -64,7 +64,7 @@ def async_action_progress(
         "result_url": result_url or context.get("result_url", ""),
         "cancel_url": cancel_url or context.get("cancel_url", ""),
         "ws_path": ws_path or websocket_path(action.pk),
-        "poll_ms": int(float(action_settings.POLL_INTERVAL) * 1000),
+        "poll_ms": action_settings.poll_ms,
         "elapsed": f"{elapsed:.1f}",
         "script_url": static("async_actions/progress.js"),
         "strings_json": json.dumps(script_strings(), ensure_ascii=False),

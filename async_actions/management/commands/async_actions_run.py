@@ -166,7 +166,7 @@ class ProgressLine:
         width = shutil.get_terminal_size((80, 20)).columns
         elapsed = time.monotonic() - self.started
         eta = ""
-        if 0 < percent < 100 and status == "running":
+        if 0 < percent < 100 and status == Action.Status.RUNNING:
             eta = f" ETA {_clock(elapsed * (100 - percent) / percent)}"
         head = f"{percent:5.1f}% {_clock(elapsed)}{eta} {status}"
         cells = 30 if width >= 80 else 10

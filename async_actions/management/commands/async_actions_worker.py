@@ -17,8 +17,11 @@ from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 import async_actions
 
+DBWorkerCommand: type[BaseCommand] | None
 try:
-    from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
+    from django_tasks_db.management.commands.db_worker import Command as _DBWorker
+
+    DBWorkerCommand = _DBWorker
 except ImportError:  # pragma: no cover - django-tasks-db is an optional dependency
     DBWorkerCommand = None
 
