@@ -12,6 +12,10 @@ def startup() -> None:
     Nothing else starts a thread or installs a signal handler, so ``check``, ``migrate``
     and other commands have no side effects. Calling it again does nothing.
     """
+    from async_actions import push  # the package __init__ imports nothing at import time
     from async_actions.runners import get_runner  # needs the app registry: not at import
 
+    # Inside the server's loop (an ASGI lifespan hook) this names it to the transport; at
+    # the end of asgi.py no loop runs yet and the hub names it as the first tab connects.
+    push.attach_loop()
     get_runner().start()

@@ -14,6 +14,7 @@ class AsyncActionsConfig(AppConfig):
         from async_actions import (
             checks,  # noqa: F401  (registers the system checks)
             ownership,
+            runners,  # noqa: F401  (installs the dispatcher lower layers use)
         )
 
         # Moves the session's anonymous actions to the user (CLAIM_SESSION_ACTIONS_ON_LOGIN).

@@ -20,7 +20,9 @@ from django.db import DatabaseError, connection
 from django.db.models import Q
 from django.utils import timezone
 
+from async_actions import dispatcher
 from async_actions.handlers import HandlerError
+from async_actions.models import Action
 
 if TYPE_CHECKING:
     from async_actions.handlers import ActionHandler
@@ -64,8 +66,6 @@ def lock(key: str) -> None:
 
 def busy(key: str, *, exclude: Any = None) -> bool:
     """Whether another action with ``key`` is pending or running."""
-    from async_actions.models import Action
-
     return Action.objects.active().filter(concurrency_key=key).exclude(pk=exclude).exists()
 
 
@@ -77,9 +77,6 @@ def release(key: str) -> None:
     """
     if not key:
         return
-    from async_actions.models import Action
-    from async_actions.runners import get_runner
-
     now = timezone.now()
     try:
         waiting = (
@@ -93,4 +90,4 @@ def release(key: str) -> None:
         logger.exception("Could not look for actions waiting for concurrency key %r", key)
         return
     if waiting is not None:
-        get_runner().dispatch(waiting)
+        dispatcher.current().dispatch(waiting)

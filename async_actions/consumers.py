@@ -8,7 +8,6 @@ snapshot: an event published between the two waits in the subscription, not lost
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import logging
@@ -24,10 +23,10 @@ from django.db.models import QuerySet
 
 from async_actions import ownership, service
 from async_actions.conf import action_settings
+from async_actions.events import group_name
 from async_actions.fanout import Hub, Subscriber, hub_for
 from async_actions.models import Action
 from async_actions.payloads import loads
-from async_actions.progress import group_name, pusher
 
 __all__ = ["ActionConsumer", "CloseCode"]
 
@@ -97,8 +96,6 @@ class ActionConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
             self._release_slot()
 
     async def connect(self) -> None:
-        # The in-memory layer lives on this loop; worker threads hand events to it.
-        pusher.attach_loop(asyncio.get_running_loop())
         try:
             action_id = UUID(str(self.scope["url_route"]["kwargs"]["pk"]))
             allowed = await database_sync_to_async(self._may_see)(action_id)

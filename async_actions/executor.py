@@ -17,7 +17,7 @@ from uuid import UUID
 from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
-from async_actions import lifecycle
+from async_actions import dispatcher, lifecycle
 from async_actions.conf import action_settings
 from async_actions.context import ActionCancelled, ActionContext, ActionError, _current
 from async_actions.handlers import get_handler
@@ -30,6 +30,7 @@ from async_actions.signals import action_started
 from async_actions.supervisor import supervisor, time_limit_error
 
 if TYPE_CHECKING:
+    from async_actions.dispatcher import Dispatcher
     from async_actions.handlers import ActionHandler
 
 logger = logging.getLogger("async_actions")
@@ -46,8 +47,17 @@ def claim(action_id: UUID | str) -> Action | None:
     return lifecycle.claim(action_id)[0]
 
 
-def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = None) -> str | None:
+def execute(
+    action_id: UUID | str,
+    *,
+    runner: Dispatcher | None = None,
+    on_abandon: Callable[[], None] | None = None,
+) -> str | None:
     """Run the action if it is still pending; return its final status (None if not run).
+
+    ``runner`` is the runner calling (it passes itself): an action delivered too early
+    or a retry is dispatched on it. None means the process's dispatcher
+    (:mod:`async_actions.dispatcher`).
 
     ``on_abandon`` is called (from another thread) if the handler outlives its hard time
     limit, so the runner can replace the thread that is stuck in it.
@@ -56,7 +66,7 @@ def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = No
     try:
         action, key_busy = lifecycle.claim(action_id)
         if action is None and not key_busy:  # a busy key's holder wakes it when done
-            _not_claimed(action_id)
+            _not_claimed(action_id, runner or dispatcher.current())
     except DatabaseError:
         logger.exception("Could not claim action %s; it stays pending", action_id)
         close_old_connections()
@@ -64,7 +74,7 @@ def execute(action_id: UUID | str, *, on_abandon: Callable[[], None] | None = No
     if action is None:
         return None
     try:
-        return run_claimed(action, on_abandon=on_abandon)
+        return run_claimed(action, runner=runner, on_abandon=on_abandon)
     finally:
         keep_connection_if_healthy()
 
@@ -84,14 +94,12 @@ def keep_connection_if_healthy() -> None:
             conn.close()
 
 
-def _not_claimed(action_id: UUID | str) -> None:
+def _not_claimed(action_id: UUID | str, runner: Dispatcher) -> None:
     """Make sure a pending action that could not be claimed is not forgotten.
 
     Delivered before its ``run_after``: dispatch it again then. Behind an older action
     waiting for a free key: wake the oldest (its dispatch may have been lost).
     """
-    from async_actions.runners import get_runner
-
     row = (
         Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
         .values("run_after", "concurrency_key")
@@ -100,7 +108,7 @@ def _not_claimed(action_id: UUID | str) -> None:
     if row is None:
         return
     if row["run_after"] is not None and row["run_after"] > timezone.now():
-        get_runner().dispatch_at(UUID(str(action_id)), row["run_after"])
+        runner.dispatch_at(UUID(str(action_id)), row["run_after"])
     elif row["concurrency_key"]:
         lifecycle.wake_next(row["concurrency_key"])
 
@@ -114,8 +122,14 @@ def _call(handler: ActionHandler, ctx: ActionContext, publisher: Publisher) -> A
     return result
 
 
-def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None) -> str:
-    """Run the handler of a claimed action and record its outcome through the lifecycle."""
+def run_claimed(
+    action: Action,
+    *,
+    runner: Dispatcher | None = None,
+    on_abandon: Callable[[], None] | None = None,
+) -> str:
+    """Run the handler of a claimed action and record its outcome through the lifecycle
+    (a retry is dispatched on ``runner``, see :func:`execute`)."""
     publisher = Publisher(action)
     ctx = ActionContext(action, publisher)
     supervisor.register(ctx, publisher, action.concurrency_key)
@@ -149,7 +163,7 @@ def run_claimed(action: Action, *, on_abandon: Callable[[], None] | None = None)
         limit = supervisor.stop_clock(action.pk)
     if retry is not None and handler is not None:
         try:
-            if retry_later(action, handler, publisher, retry):
+            if retry_later(action, handler, publisher, retry, runner=runner):
                 return Action.Status.PENDING
         finally:
             supervisor.unregister(action.pk)

@@ -28,6 +28,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, Q
 from django.utils import timezone
 
+from async_actions import dispatcher
 from async_actions.conf import action_settings
 from async_actions.models import Action
 
@@ -124,8 +125,6 @@ def release(owner: Owner | None) -> None:
     cap = running_cap()
     if owner is None or cap is None:
         return
-    from async_actions.runners import get_runner  # runners import the executor, which imports us
-
     now = timezone.now()
     try:
         mine = Action.objects.filter(owner.actions())
@@ -141,7 +140,7 @@ def release(owner: Owner | None) -> None:
     except DatabaseError:
         logger.exception("Could not look for actions waiting for a place (%s)", owner.kind)
         return
-    runner = get_runner()
+    runner = dispatcher.current()
     for pk in waiting:
         runner.dispatch(pk)
 

@@ -28,9 +28,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from async_actions.conf import action_settings
+from async_actions.events import EVENT_TYPE, event_for
 from async_actions.layers import HUB_CHANNEL_PREFIX
 from async_actions.models import Action
-from async_actions.progress import EVENT_TYPE, event_for, layer_call
+from async_actions.push import attach_loop, layer_call
 
 logger = logging.getLogger("async_actions")
 
@@ -371,8 +372,13 @@ _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Hub]] = (
 
 
 def hub_for(layer: Any) -> Hub:
-    """The hub of ``layer`` on the running event loop."""
+    """The hub of ``layer`` on the running event loop.
+
+    The loop is the server's: it is named to the transport (``push.attach_loop``) before
+    the hub joins any group, so events for the in-memory layer reach it from any thread.
+    """
     loop = asyncio.get_running_loop()
+    attach_loop(loop)
     hubs = _hubs.setdefault(loop, {})
     hub = hubs.get(id(layer))
     if hub is None or hub.layer is not layer:

@@ -32,7 +32,8 @@ from django.utils import timezone
 
 from async_actions import concurrency, fairness
 from async_actions.models import Action
-from async_actions.progress import push_action, pusher, retention
+from async_actions.progress import retention
+from async_actions.push import push_action, pusher
 from async_actions.signals import action_finished
 
 if TYPE_CHECKING:

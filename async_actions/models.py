@@ -11,6 +11,8 @@ from django.db.models import Q
 from django.urls import NoReverseMatch, reverse
 from django.utils.translation import gettext_lazy as _
 
+from async_actions import events
+
 
 class ActionQuerySet(models.QuerySet["Action"]):
     def active(self) -> ActionQuerySet:
@@ -185,23 +187,20 @@ class Action(models.Model):
         return max(0.0, (end - self.started_at).total_seconds())
 
     def snapshot(self) -> dict[str, Any]:
-        """The public state pushed to browsers and returned by the status endpoint."""
-        return {
-            "id": str(self.id),
-            "handler": self.handler,
-            "status": self.status,
-            "percent": self.percent,
-            "message": self.message,
-            "data": self.data,
-            "seq": self.seq,
-            "attempt": self.attempt,
-            "error": self.error if self.status == self.Status.FAILED else "",
-            "cancel_requested": self.cancel_requested,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-        }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+        """The public state pushed to browsers and returned by the status endpoint
+        (:func:`async_actions.events.snapshot`, which the publisher uses too)."""
+        return events.snapshot(
+            action_id=self.id,
+            handler=self.handler,
+            status=self.status,
+            percent=self.percent,
+            message=self.message,
+            data=self.data,
+            seq=self.seq,
+            attempt=self.attempt,
+            error=self.error,
+            cancel_requested=self.cancel_requested,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )

@@ -8,7 +8,6 @@ trailing changes, and the final state is always written and pushed.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import decimal
 import json
@@ -17,27 +16,39 @@ import math
 import numbers
 import threading
 import time
-from typing import TYPE_CHECKING, Any
-from uuid import UUID
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connections, router
 from django.utils import timezone
 
+from async_actions import events
 from async_actions.conf import action_settings
+from async_actions.events import EVENT_TYPE, event_for, group_name
 from async_actions.exceptions import PayloadError, ProgressError
+from async_actions.models import Action
 from async_actions.payloads import check_payload, clean_text
+from async_actions.push import LAYER_TRIES, Pusher, layer_call, push_action, pusher
 
-if TYPE_CHECKING:
-    from async_actions.models import Action
+__all__ = [
+    # Moved; importable from here as before.
+    "EVENT_TYPE",
+    "LAYER_TRIES",
+    "ActionLog",
+    "ProgressError",
+    "Publisher",
+    "Pusher",
+    "event_for",
+    "group_name",
+    "layer_call",
+    "push_action",
+    "pusher",
+    "retention",
+    "validate_data",
+    "validate_percent",
+]
 
 logger = logging.getLogger("async_actions")
-
-EVENT_TYPE = "action.update"
-
-
-def group_name(action_id: UUID | str) -> str:
-    """The channel-layer group that carries one action's events."""
-    return f"async_actions.{UUID(str(action_id)).hex}"
 
 
 def validate_percent(percent: Any) -> float:
@@ -116,20 +127,6 @@ class ActionLog:
                 high = middle - 1
         entry = {**entry, "message": message[:low] + self.TRUNCATED}
         return entry, len(json.dumps(entry))
-
-
-def event_for(snapshot: dict[str, Any], group: str | None = None) -> dict[str, Any]:
-    """A channel-layer message; the JSON text is made once, not once per subscriber.
-
-    ``group`` names the action's group in the message, which a hub routes by.
-    """
-    return {
-        "type": EVENT_TYPE,
-        "group": group or group_name(snapshot["id"]),
-        "seq": snapshot["seq"],
-        "status": snapshot["status"],
-        "text": json.dumps({"type": "update", "action": snapshot}),
-    }
 
 
 class Publisher:
@@ -277,26 +274,35 @@ class Publisher:
             }
 
     # -- internals ----------------------------------------------------------------------
-    def snapshot(self, **final: Any) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
+        """The running state held now (``events.snapshot``), newer than the row."""
         with self._lock:
-            return self._snapshot_locked(**final)
+            return self._snapshot_locked()
 
-    def _snapshot_locked(self, **final: Any) -> dict[str, Any]:
-        return {
-            "id": str(self.action_id),
-            "handler": self._handler,
-            "status": final.get("status", "running"),
-            "percent": final.get("percent", self._percent),
-            "message": self._message,
-            "data": self._data,
-            "seq": self._seq,
-            "attempt": self._attempt,
-            "error": final.get("error", ""),
-            "cancel_requested": self.cancel_requested,
-            "created_at": _iso(self._created_at),
-            "started_at": _iso(self._started_at),
-            "finished_at": _iso(final.get("finished_at")),
-        }
+    def _snapshot_locked(
+        self,
+        *,
+        status: str = Action.Status.RUNNING,
+        percent: float | None = None,
+        error: str = "",
+        finished_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """The state held now (or the end's, given its fields), as the row would show it."""
+        return events.snapshot(
+            action_id=self.action_id,
+            handler=self._handler,
+            status=status,
+            percent=self._percent if percent is None else percent,
+            message=self._message,
+            data=self._data,
+            seq=self._seq,
+            attempt=self._attempt,
+            error=error,
+            cancel_requested=self.cancel_requested,
+            created_at=self._created_at,
+            started_at=self._started_at,
+            finished_at=finished_at,
+        )
 
     def push(self) -> None:
         if self.closed:
@@ -308,8 +314,6 @@ class Publisher:
         pusher.push(self.action_id, snapshot)
 
     def _write(self) -> None:
-        from async_actions.models import Action
-
         if self.closed:
             return
         with self._lock:
@@ -354,8 +358,6 @@ class Publisher:
         Call with :attr:`write_lock` held; :func:`async_actions.lifecycle.finish` writes
         the fields on condition the row still runs, then :meth:`close` and push.
         """
-        from async_actions.models import Action
-
         now = timezone.now()
         with self._lock:
             self._seq += 1
@@ -415,142 +417,7 @@ class Publisher:
         self._pushed_seq = self._written_seq = self._seq
 
 
-def retention() -> Any:
-    from datetime import timedelta
-
+def retention() -> timedelta:
+    """How long a finished action is kept (``RETENTION``, a timedelta or seconds)."""
     value = action_settings.RETENTION
     return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-class Pusher:
-    """Sends events to the channel layer without blocking the caller.
-
-    The in-memory layer only works on the event loop its consumers run on, so events
-    for it are handed to that loop thread-safely; other layers (Redis) get a private
-    loop thread of their own.
-    """
-
-    def __init__(self) -> None:
-        self._server_loop: asyncio.AbstractEventLoop | None = None
-        self._own_loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._layer_cache: tuple[str | None, Any] | None = None
-        self.failures = 0
-
-    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Remember the server's loop (called by consumers as they connect)."""
-        self._server_loop = loop
-
-    def reset(self) -> None:
-        self._layer_cache = None
-
-    def layer(self) -> Any:
-        from channels.layers import channel_layers, get_channel_layer
-
-        alias = action_settings.CHANNEL_LAYER
-        cached = self._layer_cache
-        # Channels builds a new layer when its backends are reset (a settings change in
-        # tests): pushing to the one it replaced would reach no consumer.
-        if (
-            cached is not None
-            and cached[0] == alias
-            and (cached[1] is None or channel_layers.backends.get(alias) is cached[1])
-        ):
-            return cached[1]
-        layer = None
-        if alias:
-            try:
-                layer = get_channel_layer(alias)
-            except Exception:
-                logger.exception("Channel layer %r could not be loaded", alias)
-        self._layer_cache = (alias, layer)
-        return layer
-
-    def push(self, action_id: UUID | str, snapshot: dict[str, Any]) -> None:
-        layer = self.layer()
-        if layer is None:
-            return
-        group = group_name(action_id)
-        message = event_for(snapshot, group)
-        coro_factory = lambda: layer_call(layer.group_send, group, message)  # noqa: E731
-        if _is_in_memory(layer):
-            loop = self._server_loop
-            if loop is None or loop.is_closed():
-                return  # no consumer has ever connected in this process: nobody listens
-            self._submit(loop, coro_factory)
-        else:
-            self._submit(self._private_loop(), coro_factory)
-
-    def _submit(self, loop: asyncio.AbstractEventLoop, coro_factory: Any) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            task = loop.create_task(coro_factory())
-            task.add_done_callback(self._done)
-            return
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro_factory(), loop)
-        except RuntimeError:  # loop closed between the check and the call
-            return
-        future.add_done_callback(self._done)
-
-    def _done(self, future: Any) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            self.failures += 1
-            if self.failures == 1 or self.failures % 1000 == 0:
-                logger.warning("Channel layer push failed (%d so far): %r", self.failures, exc)
-
-    def _private_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._own_loop is None or self._own_loop.is_closed():
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="async-actions-push", daemon=True
-                )
-                thread.start()
-                self._own_loop = loop
-            return self._own_loop
-
-
-#: Tries of one layer call: each connection pooled before a Redis restart fails once.
-LAYER_TRIES = 3
-
-
-async def layer_call(call: Any, *args: Any) -> Any:
-    """Await ``call(*args)``, again after a failure, up to ``LAYER_TRIES`` times in all.
-
-    After Redis restarts, every connection a pool opened before fails its next command
-    once; a retried call gets a fresh one. Without it the event lost may be the final one.
-    """
-    for attempt in range(1, LAYER_TRIES + 1):
-        try:
-            return await call(*args)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if attempt == LAYER_TRIES:
-                raise
-    return None
-
-
-def _is_in_memory(layer: Any) -> bool:
-    from channels.layers import InMemoryChannelLayer
-
-    return isinstance(layer, InMemoryChannelLayer)
-
-
-pusher = Pusher()
-
-
-def push_action(action: Action) -> None:
-    """Push the stored state of ``action`` (after a change made outside a publisher)."""
-    pusher.push(action.pk, action.snapshot())

@@ -24,7 +24,7 @@ from django.db import DatabaseError, close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
-from async_actions import lifecycle
+from async_actions import dispatcher, lifecycle
 from async_actions.conf import action_settings
 from async_actions.handlers import get_handler
 from async_actions.models import Action
@@ -66,8 +66,6 @@ def lost_pending(now: datetime | None = None) -> Q:
 
 def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
     """Fail or requeue stale running actions; dispatch lost pending ones again."""
-    from async_actions.runners import get_runner
-
     now = now or timezone.now()
     report = SweepReport()
     stale = list(Action.objects.filter(stale_running(now)).values_list("pk", "handler", "attempt"))
@@ -81,7 +79,7 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
             note = f"Attempt {attempt} of {handler.max_attempts} lost its worker; trying again."
             if lifecycle.requeue_lost(pk, stale_running(now), note):
                 report.requeued.append(pk)
-                get_runner().dispatch(pk)
+                dispatcher.current().dispatch(pk)
         elif lifecycle.fail_lost(pk, stale_running(now), WORKER_LOST, now):
             report.failed.append(pk)
     waiting = Action.objects.filter(lost_pending(now)).values_list("pk", "concurrency_key")
@@ -93,13 +91,13 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
         else:
             unkeyed.append(pk)
     # Waiting behind busy workers is not lost: only what no live queue holds goes again.
-    held = get_runner().holds(unkeyed) if unkeyed else set()
+    held = dispatcher.current().holds(unkeyed) if unkeyed else set()
     for pk in unkeyed:
         if pk in held:
             continue
         report.redispatched.append(pk)
         if not dry_run:
-            get_runner().dispatch(pk)
+            dispatcher.current().dispatch(pk)
     if not dry_run:
         for key in keys:
             lifecycle.wake_next(key)

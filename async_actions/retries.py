@@ -14,28 +14,33 @@ from typing import TYPE_CHECKING
 from django.db import DatabaseError
 from django.utils import timezone
 
-from async_actions import lifecycle
+from async_actions import dispatcher, lifecycle
 from async_actions.conf import action_settings
+from async_actions.models import Action
+from async_actions.signals import action_retrying
 
 if TYPE_CHECKING:
+    from async_actions.dispatcher import Dispatcher
     from async_actions.handlers import ActionHandler
-    from async_actions.models import Action
     from async_actions.progress import Publisher
 
 logger = logging.getLogger("async_actions")
 
 
 def retry_later(
-    action: Action, handler: ActionHandler, publisher: Publisher, exc: BaseException
+    action: Action,
+    handler: ActionHandler,
+    publisher: Publisher,
+    exc: BaseException,
+    *,
+    runner: Dispatcher | None = None,
 ) -> bool:
     """Requeue ``action`` after its failed attempt; True if the row went back to pending.
 
     The status change is :func:`async_actions.lifecycle.requeue`'s; this decides the
-    backoff, dispatches the next attempt for it and sends ``action_retrying``.
+    backoff, dispatches the next attempt for it (on ``runner``, the one running this
+    attempt; the process's dispatcher when None) and sends ``action_retrying``.
     """
-    from async_actions.models import Action
-    from async_actions.runners import get_runner
-    from async_actions.signals import action_retrying
 
     delay = handler.retry_delay(action.attempt)
     run_after = timezone.now() + timedelta(seconds=delay)
@@ -70,5 +75,5 @@ def retry_later(
     except (Action.DoesNotExist, DatabaseError):
         pass
     finally:
-        get_runner().dispatch_at(action.pk, run_after)
+        (runner or dispatcher.current()).dispatch_at(action.pk, run_after)
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from async_actions import dispatcher
 from async_actions.runners.base import BaseRunner
 
 __all__ = ["BaseRunner", "get_runner", "reset_runner"]
@@ -30,3 +31,7 @@ def reset_runner() -> None:
         old, _runner = _runner, None
     if old is not None:
         old.close()
+
+
+# Code below the runners (concurrency, fairness, recovery, ...) dispatches through this.
+dispatcher.install(get_runner)

@@ -36,11 +36,12 @@ LOWEST_PRIORITY = -100
 @task()  # type: ignore[untyped-decorator]  # the backport ships no type information
 def run_action(action_id: str) -> str | None:
     """The task a worker runs: execute the action if it is still pending."""
-    from async_actions import executor, recovery
+    from async_actions import executor, recovery  # models: loaded after the app registry
+    from async_actions.runners import get_runner  # the package imports this module
 
     # A worker started without ``async_actions_worker`` sweeps from its first task on.
     recovery.start_periodic()
-    return executor.execute(action_id)
+    return executor.execute(action_id, runner=get_runner())
 
 
 def _remember_task(action_id: UUID, result: Any) -> None:

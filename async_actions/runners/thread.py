@@ -106,7 +106,7 @@ class ThreadRunner(BaseRunner):
                 self._queued.discard(action_id)
                 self._active.add(action_id)
             try:
-                execute(action_id, on_abandon=partial(self._abandon, me, action_id))
+                execute(action_id, runner=self, on_abandon=partial(self._abandon, me, action_id))
             except BaseException:  # the pool keeps its strength, whatever ran
                 logger.exception("Runner thread failed on action %s", action_id)
             finally:

@@ -1,0 +1,130 @@
+"""The transport: what a push from any thread promises, on the in-memory layer.
+
+An event pushed reaches every channel in the action's group at the time of the push,
+whether or not a WebSocket ever connected in the process (no loop named yet: it goes on
+the transport's own loop); a subscriber that joins later gets nothing from it (layers
+keep no history; it reads the stored state). Once the hub exists, its loop (the
+server's) carries the in-memory layer's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from channels.layers import channel_layers, get_channel_layer
+
+from async_actions import push
+from async_actions.events import event_for, group_name
+from async_actions.fanout import Subscriber, hub_for
+from async_actions.layers import InMemoryChannelLayer
+
+TIMEOUT = 5.0
+
+
+@pytest.fixture
+def fresh(settings: Any) -> Iterator[push.Pusher]:
+    """The in-memory layer, new, and the process's transport with no loop named."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "async_actions.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    saved = push.pusher._server_loop
+    push.pusher._server_loop = None
+    push.pusher.reset()
+    yield push.pusher
+    push.pusher._server_loop = saved
+    channel_layers.backends.clear()
+    push.pusher.reset()
+
+
+def state(action_id: Any, seq: int) -> dict[str, Any]:
+    return {"id": str(action_id), "seq": seq, "status": "running"}
+
+
+def from_a_thread(action_id: Any, seq: int) -> None:
+    worker = threading.Thread(target=push.pusher.push, args=(action_id, state(action_id, seq)))
+    worker.start()
+    worker.join(TIMEOUT)
+
+
+async def queued(layer: InMemoryChannelLayer, channel: str) -> None:
+    """Wait until ``channel`` holds a message (without a receiver waiting across threads)."""
+    for _ in range(int(TIMEOUT / 0.01)):
+        queue = layer.channels.get(channel)
+        if queue is not None and not queue.empty():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"nothing reached {channel}")
+
+
+async def test_a_push_before_any_loop_is_named_reaches_the_group_members_of_that_time(
+    fresh: push.Pusher,
+) -> None:
+    layer = get_channel_layer()
+    assert isinstance(layer, InMemoryChannelLayer)
+    assert fresh.server_loop is None
+    action_id = uuid4()
+    member = await layer.new_channel()
+    await layer.group_add(group_name(action_id), member)
+
+    await asyncio.to_thread(from_a_thread, action_id, 1)
+    await queued(layer, member)
+    message = await layer.receive(member)
+    assert message == event_for(state(action_id, 1), group_name(action_id))
+
+    late = await layer.new_channel()
+    await layer.group_add(group_name(action_id), late)  # joins after the push
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(late), 0.2)
+    assert fresh.server_loop is None  # pushing named no loop
+    await layer.flush()
+
+
+async def test_the_hub_names_its_loop_and_gets_pushes_from_threads_there(
+    fresh: push.Pusher,
+) -> None:
+    layer = get_channel_layer()
+    hub = hub_for(layer)
+    assert fresh.server_loop is asyncio.get_running_loop()  # named before any group is joined
+    action_id = uuid4()
+    frames: asyncio.Queue[str] = asyncio.Queue()
+
+    async def send(text: str) -> None:
+        frames.put_nowait(text)
+
+    subscriber = Subscriber(send)
+    await hub.subscribe(group_name(action_id), subscriber)
+    subscriber.ready = True
+    await asyncio.to_thread(from_a_thread, action_id, 3)
+    frame = await asyncio.wait_for(frames.get(), TIMEOUT)
+    assert frame == event_for(state(action_id, 3))["text"]
+    await hub.unsubscribe(group_name(action_id), subscriber)
+    await layer.flush()
+
+
+async def test_attach_loop_names_the_running_loop_by_default(fresh: push.Pusher) -> None:
+    push.attach_loop()
+    assert fresh.server_loop is asyncio.get_running_loop()
+
+
+def test_a_closed_loop_counts_as_none(fresh: push.Pusher) -> None:
+    loop = asyncio.new_event_loop()
+    push.attach_loop(loop)
+    assert fresh.server_loop is loop
+    loop.close()
+    assert fresh.server_loop is None
+
+
+def test_no_layer_configured_means_no_push(fresh: push.Pusher, settings: Any) -> None:
+    settings.ASYNC_ACTIONS = {**getattr(settings, "ASYNC_ACTIONS", {}), "CHANNEL_LAYER": None}
+    fresh.reset()
+    assert fresh.layer() is None
+    fresh.push(uuid4(), state(uuid4(), 1))  # nothing to do, no error
+
+
+def test_attach_loop_outside_a_loop_names_nothing(fresh: push.Pusher) -> None:
+    assert push.attach_loop() is False
+    assert fresh.server_loop is None
