@@ -10,7 +10,7 @@ test:  ## the whole suite: lint, both Python x Django legs, SQLite and PostgreSQ
 lint:
 	bash scripts/test lint
 
-typecheck:  ## mypy --strict and the import-linter layers contract (not yet part of `make test`)
+typecheck:  ## mypy --strict and the import-linter layers contract alone (`make lint` runs them too)
 	bash scripts/test typecheck
 
 bench:  ## benchmarks; rewrites docs/performance.md

@@ -70,7 +70,7 @@ class ActionContext:
         self._publisher = publisher
         self._cancel = threading.Event()
         self._cancel_reason = ""
-        self._cancel_callbacks: list[Callable[[], None]] = []
+        self._cancel_callbacks: list[Callable[[], object]] = []
         self._callbacks_lock = threading.Lock()
         logger = logging.Logger(f"async_actions.actions.{action.handler}", logging.DEBUG)
         logger.parent = _parent_logger
@@ -140,7 +140,7 @@ class ActionContext:
             except Exception:
                 _parent_logger.exception("Cancel callback of %s failed", self.action_id)
 
-    def _on_cancel(self, callback: Callable[[], None]) -> None:
+    def _on_cancel(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` when cancellation is requested (now, if it already was)."""
         with self._callbacks_lock:
             self._cancel_callbacks.append(callback)

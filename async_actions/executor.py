@@ -195,7 +195,7 @@ ERROR_LENGTH = 10_000
 TRACE_LENGTH = 100_000
 
 
-def _failure(exc: Exception, action: Action) -> tuple[str, str, str]:
+def _failure(exc: Exception, action: Action) -> tuple[Action.Status, str, str]:
     """Status, user-facing error and (staff-only) traceback for an exception."""
     trace = "".join(tb.format_exception(exc))
     if isinstance(exc, ActionError):  # clean_text: a str() that raises gives a placeholder
@@ -206,7 +206,7 @@ def _failure(exc: Exception, action: Action) -> tuple[str, str, str]:
     return Action.Status.FAILED, UNEXPECTED_ERROR, trace
 
 
-def _base_failure(exc: BaseException, action: Action) -> tuple[str, str, str]:
+def _base_failure(exc: BaseException, action: Action) -> tuple[Action.Status, str, str]:
     """A BaseException from a handler ends its action as failed, never its runner thread."""
     name = type(exc).__name__
     logger.error(

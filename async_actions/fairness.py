@@ -22,7 +22,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, Q
@@ -31,6 +31,9 @@ from django.utils import timezone
 from async_actions import dispatcher
 from async_actions.conf import action_settings
 from async_actions.models import Action
+
+if TYPE_CHECKING:
+    from django.db.models.expressions import Combinable, NegatedExpression
 
 logger = logging.getLogger("async_actions")
 
@@ -79,7 +82,7 @@ def running_cap() -> int | None:
     return None if value is None else int(value)
 
 
-def below_cap(owner: Owner, cap: int) -> Exists:
+def below_cap(owner: Owner, cap: int) -> NegatedExpression[Combinable]:
     """True while the owner runs fewer than ``cap`` actions: no ``cap``-th running row.
 
     One condition the claim's UPDATE can carry, so the check and the claim are one

@@ -65,7 +65,7 @@ ON_BUSY_CHOICES = ("wait", "refuse")
 ConcurrencyKey = str | Callable[[Any], "str | None"] | None
 
 
-def _is_seconds(value: Any, *, allow_zero: bool) -> bool:
+def _is_seconds(value: object, *, allow_zero: bool) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return value >= 0 if allow_zero else value > 0
@@ -172,7 +172,7 @@ class HandlerOptions:
     def resolved_time_limit(self) -> float | None:
         """Seconds the handler may run before it is asked to cancel, or None."""
         if self.time_limit is FROM_SETTINGS:
-            return action_settings.TIME_LIMIT  # type: ignore[no-any-return]
+            return action_settings.TIME_LIMIT
         return self.time_limit
 
     def retry_delay(self, attempt: int) -> float:

@@ -27,7 +27,7 @@ HUB_CHANNEL_PREFIX = "async_actions.hub"
 HUB_CAPACITY = 10_000
 
 
-class InMemoryChannelLayer(_ChannelsInMemoryChannelLayer):
+class InMemoryChannelLayer(_ChannelsInMemoryChannelLayer):  # type: ignore[misc]  # untyped base
     """Channels' in-memory layer with expiry cleanup at most every ``clean_interval`` s.
 
     Use it in ``CHANNEL_LAYERS`` like Channels' own::

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -107,18 +107,18 @@ class Pusher:
         )
 
     def _submit(
-        self, loop: asyncio.AbstractEventLoop, coro_factory: Callable[[], Awaitable[Any]]
+        self, loop: asyncio.AbstractEventLoop, coro_factory: Callable[[], Coroutine[Any, Any, Any]]
     ) -> None:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            task = loop.create_task(coro_factory())  # type: ignore[arg-type]
+            task = loop.create_task(coro_factory())
             task.add_done_callback(self._done)
             return
         try:
-            future = asyncio.run_coroutine_threadsafe(coro_factory(), loop)  # type: ignore[arg-type]
+            future = asyncio.run_coroutine_threadsafe(coro_factory(), loop)
         except RuntimeError:  # loop closed between the check and the call
             return
         future.add_done_callback(self._done)

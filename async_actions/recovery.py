@@ -76,6 +76,7 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
             (report.requeued if retry else report.failed).append(pk)
             continue
         if retry:
+            assert handler is not None  # retry is only True for a found handler
             note = f"Attempt {attempt} of {handler.max_attempts} lost its worker; trying again."
             if lifecycle.requeue_lost(pk, stale_running(now), note):
                 report.requeued.append(pk)

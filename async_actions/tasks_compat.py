@@ -14,8 +14,8 @@ if find_spec("django.tasks") is not None:  # Django >= 6.0
 
     SOURCE = "django.tasks"
 else:  # Django 5.2 with the django-tasks backport
-    from django_tasks import task, task_backends  # type: ignore[no-redef]
-    from django_tasks.exceptions import (  # type: ignore[no-redef]
+    from django_tasks import task, task_backends  # type: ignore[no-redef, unused-ignore]
+    from django_tasks.exceptions import (  # type: ignore[no-redef, unused-ignore]
         InvalidTaskBackendError,
         TaskResultDoesNotExist,
     )

@@ -421,7 +421,7 @@ class ActionPageMixin(View):
     view_class: type[BaseAsyncView] | None = None
     view_initkwargs: dict[str, Any] | None = None
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         view = self.user_view(request, *args, **kwargs)
         view.action_page = self
         # Through the user's own dispatch, so its mixins and decorators (LoginRequiredMixin,
