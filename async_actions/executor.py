@@ -162,12 +162,39 @@ def run_claimed(
         _current.reset(token)
         limit = supervisor.stop_clock(action.pk)
     if retry is not None and handler is not None:
-        try:
-            if retry_later(action, handler, publisher, retry, runner=runner):
-                return Action.Status.PENDING
-        finally:
-            supervisor.unregister(action.pk)
-        return Action.Status.RUNNING  # not written: whoever ended the row decided
+        return _retry(action, handler, publisher, retry, runner)
+    return _finish(action, publisher, status, response, error, trace, limit)
+
+
+def _retry(
+    action: Action,
+    handler: ActionHandler,
+    publisher: Publisher,
+    exc: Exception,
+    runner: Dispatcher | None,
+) -> str:
+    """Put a failed attempt back to wait for its next one: PENDING, or RUNNING when
+    another party ended the row first (it decided the outcome; nothing is written)."""
+    try:
+        if retry_later(action, handler, publisher, exc, runner=runner):
+            return Action.Status.PENDING
+    finally:
+        supervisor.unregister(action.pk)
+    return Action.Status.RUNNING  # not written: whoever ended the row decided
+
+
+def _finish(
+    action: Action,
+    publisher: Publisher,
+    status: str,
+    response: Any,
+    error: str,
+    trace: str,
+    limit: float | None,
+) -> str:
+    """Record the outcome of an attempt that will not be retried, and return its status.
+
+    A cancel caused by the time limit is a failure; only a success keeps its response."""
     if limit is not None and status == Action.Status.CANCELLED:
         status, error = Action.Status.FAILED, time_limit_error(limit)
     if status != Action.Status.SUCCEEDED:

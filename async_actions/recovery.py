@@ -68,6 +68,18 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
     """Fail or requeue stale running actions; dispatch lost pending ones again."""
     now = now or timezone.now()
     report = SweepReport()
+    _recover_stale(report, now, dry_run)
+    _redispatch_lost(report, now, dry_run)
+    if report:
+        _log_report(report, dry_run)
+    return report
+
+
+def _recover_stale(report: SweepReport, now: datetime, dry_run: bool) -> None:
+    """Requeue each stale running action with attempts left, fail the others.
+
+    Each write re-checks staleness (``stale_running(now)``) so a row that came back to
+    life since the listing is left alone."""
     stale = list(Action.objects.filter(stale_running(now)).values_list("pk", "handler", "attempt"))
     for pk, handler_name, attempt in stale:
         handler = get_handler(handler_name)
@@ -83,6 +95,10 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
                 dispatcher.current().dispatch(pk)
         elif lifecycle.fail_lost(pk, stale_running(now), WORKER_LOST, now):
             report.failed.append(pk)
+
+
+def _redispatch_lost(report: SweepReport, now: datetime, dry_run: bool) -> None:
+    """Dispatch again the pending actions no live queue holds; wake each keyed queue."""
     waiting = Action.objects.filter(lost_pending(now)).values_list("pk", "concurrency_key")
     keys: set[str] = set()
     unkeyed: list[UUID] = []
@@ -102,15 +118,16 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
     if not dry_run:
         for key in keys:
             lifecycle.wake_next(key)
-    if report:
-        logger.warning(
-            "Recovery: %d failed (worker lost), %d requeued, %d dispatched again%s",
-            len(report.failed),
-            len(report.requeued),
-            len(report.redispatched),
-            " (dry run)" if dry_run else "",
-        )
-    return report
+
+
+def _log_report(report: SweepReport, dry_run: bool) -> None:
+    logger.warning(
+        "Recovery: %d failed (worker lost), %d requeued, %d dispatched again%s",
+        len(report.failed),
+        len(report.requeued),
+        len(report.redispatched),
+        " (dry run)" if dry_run else "",
+    )
 
 
 # -- the periodic sweep in each worker process ---------------------------------------

@@ -165,6 +165,49 @@ def start(
     are limited per address (``MAX_ACTIVE_PER_ANONYMOUS_ADDRESS``) and share one
     address's place under ``MAX_RUNNING_PER_OWNER``. Without one, no address limit applies.
     """
+    handler, request, address = _validated(handler, request, client_address, idempotency_key)
+    runner = get_runner()
+    if not runner.accepting:
+        return StartResult(OpStatus.SHUTDOWN_IN_PROGRESS)
+    found = _find(handler, request, public_only)
+    if found is None:
+        return StartResult(OpStatus.NO_HANDLER)
+    owner_user, owner_session = _owner(user, session_key)
+    owned = _owned(owner_user, owner_session)
+    key = idempotency_key or ""
+    concurrency_key = concurrency.key_for(found, request)
+    try:
+        return _create(
+            found,
+            request,
+            runner,
+            concurrency_key=concurrency_key,
+            owned=owned,
+            user=owner_user,
+            session_key=owner_session,
+            address=address,
+            key=key,
+            retry_of=retry_of,
+        )
+    except _KeyBusy:
+        return StartResult(OpStatus.BUSY)
+    except _LimitReached:
+        return StartResult(OpStatus.LIMIT_REACHED)
+    except IntegrityError:
+        return _lost_race(found, owned, key)
+    except DatabaseError:
+        logger.exception("Could not create action for %s", found.name)
+        return StartResult(OpStatus.DB_FAILED)
+
+
+def _validated(
+    handler: str | ActionHandler | Handle | None,
+    request: Any,
+    client_address: str | None,
+    idempotency_key: str | None,
+) -> tuple[str | None, Any, str]:
+    """The handler's name, the request and the normalized client address of a start;
+    a ValueError for arguments a caller got wrong (never an OpStatus: they are bugs)."""
     if isinstance(handler, ActionHandler | Handle):
         handler = handler.name
     request = {} if request is None else request
@@ -174,67 +217,85 @@ def start(
         raise ValueError(f"client_address must be an IP address, not {client_address!r}.")
     if idempotency_key is not None and len(idempotency_key) > 255:
         raise ValueError("idempotency_key must be at most 255 characters.")
-    runner = get_runner()
-    if not runner.accepting:
-        return StartResult(OpStatus.SHUTDOWN_IN_PROGRESS)
+    return handler, request, address
+
+
+def _find(handler: str | None, request: Any, public_only: bool) -> ActionHandler | None:
+    """The handler a start names (only public, registered ones for client-given names),
+    or the one whose ``can_handle`` accepts the request."""
     if handler:
         found = get_handler(handler, import_paths=not public_only)
         if found is None or (public_only and not found.public):
-            return StartResult(OpStatus.NO_HANDLER)
-    else:
-        found = find_handler_for(request)
-        if found is None:
-            return StartResult(OpStatus.NO_HANDLER)
-    owner_user, owner_session = _owner(user, session_key)
+            return None
+        return found
+    return find_handler_for(request)
+
+
+def _owned(owner_user: Any, owner_session: str) -> Any:
+    """The owner's actions: the user's, or (anonymous) the session's."""
     owned = Action.objects.filter(user=owner_user) if owner_user else None
     if owned is None:
         owned = Action.objects.filter(user__isnull=True, session_key=owner_session)
-    key = idempotency_key or ""
-    concurrency_key = concurrency.key_for(found, request)
+    return owned
+
+
+def _create(
+    found: ActionHandler,
+    request: Any,
+    runner: Any,
+    *,
+    concurrency_key: str,
+    owned: Any,
+    user: Any,
+    session_key: str,
+    address: str,
+    key: str,
+    retry_of: Action | None,
+) -> StartResult:
+    """In one transaction: answer a repeated idempotency key with its action, or insert
+    the action, check the limits and the concurrency key, and dispatch it on commit.
+
+    Raises ``_LimitReached`` or ``_KeyBusy`` (rolling the INSERT back), or the
+    database's error."""
     refuse = bool(concurrency_key) and found.on_busy == "refuse"
+    with transaction.atomic():
+        if key:
+            existing = owned.active().filter(idempotency_key=key).first()
+            if existing is not None:
+                return StartResult(OpStatus.OK, existing, created=False)
+        _lock_owner(user, session_key, address)
+        if refuse:
+            concurrency.lock(concurrency_key)
+        action = Action.objects.create(
+            handler=found.name,
+            request=request,
+            user=user,
+            session_key=session_key,
+            client_address=address,
+            idempotency_key=key,
+            retry_of=retry_of,
+            concurrency_key=concurrency_key,
+        )
+        # Checked after the INSERT, which (on SQLite) holds the write lock.
+        if _over_limit(action, owned):
+            raise _LimitReached
+        if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
+            raise _KeyBusy
+        transaction.on_commit(partial(runner.dispatch, action.pk))
+    return StartResult(OpStatus.OK, action, created=True)
+
+
+def _lost_race(found: ActionHandler, owned: Any, key: str) -> StartResult:
+    """After an IntegrityError: a start that lost a race on the idempotency key answers
+    with the other start's action."""
     try:
-        with transaction.atomic():
-            if key:
-                existing = owned.active().filter(idempotency_key=key).first()
-                if existing is not None:
-                    return StartResult(OpStatus.OK, existing, created=False)
-            _lock_owner(owner_user, owner_session, address)
-            if refuse:
-                concurrency.lock(concurrency_key)
-            action = Action.objects.create(
-                handler=found.name,
-                request=request,
-                user=owner_user,
-                session_key=owner_session,
-                client_address=address,
-                idempotency_key=key,
-                retry_of=retry_of,
-                concurrency_key=concurrency_key,
-            )
-            # Checked after the INSERT, which (on SQLite) holds the write lock.
-            if _over_limit(action, owned):
-                raise _LimitReached
-            if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
-                raise _KeyBusy
-            transaction.on_commit(partial(runner.dispatch, action.pk))
-    except _KeyBusy:
-        return StartResult(OpStatus.BUSY)
-    except _LimitReached:
-        return StartResult(OpStatus.LIMIT_REACHED)
-    except IntegrityError:
-        # Lost a race on the idempotency key: the other start's action is the answer.
-        try:
-            existing = owned.active().filter(idempotency_key=key).first() if key else None
-        except DatabaseError:
-            return StartResult(OpStatus.DB_FAILED)
-        if existing is None:
-            logger.exception("Could not create action for %s", found.name)
-            return StartResult(OpStatus.DB_FAILED)
-        return StartResult(OpStatus.OK, existing, created=False)
+        existing = owned.active().filter(idempotency_key=key).first() if key else None
     except DatabaseError:
+        return StartResult(OpStatus.DB_FAILED)
+    if existing is None:
         logger.exception("Could not create action for %s", found.name)
         return StartResult(OpStatus.DB_FAILED)
-    return StartResult(OpStatus.OK, action, created=True)
+    return StartResult(OpStatus.OK, existing, created=False)
 
 
 def _lock_owner(user: Any, session_key: str, address: str) -> None:

@@ -1,8 +1,15 @@
-"""The contract every runner keeps, shaped like a Django Tasks backend."""
+"""The contract every runner keeps, shaped like a Django Tasks backend.
+
+A runner subclasses :class:`BaseRunner`, implements :meth:`BaseRunner.dispatch`, and
+states what it can do in capability flags (like a Tasks backend's ``supports_defer``).
+Building one has no side effects: threads, signal handlers and the recovery sweeper
+start in :meth:`BaseRunner.start`, which ``async_actions.startup()`` calls.
+"""
 
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
@@ -10,8 +17,26 @@ from uuid import UUID
 from django.core.checks import CheckMessage
 
 
-class BaseRunner:
-    """Executes actions somewhere: in this process's threads, or in other workers."""
+class BaseRunner(ABC):
+    """Executes actions somewhere: in this process's threads, or in other workers.
+
+    The capability flags say what a runner can do; a subclass overrides the ones that
+    differ (a class attribute, or a property when the answer depends on settings, as
+    the TasksRunner's depend on its Tasks backend).
+    """
+
+    #: Handlers run inside this process (they share its memory and its lifetime), so the
+    #: pool and its shutdown live here too.
+    runs_in_process: bool = False
+    #: ``dispatch_at`` hands the delay to the queue itself (durable across a restart);
+    #: without it, the default ``dispatch_at`` keeps a timer in this process.
+    supports_defer: bool = False
+    #: ``dispatch`` passes a priority, so owners with less work waiting go first
+    #: (``fairness.backlog``); without it, dispatches run in the order they came.
+    supports_priority: bool = False
+    #: ``holds`` knows which pending actions a live queue still has; without it,
+    #: ``holds`` returns nothing and recovery dispatches every lost pending action again.
+    can_hold: bool = False
 
     def __init__(self) -> None:
         self.accepting = True
@@ -35,9 +60,9 @@ class BaseRunner:
         """
         return set()
 
+    @abstractmethod
     def dispatch(self, action_id: UUID) -> None:
         """Arrange for ``executor.execute(action_id)`` to run; called after commit."""
-        raise NotImplementedError
 
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
         """Dispatch once ``when`` has come (retry backoff).

@@ -67,6 +67,21 @@ class TasksRunner(BaseRunner):
     another one.
     """
 
+    #: Recovery asks the backend about the task stored on the row (``holds``).
+    can_hold = True
+
+    @property
+    def supports_defer(self) -> bool:  # type: ignore[override]
+        """Whether the Tasks backend delays tasks itself (``run_after``)."""
+        backend = self._backend()
+        return backend is not None and bool(getattr(backend, "supports_defer", False))
+
+    @property
+    def supports_priority(self) -> bool:  # type: ignore[override]
+        """Whether the Tasks backend orders tasks by priority."""
+        backend = self._backend()
+        return backend is not None and bool(getattr(backend, "supports_priority", False))
+
     def _task(self, **options: Any) -> Any:
         return run_action.using(
             backend=action_settings.TASKS_BACKEND,
@@ -90,8 +105,7 @@ class TasksRunner(BaseRunner):
         _remember_task(action_id, result)
 
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
-        backend = self._backend()
-        if backend is None or not getattr(backend, "supports_defer", False):
+        if not self.supports_defer:
             super().dispatch_at(action_id, when)
             return
         try:
@@ -140,8 +154,7 @@ class TasksRunner(BaseRunner):
     def _fair_priority(self, action_id: UUID) -> dict[str, int]:
         """Behind the actions of owners with less work waiting: the more unfinished
         actions an owner has, the lower the task's priority (see ``fairness``)."""
-        backend = self._backend()
-        if backend is None or not getattr(backend, "supports_priority", False):
+        if not self.supports_priority:
             return {}
         waiting = fairness.backlog(action_id)
         return {"priority": max(LOWEST_PRIORITY, -waiting)} if waiting else {}

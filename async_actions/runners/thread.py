@@ -33,6 +33,9 @@ class ThreadRunner(BaseRunner):
     ``SHUTDOWN_GRACE``, and marks whatever still runs as failed.
     """
 
+    runs_in_process = True
+    can_hold = True  # its queue and running set: ``holds`` answers from them
+
     def __init__(self, max_workers: int | None = None) -> None:
         super().__init__()
         self.max_workers = int(max_workers or action_settings.MAX_WORKERS)
