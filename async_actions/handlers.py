@@ -21,6 +21,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from asgiref.sync import sync_to_async
 from django.utils.module_loading import import_string
 
 from async_actions.conf import action_settings
@@ -357,17 +358,14 @@ class Handle:
         idempotency_key: str | None = None,
         client_address: str | None = None,
     ) -> StartResult:
-        """:meth:`start` for async code (``service.astart``)."""
-        astart: Callable[..., Any] = import_string(f"{_SERVICE}.astart")
-        result: StartResult = await astart(
-            self.name,
+        """:meth:`start` for async code, on Django's thread for sync work."""
+        return await sync_to_async(self.start, thread_sensitive=True)(
             request,
             user=user,
             session_key=session_key,
             idempotency_key=idempotency_key,
             client_address=client_address,
         )
-        return result
 
     def __repr__(self) -> str:
         return f"<Handle {self.name!r}>"
