@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 
 from async_actions import handlers
+from async_actions.runners import get_runner
 from tests.helpers import (  # noqa: F401  (re-exported: older tests import them from here)
     REQUIRE_SERVICES,
+    Recording,
     chromium_path,
     need,
     postgres_available,
+    recording_settings,
     redis_available,
     wait_finished,
     wait_for,
@@ -52,6 +55,15 @@ def temporary_handler() -> Iterator[Callable[..., Callable[[Any], Any]]]:
     yield register
     for name in registered:
         handlers.unregister(name)
+
+
+@pytest.fixture
+def recording() -> Iterator[Recording]:
+    """A runner that only records dispatches: the test claims and drives each action."""
+    with recording_settings():
+        runner = get_runner()
+        assert isinstance(runner, Recording)
+        yield runner
 
 
 @pytest.fixture

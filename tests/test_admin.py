@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from async_actions.models import Action
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 

@@ -16,7 +16,7 @@ from django.test import Client
 from async_actions import service
 from async_actions.models import Action
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -31,7 +31,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from async_actions.models import Action
 from example_project.asgi import application
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.views import BoomView, EchoView, GateView
 
 pytestmark = pytest.mark.django_db(transaction=True)
