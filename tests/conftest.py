@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
 
 from async_actions import handlers
 from async_actions.runners import get_runner
@@ -55,6 +57,15 @@ def temporary_handler() -> Iterator[Callable[..., Callable[[Any], Any]]]:
     yield register
     for name in registered:
         handlers.unregister(name)
+
+
+@pytest.fixture
+def staff(db: None) -> Client:
+    """A test client logged in as a superuser ("boss"), for the admin."""
+    get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
+    client = Client()
+    client.login(username="boss", password="pw")
+    return client
 
 
 @pytest.fixture

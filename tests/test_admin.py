@@ -22,14 +22,6 @@ pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/
 LIST = "/admin/async_actions/action/"
 
 
-@pytest.fixture
-def staff(db: None) -> Client:
-    get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
-    client = Client()
-    client.login(username="boss", password="pw")
-    return client
-
-
 def change_url(action: Action) -> str:
     return reverse("admin:async_actions_action_change", args=[action.pk])
 
