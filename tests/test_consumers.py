@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 from async_actions import consumers, service
+from async_actions.fairness import Owner
 from async_actions.models import Action
 from async_actions.progress import event_for, group_name
 from tests.actions import gate
@@ -387,7 +388,7 @@ async def test_sockets_are_capped_per_owner_and_action(settings: Any) -> None:
     await tabs[0][0].disconnect()  # a closed tab frees its place
     again, code = await open_socket(action, await new_session(user))
     assert code is None
-    assert consumers._open_sockets[(f"user:{user.pk}", action.pk)] == 2
+    assert consumers._open_sockets[(Owner("user", user.pk), action.pk)] == 2
     for ws, _ in tabs[1:]:
         await ws.disconnect()
     await again.disconnect()
