@@ -17,7 +17,7 @@ from async_actions.models import Action
 from tests.actions import gate
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 LIST = "/admin/async_actions/action/"
 

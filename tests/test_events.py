@@ -13,7 +13,7 @@ from async_actions.models import Action
 from async_actions.progress import Publisher
 from tests.helpers import running_action
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def test_group_name_is_the_hex_of_the_id_whatever_its_spelling() -> None:

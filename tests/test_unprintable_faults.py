@@ -21,7 +21,7 @@ from async_actions.handlers import handler
 from async_actions.models import Action
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 class Unprintable:
