@@ -12,6 +12,8 @@ urlpatterns = [
     path("t/boom/", include(views.BoomView.urls())),
     path("t/user-error/", include(views.UserErrorView.urls())),
     path("t/upload/", include(views.UploadView.urls())),
+    path("t/late-upload/", include(views.LateUploadView.urls())),
+    path("t/export/", include(views.ExportView.urls())),
     path("t/steps/", include(views.StepsView.urls())),
     path("t/exclusive/", include(views.ExclusiveView.urls())),
     path("t/shout/", include(views.ShoutView.urls())),
