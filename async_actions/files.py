@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile, File
-from django.core.files.storage import InvalidStorageError, Storage, storages
+from django.core.files.storage import FileSystemStorage, InvalidStorageError, Storage, storages
 from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
@@ -239,6 +240,23 @@ def remove_stored(paths: Iterable[str]) -> None:
             storage.delete(path)
         except Exception:  # a storage outage must not fail a purge or a delete
             logger.exception("Could not delete %s from storage", path)
+        else:
+            _remove_empty_folders(storage, path)
+
+
+def _remove_empty_folders(storage: Storage, path: str) -> None:
+    """On a local folder, the action's emptied ``<kind>/`` and ``<id>/`` folders go too
+    (object stores have no folders to leave behind)."""
+    if not isinstance(storage, FileSystemStorage):
+        return
+    parts = path.split("/")
+    if len(parts) < 4 or parts[0] != "async_actions":
+        return
+    for depth in (3, 2):  # async_actions/<id>/<kind>, then async_actions/<id>
+        try:
+            os.rmdir(storage.path("/".join(parts[:depth])))
+        except OSError:  # not empty (another file), already gone: leave it
+            return
 
 
 class StoredFile:
