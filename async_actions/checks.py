@@ -17,7 +17,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage
 
 from async_actions import files
-
 from async_actions.conf import (
     DEFAULTS,
     SETTING_NAME,

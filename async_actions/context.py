@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from async_actions.files import StoredFile, add_file
 from async_actions.exceptions import ActionCancelled, ActionError
+from async_actions.files import StoredFile, add_file
 from async_actions.models import ActionFile
 from async_actions.payloads import clean_text
 
@@ -150,9 +150,7 @@ class ActionContext:
         if already:
             callback()
 
-    def attach_file(
-        self, name: str, content: Any, content_type: str | None = None
-    ) -> StoredFile:
+    def attach_file(self, name: str, content: Any, content_type: str | None = None) -> StoredFile:
         """Keep a file as a result of this action (a report, an export): listed with
         download links on the result page, in the API and the admin, for whoever may see
         the action, and removed with it.

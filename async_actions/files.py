@@ -46,12 +46,12 @@ __all__ = [
     "FileMissing",
     "StoredFile",
     "add_file",
-    "record_uploads",
-    "store_upload",
     "clean_name",
     "folder",
     "get_storage",
+    "record_uploads",
     "resolve_inputs",
+    "store_upload",
 ]
 
 logger = logging.getLogger("async_actions")
@@ -148,7 +148,9 @@ def as_file(content: Any) -> File[Any]:
     )
 
 
-def check_limits(action_id: UUID | str, sizes: Iterable[int], *, already: int | None = None) -> None:
+def check_limits(
+    action_id: UUID | str, sizes: Iterable[int], *, already: int | None = None
+) -> None:
     """Raise FileLimitError when ``sizes`` break ``MAX_FILE_BYTES`` or, with the files the
     action has (``already``, counted when None), ``MAX_FILES_PER_ACTION``."""
     sizes = list(sizes)
@@ -342,7 +344,7 @@ def resolve_inputs(action_id: UUID | str, request: Any) -> Any:
 def open_for_download(row: ActionFile) -> IO[bytes] | None:
     """The stored file open for streaming, or None when storage no longer has it."""
     try:
-        return get_storage().open(row.path, "rb")  # type: ignore[no-any-return]
+        return get_storage().open(row.path, "rb")
     except FileNotFoundError:
         return None
 
@@ -362,4 +364,3 @@ def _finished(sender: Any, action: Action, **kwargs: Any) -> None:
         ActionFile.objects.filter(action_id=action.pk, kind=ActionFile.Kind.INPUT).delete()
     except Exception:  # the end is recorded; a leftover upload goes with the purge
         logger.exception("Could not delete the uploads of %s", action.pk)
-

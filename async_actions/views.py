@@ -31,8 +31,8 @@ from django.views import View
 from async_actions import files, http, ownership, service
 from async_actions.addresses import client_address
 from async_actions.conf import action_settings
-from async_actions.handlers import ActionHandler, HandlerOptions, handler_options, register
 from async_actions.exceptions import FileLimitError
+from async_actions.handlers import ActionHandler, HandlerOptions, handler_options, register
 from async_actions.models import Action, ActionFile
 from async_actions.payloads import PayloadError, PayloadTooLarge, check_depth, check_text_depth
 from async_actions.service import OpStatus

@@ -4,6 +4,7 @@ served only to whoever may see the action, and both removed with the action."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -24,10 +25,10 @@ from django.utils import timezone
 
 from async_actions import files, service
 from async_actions.models import Action, ActionFile
-from async_actions.runners import get_runner, reset_runner
+from async_actions.runners import reset_runner
 from tests.actions import gate
 from tests.helpers import TASKS_RUNNER, wait_finished, wait_for
-from tests.views import ExportView, LateUploadView, UploadView
+from tests.views import ExportView, UploadView
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,7 +90,7 @@ def test_an_upload_is_read_by_run_and_goes_with_the_purge(media: Path, runner: A
     assert row.content_type == "text/csv"
 
     Action.objects.filter(pk=action.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    call_command("async_actions_purge", stdout=open(os.devnull, "w"))
+    call_command("async_actions_purge", stdout=io.StringIO())
     assert not Action.objects.filter(pk=action.pk).exists()
     assert not ActionFile.objects.exists()
     assert stored(media) == []
