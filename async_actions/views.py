@@ -408,7 +408,7 @@ class AsyncFormView(BaseAsyncView):
     def start(self, data: Any) -> HttpResponse:
         """Start the action; its uploads' rows are saved in the transaction that creates
         it, so the worker finds them. A start that is refused removes them from storage."""
-        if not self.uploads:
+        if not getattr(self, "uploads", None):  # none stored, or a post() of the site's own
             return super().start(data)
         try:
             with transaction.atomic():
