@@ -313,24 +313,24 @@ def test_attached_files_are_listed_and_served_only_to_who_may_see_the_action(
     owner, other = logged_in(user("alice")), logged_in(user("bob"))
     viewer = logged_in(user("viewer", "view_action"))
     action = export(owner, **{"report.csv": "a,b\n", "notes.txt": "hello"})
-    assert action.response == {"attached": ["report.csv", "notes.txt"]}
+    assert action.response == {"attached": ["notes.txt", "report.csv"]}
     rows = list(action.files.all())
     assert [(r.name, r.kind, r.content_type, r.size) for r in rows] == [
-        ("report.csv", "output", "text/csv", 4),
         ("notes.txt", "output", "text/plain", 5),
+        ("report.csv", "output", "text/csv", 4),
     ]
     page = owner.get(reverse("export_view:result", kwargs={"pk": action.pk})).content.decode()
     urls = [reverse("export_view:file", kwargs={"pk": action.pk, "file_id": r.pk}) for r in rows]
     for row, url in zip(rows, urls, strict=True):
         assert f'href="{url}" download>{row.name}</a>' in page
 
-    got = owner.get(urls[0])
+    got = owner.get(urls[1])
     assert got.status_code == 200
     assert b"".join(got.streaming_content) == b"a,b\n"
     assert got["Content-Type"] == "text/csv"
     assert got["Content-Disposition"] == 'attachment; filename="report.csv"'
     assert got["X-Content-Type-Options"] == "nosniff"
-    assert viewer.get(urls[1]).status_code == 200
+    assert viewer.get(urls[0]).status_code == 200
     for stranger in (other, Client()):
         assert stranger.get(urls[0]).status_code == 404
     # Another action's file id under this action's URL is no file of it.

@@ -79,15 +79,16 @@ class LateUploadView(AsyncFormView):
 
 
 class ExportView(BaseAsyncView):
-    """Attaches the files the POST names (``name`` → content), or returns one File."""
+    """Attaches the files the POST names (``file:name`` → content, in name order), or
+    returns one File."""
 
     def run(self, ctx: ActionContext, data: Any) -> Any:
         if data.get("return_file"):
             return ContentFile(data["return_file"].encode(), name="returned.txt")
         names = []
-        for key, value in data.items():
+        for key in sorted(data):  # jsonb (PostgreSQL) does not keep the keys' order
             if key.startswith("file:"):
-                names.append(ctx.attach_file(key.removeprefix("file:"), value).name)
+                names.append(ctx.attach_file(key.removeprefix("file:"), data[key]).name)
         return {"attached": names}
 
 
