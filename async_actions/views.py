@@ -396,6 +396,7 @@ class AsyncFormView(BaseAsyncView):
                 return self.form_invalid(form)
             data = self.form_data(form)
         except PayloadError as exc:  # JSON nested deeper than MAX_JSON_DEPTH
+            self._discard_uploads()
             return self.refused(exc)
         except FileLimitError as exc:  # too large, or too many files
             self._discard_uploads()

@@ -124,9 +124,28 @@ def test_an_upload_over_the_size_or_count_limit_starts_nothing(media: Path) -> N
     assert response.status_code == 413
     assert "MAX_FILE_BYTES" in response.content.decode()
     assert not Action.objects.exists() and stored(media) == []
+    pair = {
+        "first": SimpleUploadedFile("1.txt", b"one"),
+        "second": SimpleUploadedFile("2.txt", b"two"),
+    }
     with override_settings(ASYNC_ACTIONS={"MAX_FILES_PER_ACTION": 1}):
-        # One upload fits; the count is checked per start (uploads) and per attach.
-        assert upload(Client()).status_code == 303
+        response = Client().post(reverse("pair_upload_view:initial"), pair)
+    assert response.status_code == 413
+    assert "MAX_FILES_PER_ACTION" in response.content.decode()
+    # The first file was stored before the second was refused: it is gone again.
+    assert not Action.objects.exists() and stored(media) == []
+    assert not ActionFile.objects.exists()
+
+
+def test_two_uploads_of_one_form_reach_run(media: Path, runner: Any) -> None:
+    pair = {
+        "first": SimpleUploadedFile("1.txt", b"one"),
+        "second": SimpleUploadedFile("2.txt", b"two"),
+    }
+    action = wait_finished(action_id(Client().post(reverse("pair_upload_view:initial"), pair)))
+    assert action.status == "succeeded", action.traceback
+    assert action.response == ["one", "two"]
+    assert len(stored(media)) == 2
 
 
 def test_a_missing_upload_fails_with_a_readable_error(media: Path, runner: Any) -> None:

@@ -14,6 +14,7 @@ urlpatterns = [
     path("t/upload/", include(views.UploadView.urls())),
     path("t/late-upload/", include(views.LateUploadView.urls())),
     path("t/export/", include(views.ExportView.urls())),
+    path("t/pair/", include(views.PairUploadView.urls())),
     path("t/steps/", include(views.StepsView.urls())),
     path("t/exclusive/", include(views.ExclusiveView.urls())),
     path("t/shout/", include(views.ShoutView.urls())),

@@ -78,6 +78,18 @@ class LateUploadView(AsyncFormView):
         return data["upload"].read().decode()
 
 
+class PairForm(forms.Form):
+    first = forms.FileField()
+    second = forms.FileField()
+
+
+class PairUploadView(AsyncFormView):
+    form_class = PairForm
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        return [data["first"].read().decode(), data["second"].read().decode()]
+
+
 class ExportView(BaseAsyncView):
     """Attaches the files the POST names (``file:name`` → content, in name order), or
     returns one File."""
