@@ -114,9 +114,18 @@ def test_report_ends_with_a_csv_download(page: Any, site: str) -> None:
     owner = page.context.request.get(f"{site}{href}")
     assert owner.status == 200 and owner.headers["content-type"].startswith("text/csv")
     assert owner.headers["content-disposition"] == 'attachment; filename="report.csv"'
+    # The API lists the same file with its own download URL, for the same visitor only.
+    pk = re.search(r"/result/([0-9a-f-]{36})/", page.url).group(1)
+    listed = page.context.request.get(f"{site}/api/actions/{pk}/").json()["files"]
+    assert [(f["name"], f["kind"]) for f in listed] == [("report.csv", "output")]
+    api_file = page.context.request.get(listed[0]["url"])
+    assert (
+        api_file.status == 200 and api_file.body() == Path(download_info.value.path()).read_bytes()
+    )
     anonymous = page.context.browser.new_context()
     try:
         assert anonymous.request.get(f"{site}{href}").status == 404
+        assert anonymous.request.get(listed[0]["url"]).status == 401
     finally:
         anonymous.close()
 

@@ -475,6 +475,15 @@ def test_two_files_with_one_name_are_both_kept(media: Path) -> None:
     assert (media / first.path).read_bytes() == b"1" and (media / second.path).read_bytes() == b"2"
 
 
+def test_deleting_a_user_removes_the_files_of_their_actions(media: Path, runner: Any) -> None:
+    alice = user("alice")
+    export(logged_in(alice), **{"a.txt": "A"})
+    wait_finished(action_id(upload(logged_in(alice))))
+    assert len(stored(media)) == 2
+    alice.delete()
+    assert stored(media) == [] and not ActionFile.objects.exists()
+
+
 # -- admin ----------------------------------------------------------------------------------
 
 
