@@ -15,7 +15,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
+from django.template.defaultfilters import filesizeformat
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -100,6 +102,7 @@ class ActionAdmin(_ModelAdmin):
         (_("Request"), {"fields": ["request_json"]}),
         (_("Progress"), {"fields": ["percent", "message", "data_json"]}),
         (_("Outcome"), {"fields": ["response_json", "error", "traceback_text"]}),
+        (_("Files"), {"fields": ["file_links"]}),
         (_("Log"), {"fields": ["log_lines"]}),
     ]
     readonly_fields = [
@@ -201,6 +204,29 @@ class ActionAdmin(_ModelAdmin):
     @admin.display(description=_("response"))
     def response_json(self, action: Action) -> str:
         return _pretty(action.response)
+
+    @admin.display(description=_("files"))
+    def file_links(self, action: Action) -> str:
+        rows = list(action.files.all())
+        if not rows:
+            return "—"
+        return format_html(
+            '<ul class="aa-admin-files">{}</ul>',
+            format_html_join(
+                "",
+                '<li><a href="{}" download>{}</a> ({}, {}, {})</li>',
+                (
+                    (
+                        reverse("admin:async_actions_action_file", args=[action.pk, row.pk]),
+                        row.name,
+                        row.get_kind_display(),
+                        filesizeformat(row.size),
+                        row.content_type,
+                    )
+                    for row in rows
+                ),
+            ),
+        )
 
     @admin.display(description=_("traceback"))
     def traceback_text(self, action: Action) -> str:
@@ -379,6 +405,11 @@ class ActionAdmin(_ModelAdmin):
                 name="async_actions_action_cancel",
             ),
             path(
+                "<uuid:pk>/files/<int:file_id>/",
+                wrap(self.file_view),
+                name="async_actions_action_file",
+            ),
+            path(
                 "purge-expired/",
                 wrap(require_POST(self.purge_view)),
                 name="async_actions_action_purge",
@@ -399,6 +430,14 @@ class ActionAdmin(_ModelAdmin):
         snapshot = action.snapshot()
         snapshot["result_url"] = reverse("admin:async_actions_action_change", args=[pk])
         return JsonResponse(snapshot)
+
+    def file_view(self, request: HttpRequest, pk: uuid.UUID, file_id: int) -> HttpResponseBase:
+        """One of the action's files, for staff who may view actions."""
+        action = self._get_or_404(request, pk)
+        row = action.files.filter(pk=file_id).first()
+        if row is None:
+            raise Http404
+        return http.file_response(row)
 
     def cancel_view(self, request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
         self._get_or_404(request, pk)

@@ -15,6 +15,7 @@ class AsyncActionsConfig(AppConfig):
 
         from async_actions import (
             checks,  # noqa: F401  (registers the system checks)
+            files,  # noqa: F401  (its receivers remove stored files with their rows)
             ownership,
             runners,  # noqa: F401  (installs the dispatcher lower layers use)
             service,  # noqa: F401  (installs the starter handler handles use)

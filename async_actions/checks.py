@@ -7,12 +7,16 @@ inspect only: they build no runner, start no thread and touch no database.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.storage import FileSystemStorage
 
+from async_actions import files
 from async_actions.conf import (
     DEFAULTS,
     SETTING_NAME,
@@ -56,6 +60,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
     if errors:
         return errors + warnings
     errors.extend(_check_runner())
+    errors.extend(_check_file_storage(runner_ok=not errors))
     errors.extend(_check_channel_layer(raw))
     errors.extend(_check_session_engine())
     errors.extend(_check_running_cap(raw))
@@ -156,6 +161,41 @@ def _check_runner() -> list[CheckMessage]:
             )
         ]
     return list(get_runner().check())
+
+
+def _check_file_storage(*, runner_ok: bool) -> list[CheckMessage]:
+    """FILE_STORAGE must name a storage; with workers outside the web process, a local
+    folder must at least be an absolute path (the same one on every machine)."""
+    try:
+        storage = files.get_storage()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint="Use a key of STORAGES (the default is 'default') or the dotted path "
+                "of a Storage class.",
+                id="async_actions.E090",
+            )
+        ]
+    if not runner_ok or not isinstance(storage, FileSystemStorage):
+        return []
+    from async_actions.runners import get_runner  # builds the runner class only, no threads
+
+    location = str(storage.base_location or "")
+    if get_runner().runs_in_process or os.path.isabs(location):
+        return []
+    where = repr(location) if location else "unset (MEDIA_ROOT is empty)"
+    return [
+        Warning(
+            f"{SETTING_NAME}['FILE_STORAGE'] keeps files in a local folder that is {where}, "
+            "so it is relative to each process's working directory: a worker started "
+            "elsewhere cannot find the uploads the web server saved.",
+            hint="Set MEDIA_ROOT (or the storage's location) to an absolute path that every "
+            "web and worker process shares, or use a shared storage (docs/deploy.md, "
+            "'Files').",
+            id="async_actions.W090",
+        )
+    ]
 
 
 def _check_channel_layer(raw: dict[str, Any]) -> list[CheckMessage]:

@@ -331,6 +331,33 @@ class ActionSettings:
         hint="Deeper JSON makes Python's json module raise RecursionError; remove the key "
         "to use the default (64).",
     )
+    # Files: uploads and results
+    FILE_STORAGE = Setting[str](
+        "default",
+        to=str,
+        rule=NAME,
+        doc="Where uploads and result files are kept: a key of STORAGES or a storage class's "
+        "dotted path.",
+        check_id="async_actions.E090",
+    )
+    MAX_FILES_PER_ACTION = Setting[int](
+        20,
+        to=int,
+        rule=POSITIVE_WHOLE,
+        doc="Files one action may keep: its uploads plus the files its handler attaches.",
+    )
+    MAX_FILE_BYTES = Setting[int | None](
+        100_000_000,
+        to=_optional_int,
+        rule=OPTIONAL_LIMIT,
+        doc="Largest upload or attached file in bytes; None: no limit.",
+    )
+    DELETE_UPLOADS_AT_FINISH = Setting[bool](
+        False,
+        to=bool,
+        rule=BOOLEAN,
+        doc="Remove an action's uploaded files as soon as it finishes (result files stay).",
+    )
     # Fair shares
     MAX_ACTIVE_PER_OWNER = Setting[int | None](
         10,

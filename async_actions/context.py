@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from async_actions.exceptions import ActionCancelled, ActionError
+from async_actions.files import StoredFile, add_file
+from async_actions.models import ActionFile
 from async_actions.payloads import clean_text
 
 if TYPE_CHECKING:
@@ -147,6 +149,25 @@ class ActionContext:
             already = self._cancel.is_set()
         if already:
             callback()
+
+    def attach_file(self, name: str, content: Any, content_type: str | None = None) -> StoredFile:
+        """Keep a file as a result of this action (a report, an export): listed with
+        download links on the result page, in the API and the admin, for whoever may see
+        the action, and removed with it.
+
+        ``content`` is bytes, text (saved as UTF-8), a Django ``File`` or an open file
+        object. ``name`` is cleaned (no folders; a taken name gets a suffix); the
+        content type is guessed from it unless given. Raises ``FileLimitError`` (an
+        ``ActionError``) over ``MAX_FILE_BYTES`` or ``MAX_FILES_PER_ACTION``.
+        """
+        return add_file(self.action_id, name, content, content_type=content_type)
+
+    def files(self, kind: str | None = None) -> list[StoredFile]:
+        """The action's files so far: uploads (``"input"``), results (``"output"``) or both."""
+        rows = ActionFile.objects.filter(action_id=self.action_id)
+        if kind is not None:
+            rows = rows.filter(kind=kind)
+        return [StoredFile(row) for row in rows]
 
     def push_state(self) -> None:
         """Push the current state now (after a change watchers should see at once)."""

@@ -17,6 +17,8 @@ __all__ = [
     "ActionError",
     "AsyncActionsError",
     "EscapedBaseException",
+    "FileLimitError",
+    "FileMissing",
     "HandlerError",
     "PayloadError",
     "PayloadTooLarge",
@@ -58,6 +60,16 @@ class ActionError(AsyncActionsError):
     Any other exception fails the action with a generic message; its details go to the
     traceback, which only staff see.
     """
+
+
+class FileMissing(ActionError):
+    """An action's file is no longer in storage (removed, or a worker that cannot reach
+    the storage the web server saved it to); the message names the file."""
+
+
+class FileLimitError(ActionError):
+    """A file is over ``MAX_FILE_BYTES``, or an action would keep more than
+    ``MAX_FILES_PER_ACTION`` files; the message names the setting."""
 
 
 class EscapedBaseException(AsyncActionsError):

@@ -14,12 +14,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from django.core.files.base import File
 from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from async_actions import dispatcher, lifecycle
 from async_actions.conf import action_settings
 from async_actions.context import ActionCancelled, ActionContext, ActionError, _current
+from async_actions.files import add_file
 from async_actions.handlers import get_handler
 from async_actions.loop import EscapedBaseException, action_loop
 from async_actions.models import Action
@@ -144,7 +146,7 @@ def run_claimed(
         if handler is None:
             raise ActionError(f"No handler named {action.handler!r} is available in this worker.")
         supervisor.start_clock(action.pk, handler.get_time_limit(), on_abandon=on_abandon)
-        response = _checked_response(_call(handler, ctx, publisher))
+        response = _checked_response(_kept(action, _call(handler, ctx, publisher)))
     except ActionCancelled:
         status = Action.Status.CANCELLED
     except EscapedBaseException as exc:  # an async handler's, carried off the loop
@@ -256,6 +258,15 @@ def _stops_process(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt | SystemExit) and (
         threading.current_thread() is threading.main_thread()
     )
+
+
+def _kept(action: Action, response: Any) -> Any:
+    """A ``File`` a handler returns is kept as the action's result file; the response
+    names it (``{"file": name}``)."""
+    if isinstance(response, File):
+        stored = add_file(action.pk, response.name or "result", response)
+        return {"file": stored.name}
+    return response
 
 
 def _checked_response(response: Any) -> Any:

@@ -12,12 +12,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from django.http import FileResponse, Http404
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
+from async_actions.files import open_for_download
+from async_actions.models import ActionFile
 from async_actions.service import OpStatus
 
-__all__ = ["OUTCOMES", "RETRY_AFTER", "HttpOutcome", "outcome", "retry_headers"]
+__all__ = [
+    "OUTCOMES",
+    "RETRY_AFTER",
+    "HttpOutcome",
+    "file_response",
+    "outcome",
+    "retry_headers",
+]
 
 #: Seconds a client is asked to wait after a 429 or 503 (``Retry-After``).
 RETRY_AFTER = 5
@@ -76,3 +86,22 @@ def outcome(status: OpStatus) -> HttpOutcome:
 def retry_headers(status: int) -> dict[str, str]:
     """``{"Retry-After": ...}`` for a 429 or 503, else nothing."""
     return {"Retry-After": str(RETRY_AFTER)} if status in RETRYABLE_STATUSES else {}
+
+
+def file_response(row: ActionFile) -> FileResponse:
+    """An action's file, streamed as an attachment under its cleaned name.
+
+    Always an attachment (a stored HTML or SVG file must not run as the site's page),
+    with the type recorded when it was stored and ``nosniff``; the name is encoded by
+    Django (RFC 6266/5987) so quotes and non-ASCII letters cannot break the header.
+    Callers check first that the visitor may see the action: this only serves it.
+    """
+    handle = open_for_download(row)
+    if handle is None:
+        raise Http404(_("The file “%(name)s” is no longer in storage.") % {"name": row.name})
+    response = FileResponse(
+        handle, as_attachment=True, filename=row.name, content_type=row.content_type
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, no-store"
+    return response

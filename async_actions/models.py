@@ -203,3 +203,35 @@ class Action(models.Model):
             started_at=self.started_at,
             finished_at=self.finished_at,
         )
+
+
+class ActionFile(models.Model):
+    """A file kept in storage for an action: an upload it was started with, or a file
+    its handler attached as a result. The row goes with its action (and the stored file
+    with the row, see :mod:`async_actions.files`)."""
+
+    class Kind(models.TextChoices):
+        INPUT = "input", _("Uploaded")
+        OUTPUT = "output", _("Result")
+
+    action = models.ForeignKey(
+        Action, verbose_name=_("action"), on_delete=models.CASCADE, related_name="files"
+    )
+    kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices)
+    #: The file's name as shown and downloaded (sanitised; no folders).
+    name = models.CharField(_("name"), max_length=255)
+    #: The name in storage: ``async_actions/<action id>/<kind>/<name>`` (or a variant of it).
+    path = models.CharField(_("path"), max_length=1024)
+    size = models.BigIntegerField(_("size"), default=0)
+    content_type = models.CharField(
+        _("content type"), max_length=127, default="application/octet-stream"
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("action file")
+        verbose_name_plural = _("action files")
+        ordering = ("created_at", "id")
+
+    def __str__(self) -> str:
+        return self.name

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, IntegrityError, transaction
@@ -155,6 +155,7 @@ def start(
     public_only: bool = False,
     retry_of: Action | None = None,
     client_address: str | None = None,
+    action_id: UUID | None = None,
 ) -> StartResult:
     """Create an action and dispatch it to the runner once the transaction commits.
 
@@ -165,6 +166,8 @@ def start(
     address; the views pass the request's) is stored on the action; anonymous starts
     are limited per address (``MAX_ACTIVE_PER_ANONYMOUS_ADDRESS``) and share one
     address's place under ``MAX_RUNNING_PER_OWNER``. Without one, no address limit applies.
+    ``action_id`` gives the new action its id (a form view stores its uploads under it
+    before the start).
     """
     handler, request, address = _validated(handler, request, client_address, idempotency_key)
     runner = get_runner()
@@ -189,6 +192,7 @@ def start(
             address=address,
             key=key,
             retry_of=retry_of,
+            action_id=action_id,
         )
     except _KeyBusy:
         return StartResult(OpStatus.BUSY)
@@ -252,6 +256,7 @@ def _create(
     address: str,
     key: str,
     retry_of: Action | None,
+    action_id: UUID | None = None,
 ) -> StartResult:
     """In one transaction: answer a repeated idempotency key with its action, or insert
     the action, check the limits and the concurrency key, and dispatch it on commit.
@@ -268,6 +273,7 @@ def _create(
         if refuse:
             concurrency.lock(concurrency_key)
         action = Action.objects.create(
+            id=action_id or uuid4(),
             handler=found.name,
             request=request,
             user=user,

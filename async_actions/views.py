@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from django import forms
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import File
-from django.core.files.storage import default_storage
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, models
+from django.db import DatabaseError, models, transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
@@ -29,11 +28,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy as _lazy
 from django.views import View
 
-from async_actions import http, ownership, service
+from async_actions import files, http, ownership, service
 from async_actions.addresses import client_address
 from async_actions.conf import action_settings
+from async_actions.exceptions import FileLimitError
 from async_actions.handlers import ActionHandler, HandlerOptions, handler_options, register
-from async_actions.models import Action
+from async_actions.models import Action, ActionFile
 from async_actions.payloads import PayloadError, PayloadTooLarge, check_depth, check_text_depth
 from async_actions.service import OpStatus
 
@@ -45,6 +45,7 @@ __all__ = [
     "AsyncFormView",
     "BaseAsyncView",
     "CancelPage",
+    "FilePage",
     "ProcessingPage",
     "ResultPage",
     "StatusPage",
@@ -73,7 +74,8 @@ class _ViewHandler(ActionHandler):
         )
 
     def handle(self, ctx: ActionContext) -> Any:
-        return self.view_class().run(ctx, ctx.request)
+        # Uploads reach run() as StoredFile objects, not as their markers in the JSON.
+        return self.view_class().run(ctx, files.resolve_inputs(ctx.action_id, ctx.request))
 
     @property
     def source(self) -> str:
@@ -100,6 +102,11 @@ class BaseAsyncView(View):
     #: The action page this instance serves (set per request by its page view); None on
     #: the start page.
     action_page: ActionPageMixin | None = None
+    #: The id the next start gives its action (None: a new one); set by a form view
+    #: that stores uploads under it first.
+    new_action_id: uuid.UUID | None = None
+    #: The action this request created, once :meth:`start` created one.
+    started_action: Action | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -254,10 +261,29 @@ class BaseAsyncView(View):
             "status_url": self.url_for("status", action),
             "cancel_url": self.url_for("cancel", action) if self.may_control(action) else "",
             "start_url": self.url_for("initial"),
+            "files": self.file_links(action),
             "poll_interval": action_settings.POLL_INTERVAL,
             # Whole seconds for the no-JavaScript <meta refresh>; 0 would reload at once.
             "refresh_seconds": max(1, round(action_settings.POLL_INTERVAL)),
         }
+
+    def file_links(self, action: Action) -> list[tuple[ActionFile, str]]:
+        """The action's result files with their download URLs (``file`` page), oldest first."""
+        rows = action.files.filter(kind=ActionFile.Kind.OUTPUT)
+        return [(row, self.file_url(action, row)) for row in rows]
+
+    def file_url(self, action: Action, row: ActionFile) -> str:
+        match = self.request.resolver_match
+        prefix = f"{match.namespace}:" if match is not None and match.namespace else ""
+        return reverse(f"{prefix}file", kwargs={"pk": action.pk, "file_id": row.pk})
+
+    def file_download(self, action: Action, file_id: int) -> HttpResponseBase:
+        """One of the action's files as an attachment; 404 for another action's or a
+        file no longer in storage."""
+        row = action.files.filter(pk=file_id).first()
+        if row is None:
+            raise Http404(_("No such file."))
+        return http.file_response(row)
 
     @property
     def shows_tracebacks(self) -> bool:
@@ -279,9 +305,12 @@ class BaseAsyncView(View):
                 user=user,
                 session_key=session_key,
                 client_address=client_address(self.request.META) or None,
+                action_id=self.new_action_id,
             )
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
             return self.refused(exc)
+        if result.created:
+            self.started_action = result.action
         if result.status is OpStatus.OK and result.action is not None:
             return redirect_303(self.url_for("processing", result.action))
         if result.status is OpStatus.NO_HANDLER:
@@ -328,13 +357,14 @@ class BaseAsyncView(View):
 class AsyncFormView(BaseAsyncView):
     """A form on the start page; valid ``cleaned_data`` (as JSON) goes to ``run()``.
 
-    Uploaded files are saved to the default storage and passed as storage names.
+    Uploaded files are stored through ``FILE_STORAGE`` under the action's folder and
+    reach ``run()`` as :class:`async_actions.files.StoredFile` objects.
     """
 
     template_name: ClassVar[str] = "async_actions/form.html"
     form_class: ClassVar[type[forms.BaseForm] | None] = None
-    #: Storage folder for uploaded files; each action's files get a folder below it.
-    upload_to: ClassVar[str] = "async_actions/uploads"
+    #: Rows of the uploads stored for the action this POST is about to start.
+    uploads: list[ActionFile]
 
     def get_form_class(self) -> type[forms.BaseForm]:
         if self.form_class is None:
@@ -359,14 +389,43 @@ class AsyncFormView(BaseAsyncView):
         if not self.run_process():
             return self.initial_page()
         form = self.get_form()
+        self.new_action_id, self.uploads = uuid.uuid4(), []
         try:
             self.check_json_fields(form)
             if not form.is_valid():
                 return self.form_invalid(form)
             data = self.form_data(form)
         except PayloadError as exc:  # JSON nested deeper than MAX_JSON_DEPTH
+            self._discard_uploads()
             return self.refused(exc)
+        except FileLimitError as exc:  # too large, or too many files
+            self._discard_uploads()
+            return self.unavailable(str(exc), status=413)
+        except BaseException:
+            self._discard_uploads()
+            raise
         return self.start(data)
+
+    def start(self, data: Any) -> HttpResponse:
+        """Start the action; its uploads' rows are saved in the transaction that creates
+        it, so the worker finds them. A start that is refused removes them from storage."""
+        if not getattr(self, "uploads", None):  # none stored, or a post() of the site's own
+            return super().start(data)
+        try:
+            with transaction.atomic():
+                response = super().start(data)
+                if self.started_action is not None:
+                    files.record_uploads(self.uploads)
+        except BaseException:
+            self._discard_uploads()
+            raise
+        if self.started_action is None:
+            self._discard_uploads()
+        return response
+
+    def _discard_uploads(self) -> None:
+        files.remove_stored(row.path for row in self.uploads)
+        self.uploads = []
 
     def check_json_fields(self, form: forms.BaseForm) -> None:
         """Refuse too-deep text in ``forms.JSONField`` fields before the form parses it.
@@ -387,23 +446,27 @@ class AsyncFormView(BaseAsyncView):
         return self.initial_page(form=form)
 
     def form_data(self, form: forms.BaseForm) -> Any:
-        """``cleaned_data`` as JSON: files become storage names, models their keys."""
+        """``cleaned_data`` as JSON: files are stored and become markers (``{"$file":
+        path}``, a :class:`~async_actions.files.StoredFile` in ``run()``), models their keys.
+        """
         check_depth(form.cleaned_data, "The form data")  # before _to_json recurses into it
-        folder = f"{self.upload_to.rstrip('/')}/{uuid.uuid4().hex}"
-        return {key: self._to_json(value, folder) for key, value in form.cleaned_data.items()}
+        return {key: self._to_json(value) for key, value in form.cleaned_data.items()}
 
-    def _to_json(self, value: Any, folder: str) -> Any:
+    def _to_json(self, value: Any) -> Any:
         if isinstance(value, File):
-            name = value.name.rsplit("/", 1)[-1] if value.name else "upload"
-            return default_storage.save(f"{folder}/{name}", value)
+            if self.new_action_id is None:
+                self.new_action_id, self.uploads = uuid.uuid4(), []
+            row = files.store_upload(self.new_action_id, value, kept=len(self.uploads))
+            self.uploads.append(row)
+            return {files.MARKER: row.path}
         if isinstance(value, models.Model):
             return value.pk
         if isinstance(value, models.QuerySet):
             return [obj.pk for obj in value]
         if isinstance(value, list | tuple | set | frozenset):
-            return [self._to_json(item, folder) for item in value]
+            return [self._to_json(item) for item in value]
         if isinstance(value, dict):
-            return {str(k): self._to_json(v, folder) for k, v in value.items()}
+            return {str(k): self._to_json(v) for k, v in value.items()}
         return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
@@ -431,7 +494,7 @@ class ActionPageMixin(View):
 
     def serve(
         self, view: BaseAsyncView, request: HttpRequest, *args: Any, **kwargs: Any
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         """Look the action up through ``view`` (404 for others' and unknown ones) and answer."""
         action = view.get_action(kwargs["pk"])
         if (request.method or "").lower() not in self.http_method_names:
@@ -446,7 +509,7 @@ class ActionPageMixin(View):
         view.setup(request, *args, **kwargs)
         return view
 
-    def answer(self, view: BaseAsyncView, action: Action) -> HttpResponse:
+    def answer(self, view: BaseAsyncView, action: Action) -> HttpResponseBase:
         """The page's response for ``action``, through ``view``'s hooks."""
         raise NotImplementedError
 
@@ -491,12 +554,23 @@ class CancelPage(ActionPageMixin):
         return view.cancel(action)
 
 
+class FilePage(ActionPageMixin):
+    """GET: one of the action's files, as an attachment, for whoever may see the action."""
+
+    name = "file"
+    http_method_names = ["get", "head"]
+
+    def answer(self, view: BaseAsyncView, action: Action) -> HttpResponseBase:
+        return view.file_download(action, int(view.kwargs["file_id"]))
+
+
 #: Route → page view, mounted by :meth:`BaseAsyncView.urls` after the start page.
 ACTION_PAGES: dict[str, type[ActionPageMixin]] = {
     "processing/<uuid:pk>/": ProcessingPage,
     "result/<uuid:pk>/": ResultPage,
     "status/<uuid:pk>/": StatusPage,
     "cancel/<uuid:pk>/": CancelPage,
+    "file/<uuid:pk>/<int:file_id>/": FilePage,
 }
 
 

@@ -98,7 +98,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 MEDIA_URL = "media/"
-MEDIA_ROOT = BASE_DIR / "media"
+# Uploads and result files (async_actions FILE_STORAGE: the default storage, here).
+MEDIA_ROOT = Path(os.environ.get("DEMO_MEDIA_ROOT") or BASE_DIR / "media")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGGING = {

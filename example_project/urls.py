@@ -13,7 +13,6 @@ urlpatterns = [
     path("import/", include(views.ImportView.urls())),
     path("import/sample.csv", views.sample_csv, name="sample_csv"),
     path("reports/", include(views.ReportView.urls())),
-    path("reports/download/<uuid:pk>/", views.report_download, name="report_download"),
     path("countdown/", include(views.CountdownView.urls())),
     path("sync/", include(views.FailingView.urls())),
     path("mine/", views.my_actions, name="my_actions"),

@@ -51,6 +51,7 @@ def sqlite_env(tmp: Path, settings: str = "example_project.settings", **extra: s
         "DJANGO_SETTINGS_MODULE": settings,
         "DEMO_SQLITE_PATH": db,  # example_project.settings
         "AA_SQLITE_PATH": db,  # tests.settings
+        "DEMO_MEDIA_ROOT": str(tmp / "media"),  # uploads and result files
         "AA_TEST_DB": "sqlite",
         "PYTHONPATH": str(ROOT),
         "DJANGO_DEBUG": "1",

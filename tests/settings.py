@@ -38,6 +38,10 @@ else:
     if os.environ.get("AA_SQLITE_PATH"):  # a server process a test starts shares one file
         DATABASES["default"]["NAME"] = os.environ["AA_SQLITE_PATH"]
 
+# Uploads and result files of tests that do not set their own MEDIA_ROOT: never the repository.
+if not os.environ.get("DEMO_MEDIA_ROOT"):
+    MEDIA_ROOT = os.path.join(tempfile.gettempdir(), f"aa_media_{os.getpid()}")
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ASYNC_ACTIONS = {
     "HEARTBEAT_INTERVAL": 0.5,

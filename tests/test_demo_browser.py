@@ -99,12 +99,34 @@ def test_report_ends_with_a_csv_download(page: Any, site: str) -> None:
     shot(page, "report-processing")
     page.wait_for_url(re.compile(r"/reports/result/"))
     shot(page, "report-result")
+    link = page.locator(".aa-files a.aa-file__link")
+    assert link.inner_text() == "report.csv"
     with page.expect_download() as download_info:
-        page.click("[data-testid=download]")
-    path = download_info.value.path()
-    lines = Path(path).read_text().splitlines()
+        link.click()
+    assert download_info.value.suggested_filename == "report.csv"
+    lines = Path(download_info.value.path()).read_text().splitlines()
     assert lines[0] == "row,value"
     assert lines[-1].startswith("total,")
+    # The link is the owner's: a visitor without the session gets what a missing file gets.
+    href = link.get_attribute("href")
+    assert re.fullmatch(r"/reports/file/[0-9a-f-]{36}/\d+/", href), href
+    owner = page.context.request.get(f"{site}{href}")
+    assert owner.status == 200 and owner.headers["content-type"].startswith("text/csv")
+    assert owner.headers["content-disposition"] == 'attachment; filename="report.csv"'
+    # The API lists the same file with its own download URL, for the same visitor only.
+    pk = re.search(r"/result/([0-9a-f-]{36})/", page.url).group(1)
+    listed = page.context.request.get(f"{site}/api/actions/{pk}/").json()["files"]
+    assert [(f["name"], f["kind"]) for f in listed] == [("report.csv", "output")]
+    api_file = page.context.request.get(listed[0]["url"])
+    assert (
+        api_file.status == 200 and api_file.body() == Path(download_info.value.path()).read_bytes()
+    )
+    anonymous = page.context.browser.new_context()
+    try:
+        assert anonymous.request.get(f"{site}{href}").status == 404
+        assert anonymous.request.get(listed[0]["url"]).status == 401
+    finally:
+        anonymous.close()
 
 
 def test_countdown_can_be_cancelled_from_the_processing_page(page: Any, site: str) -> None:

@@ -29,9 +29,9 @@ from django.contrib.sessions.models import Session
 from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from async_actions import ownership
+from async_actions import files, ownership
 from async_actions.fairness import Owner
-from async_actions.models import Action
+from async_actions.models import Action, ActionFile
 from example_project.asgi import application
 from tests.helpers import wait_for
 from tests.views import BoomView, EchoView, GateView
@@ -61,11 +61,20 @@ SURFACES = [
     "API cancel",
     "API log",
     "API list",
+    "file download",
+    "API file download",
     "WebSocket",
     "WebSocket cancel",
     "admin change page",
     "admin cancel",
+    "admin file download",
 ]
+
+
+@pytest.fixture(autouse=True)
+def media(settings: Any, tmp_path: Any) -> None:
+    """Each action of the matrix gets a result file; they go to a folder of the test's."""
+    settings.MEDIA_ROOT = str(tmp_path)
 
 
 def grant(user: Any, *codenames: str) -> None:
@@ -100,13 +109,22 @@ class Visitor:
 
 
 def _action(owner: Visitor) -> Action:
-    return Action.objects.create(
+    action = Action.objects.create(
         handler=GateView.handler_name(),
         status="running",
         percent=10,
         user=owner.user,
         session_key="" if owner.user else owner.session_key,
     )
+    files.add_file(action.pk, "export.csv", b"a,b\n")
+    return action
+
+
+def _download(response: Any) -> str:
+    """``200 <content>`` for a served file, else the status."""
+    if response.status_code != 200:
+        return str(response.status_code)
+    return f"200 {b''.join(response.streaming_content).decode()}"
 
 
 def _ws_outcome(session_key: str, pk: Any, *, cancel: bool = False) -> str:
@@ -170,6 +188,14 @@ def _outcome(surface: str, visitor: Visitor, pk: Any) -> str:
         if response.status_code != 200:
             return str(response.status_code)
         return "listed" if str(pk) in {a["id"] for a in response.json()["results"]} else "absent"
+    if surface.endswith("file download"):
+        file_id = ActionFile.objects.get(action_id=pk).pk
+        url = {
+            "file download": reverse("gate_view:file", kwargs={"pk": pk, "file_id": file_id}),
+            "API file download": f"/api/actions/{pk}/files/{file_id}/",
+            "admin file download": f"/admin/async_actions/action/{pk}/files/{file_id}/",
+        }[surface]
+        return _download(c.get(url))
     if surface == "WebSocket":
         return _ws_outcome(visitor.session_key, pk)
     if surface == "WebSocket cancel":
@@ -190,6 +216,8 @@ def _expected(surface: str, visitor: Visitor, sees: bool, controls: bool) -> str
             return "302"  # to the admin login
         if surface == "admin change page":
             return "403" if visitor.name == "staff-noperm" else "200"
+        if surface == "admin file download":  # view permission, else as if missing
+            return "404" if visitor.name == "staff-noperm" else "200 a,b\n"
         return {"staff": "202", "staff-view": "403", "staff-noperm": "404"}[visitor.name]
     if surface == "WebSocket":
         return "snapshot" if sees else "close 4404"
@@ -211,6 +239,8 @@ def _expected(surface: str, visitor: Visitor, sees: bool, controls: bool) -> str
         "API retrieve": "200",
         "API cancel": "202",
         "API log": "200",
+        "file download": "200 a,b\n",
+        "API file download": "200 a,b\n",
     }[surface]
 
 

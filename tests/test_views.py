@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from async_actions.handlers import get_handler, unregister
 from async_actions.models import Action, ActionQuerySet
-from async_actions.views import CancelPage, ProcessingPage, ResultPage, StatusPage
+from async_actions.views import CancelPage, FilePage, ProcessingPage, ResultPage, StatusPage
 from tests.actions import gate
 from tests.helpers import wait_finished, wait_for
 from tests.views import EchoView, GateView
@@ -298,7 +298,7 @@ def test_form_errors_rerender_the_form_without_an_action(client: Client) -> None
     assert Action.objects.count() == 0
 
 
-def test_form_data_reaches_run_as_json_with_files_as_storage_names(
+def test_form_data_reaches_run_as_json_with_uploads_as_stored_files(
     client: Client, runner: Any, settings: Any, tmp_path: Any
 ) -> None:
     settings.MEDIA_ROOT = str(tmp_path)
@@ -309,12 +309,17 @@ def test_form_data_reaches_run_as_json_with_files_as_storage_names(
     assert response.status_code == 303
     action = wait_finished(action_id_from(response))
     assert action.status == "succeeded", action.traceback
-    request = action.request
-    assert request["count"] == 3 and request["when"] == "2024-02-29"
-    assert request["upload"].startswith("async_actions/uploads/")
-    assert request["upload"].endswith("rows.csv")
-    assert action.response["content"] == "a,b\n1,2\n"
-    assert (tmp_path / request["upload"]).exists()
+    path = f"async_actions/{action.pk}/input/rows.csv"
+    assert action.request == {"count": 3, "when": "2024-02-29", "upload": {"$file": path}}
+    assert action.response == {
+        "count": 3,
+        "when": "2024-02-29",
+        "name": "rows.csv",
+        "size": 8,
+        "content_type": "text/csv",
+        "content": "a,b\n1,2\n",
+    }
+    assert (tmp_path / path).read_bytes() == b"a,b\n1,2\n"
 
 
 def test_a_worker_finds_the_view_by_its_dotted_path() -> None:
@@ -407,6 +412,7 @@ def test_urls_mount_one_small_view_per_action_page() -> None:
         "result": ResultPage,
         "status": StatusPage,
         "cancel": CancelPage,
+        "file": FilePage,
     }
     # Each page calls back into the user's class for its hooks and templates.
     for pattern in patterns[1:]:

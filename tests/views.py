@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.core.files.storage import default_storage
+from django.core.files.base import ContentFile
 
 from async_actions.context import ActionContext, ActionError
 from async_actions.views import AsyncFormView, BaseAsyncView
@@ -49,9 +49,59 @@ class UploadView(AsyncFormView):
     form_class = UploadForm
 
     def run(self, ctx: ActionContext, data: Any) -> Any:
-        with default_storage.open(data["upload"]) as handle:
+        upload = data["upload"]
+        with upload.open() as handle:
             content = handle.read().decode()
-        return {"data": data, "content": content}
+        return {
+            "count": data["count"],
+            "when": data["when"],
+            "name": upload.name,
+            "size": upload.size,
+            "content_type": upload.content_type,
+            "content": content,
+        }
+
+
+class LateUploadForm(forms.Form):
+    gate = forms.CharField()
+    upload = forms.FileField()
+
+
+class LateUploadView(AsyncFormView):
+    """Reads its upload only once the gate named in the form opens."""
+
+    form_class = LateUploadForm
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        while not gate(data["gate"]).wait(0.01):
+            ctx.raise_if_cancelled()
+        return data["upload"].read().decode()
+
+
+class PairForm(forms.Form):
+    first = forms.FileField()
+    second = forms.FileField()
+
+
+class PairUploadView(AsyncFormView):
+    form_class = PairForm
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        return [data["first"].read().decode(), data["second"].read().decode()]
+
+
+class ExportView(BaseAsyncView):
+    """Attaches the files the POST names (``file:name`` → content, in name order), or
+    returns one File."""
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        if data.get("return_file"):
+            return ContentFile(data["return_file"].encode(), name="returned.txt")
+        names = []
+        for key in sorted(data):  # jsonb (PostgreSQL) does not keep the keys' order
+            if key.startswith("file:"):
+                names.append(ctx.attach_file(key.removeprefix("file:"), data[key]).name)
+        return {"attached": names}
 
 
 class StepsView(BaseAsyncView):

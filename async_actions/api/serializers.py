@@ -4,10 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.urls import reverse
 from rest_framework import serializers
 
 from async_actions import ownership
-from async_actions.models import Action
+from async_actions.models import Action, ActionFile
+
+
+class ActionFileSerializer(serializers.ModelSerializer[ActionFile]):
+    """A file of the action: an upload (``input``) or a result (``output``), with the
+    URL that downloads it (for whoever may see the action)."""
+
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ActionFile
+        fields = ["id", "name", "kind", "size", "content_type", "created_at", "url"]
+        read_only_fields = fields
+
+    def get_url(self, row: ActionFile) -> str:
+        path = reverse(
+            "async_actions_api:action-file", kwargs={"pk": row.action_id, "file_id": row.pk}
+        )
+        request = self.context.get("request")
+        return str(request.build_absolute_uri(path)) if request is not None else path
 
 
 class ActionSerializer(serializers.ModelSerializer[Action]):
@@ -20,6 +40,7 @@ class ActionSerializer(serializers.ModelSerializer[Action]):
     )
     traceback = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
+    files = ActionFileSerializer(many=True, read_only=True)
 
     class Meta:
         model = Action
@@ -45,6 +66,7 @@ class ActionSerializer(serializers.ModelSerializer[Action]):
             "finished_at",
             "expires_at",
             "duration",
+            "files",
         ]
         read_only_fields = fields
 

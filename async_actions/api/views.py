@@ -13,6 +13,8 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.db.models import QuerySet
+from django.http import Http404
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
@@ -82,9 +84,11 @@ class ActionViewSet(
 
     def get_queryset(self) -> QuerySet[Action]:
         request = self.request
-        queryset = ownership.visible_actions(
-            request.user, getattr(request, "session", None)
-        ).select_related("user")
+        queryset = (
+            ownership.visible_actions(request.user, getattr(request, "session", None))
+            .select_related("user")
+            .prefetch_related("files")
+        )
         if self.action != "list":
             return queryset
         params = self.request.query_params
@@ -285,6 +289,31 @@ class ActionViewSet(
     def log(self, request: Request, pk: str | None = None) -> Response:
         action = self.get_object()
         return Response({"id": str(action.pk), "log": action.log or []})
+
+    @extend_schema(
+        summary="Download one of an action's files",
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            401: UNAUTHENTICATED,
+            403: UNAUTHENTICATED,
+            404: _error("No such action or file, or the file is no longer in storage."),
+            503: UNAVAILABLE,
+        },
+    )
+    @route(detail=True, methods=["get"], url_path=r"files/(?P<file_id>[0-9]+)", url_name="file")
+    def file(self, request: Request, pk: str | None = None, file_id: str = "") -> HttpResponseBase:
+        action = self.get_object()
+        row = action.files.filter(pk=int(file_id)).first()
+        if row is None:
+            raise NotFound("No such file.")
+        try:
+            return http.file_response(row)
+        except Http404 as exc:
+            raise NotFound(str(exc)) from None
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # A download answers with the file's own type whatever the client accepts.
+        return super().perform_content_negotiation(request, force=force or self.action == "file")
 
 
 def _readable(errors: dict[str, Any]) -> dict[str, Any]:

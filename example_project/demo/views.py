@@ -4,7 +4,6 @@ import csv
 import io
 
 from django.contrib import messages
-from django.core.files.storage import default_storage
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext_lazy as _
@@ -52,23 +51,6 @@ def start_thumbnails(request):
     return redirect("my_actions")
 
 
-def report_download(request, pk):
-    """The finished report as CSV, for its owner."""
-    view_name = ReportView.handler_name()
-    action = _mine(request).filter(pk=pk, handler=view_name, status="succeeded").first()
-    if action is None:
-        raise Http404("No such report.")
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["row", "value"])
-    for row in action.response["rows"]:
-        writer.writerow([row["row"], row["value"]])
-    writer.writerow(["total", action.response["total"]])
-    response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="report-{action.short_id}.csv"'
-    return response
-
-
 # -- the report demo: an AsyncFormView with a few stages of progress ----------------------
 from django import forms  # noqa: E402
 
@@ -108,7 +90,15 @@ class ReportView(AsyncFormView):
                 ctx.raise_if_cancelled()
         ctx.set_progress(100, "Report ready")
         table = [{"row": i + 1, "value": (i * 37) % 101} for i in range(rows)]
-        return {"title": data["title"], "rows": table, "total": sum(r["value"] for r in table)}
+        total = sum(r["value"] for r in table)
+        # The CSV export is kept with the action: the result page links it, for its owner.
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["row", "value"])
+        writer.writerows([row["row"], row["value"]] for row in table)
+        writer.writerow(["total", total])
+        ctx.attach_file("report.csv", out.getvalue(), content_type="text/csv")
+        return {"title": data["title"], "rows": table, "total": total}
 
 
 # -- CSV import: an uploaded file, read row by row ------------------------------------
@@ -134,8 +124,7 @@ class ImportView(AsyncFormView):
     result_template_name = "demo/import_result.html"
 
     def run(self, ctx, data):
-        with default_storage.open(data["file"]) as stored:
-            text = stored.read().decode("utf-8-sig", errors="replace")
+        text = data["file"].read().decode("utf-8-sig", errors="replace")  # a StoredFile
         rows = list(csv.DictReader(io.StringIO(text)))
         if not rows:
             raise ActionError("The file has no rows under a header line.")
@@ -153,7 +142,6 @@ class ImportView(AsyncFormView):
                 problems.append({"line": number, "value": row.get("amount") or ""})
                 ctx.log.warning("Line %d: %r is not a number", number, row.get("amount"))
             ctx.wait_cancelled(float(data["seconds_per_row"]))
-        default_storage.delete(data["file"])
         return {"imported": imported, "problems": problems, "total": round(total, 2)}
 
 
