@@ -179,8 +179,6 @@ def _check_file_storage(*, runner_ok: bool) -> list[CheckMessage]:
         ]
     if not runner_ok or not isinstance(storage, FileSystemStorage):
         return []
-    from async_actions.runners import get_runner  # builds the runner class only, no threads
-
     location = str(storage.base_location or "")
     if get_runner().runs_in_process or os.path.isabs(location):
         return []
