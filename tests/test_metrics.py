@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,16 +18,22 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.test import Client
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.test import Client, override_settings
 from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 from prometheus_client.parser import text_string_to_metric_families
 
 from async_actions import service
+from async_actions.metrics.collectors import registry
+from async_actions.metrics.views import bearer_token_required
 from async_actions.models import Action
+from async_actions.runners import reset_runner
 from async_actions.runners.tasks import run_action
 from tests.actions import gate
-from tests.helpers import wait_finished, wait_for
-from tests.servers import ROOT
+from tests.helpers import TASKS_RUNNER, wait_finished, wait_for
+from tests.servers import ROOT, free_port
 from tests.urls import METRICS_TOKEN
 
 pytestmark = pytest.mark.django_db
@@ -166,10 +173,6 @@ def test_the_staff_protected_endpoint_sends_others_to_the_login_page() -> None:
 
 
 def test_an_empty_token_is_a_configuration_error_not_an_open_endpoint() -> None:
-    from django.core.exceptions import ImproperlyConfigured
-
-    from async_actions.metrics.views import bearer_token_required
-
     with pytest.raises(ImproperlyConfigured):
         bearer_token_required("")
 
@@ -237,8 +240,6 @@ def test_queue_page_shows_pending_running_and_oldest_wait_per_handler_and_worker
     Action.objects.create(handler="tests.done", status="succeeded")
     on_worker = Action.objects.create(handler="tests.import", status="running", started_at=now)
     task = run_action.using(backend="default").enqueue(str(on_worker.pk))
-    from django_tasks_db.models import DBTaskResult
-
     DBTaskResult.objects.filter(pk=task.id).update(worker_ids=["host-a-worker-3"])
     Action.objects.filter(pk=on_worker.pk).update(task_id=task.id)
     Action.objects.create(handler="tests.import", status="running", started_at=now)  # threads
@@ -280,3 +281,37 @@ def test_queue_page_refuses_visitors_users_and_staff_without_view_permission() -
     assert client.get(QUEUE).status_code == 403
     clerk.user_permissions.add(Permission.objects.get(codename="view_action"))
     assert client.get(QUEUE).status_code == 200
+
+
+# -- a worker's own endpoint ----------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_serves_the_metrics_of_the_actions_it_ran() -> None:
+    def count(samples_text: str | None = None) -> float:
+        labels = {"handler": "tests.echo", "status": "succeeded"}
+        if samples_text is None:
+            return registry.get_sample_value("async_actions_finished_total", labels) or 0.0
+        for family in text_string_to_metric_families(samples_text):
+            for sample in family.samples:
+                if sample.name == "async_actions_finished_total" and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    before = count()
+    port = free_port()
+    with override_settings(ASYNC_ACTIONS=TASKS_RUNNER):
+        reset_runner()
+        try:
+            pk = service.start("tests.echo").action.pk
+            call_command(
+                "async_actions_worker", "--batch", "--no-reload", "--no-startup-delay",
+                "--interval", "0.05", "-v0", "--metrics-port", str(port),
+            )  # fmt: skip
+        finally:
+            reset_runner()
+    assert Action.objects.get(pk=pk).status == "succeeded"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+        text = response.read().decode()
+    assert count(text) == before + 1
+    assert "async_actions_pending" in text

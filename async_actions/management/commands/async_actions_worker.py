@@ -18,11 +18,13 @@ import os
 from argparse import ArgumentParser, ArgumentTypeError
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 
 import async_actions
 from async_actions.conf import action_settings
+from async_actions.metrics.views import require_prometheus_client
 
 DBWorkerCommand: type[BaseCommand] | None
 try:
@@ -46,6 +48,21 @@ def concurrency_value(value: str) -> int:
     return number
 
 
+def serve_metrics(port: int, addr: str) -> None:
+    """Serve the Prometheus metrics of this worker process on ``addr:port`` (a thread
+    of prometheus_client's own): its counters count the actions this process runs."""
+    try:
+        require_prometheus_client()
+    except ImproperlyConfigured as exc:
+        raise CommandError(str(exc)) from None
+    # Imports prometheus_client: only once it is known to be installed.
+    from prometheus_client import start_http_server
+
+    from async_actions.metrics.collectors import registry
+
+    start_http_server(port, addr=addr, registry=registry)
+
+
 if DBWorkerCommand is not None:
 
     class Command(DBWorkerCommand):  # type: ignore[misc,valid-type]
@@ -57,6 +74,18 @@ if DBWorkerCommand is not None:
         def add_arguments(self, parser: ArgumentParser) -> None:
             super().add_arguments(parser)
             parser.add_argument(
+                "--metrics-port",
+                type=int,
+                default=None,
+                help="Serve this process's Prometheus metrics on this port "
+                "(needs prometheus_client; see docs/metrics.md).",
+            )
+            parser.add_argument(
+                "--metrics-addr",
+                default="127.0.0.1",
+                help="Address the metrics port listens on (default: %(default)s).",
+            )
+            parser.add_argument(
                 "--concurrency",
                 type=concurrency_value,
                 default=None,
@@ -66,8 +95,11 @@ if DBWorkerCommand is not None:
 
         def handle(self, *args: Any, **options: Any) -> None:
             concurrency = options.pop("concurrency") or action_settings.WORKER_CONCURRENCY
+            metrics = (options.pop("metrics_port"), options.pop("metrics_addr"))
             # With --reload the parent only watches files; the child does the work.
             if not options.get("reload") or os.environ.get(DJANGO_AUTORELOAD_ENV) == "true":
+                if metrics[0] is not None:
+                    serve_metrics(*metrics)
                 async_actions.startup()
             if concurrency == 1:
                 super().handle(*args, **options)
