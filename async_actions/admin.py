@@ -18,6 +18,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadReque
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -26,6 +27,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from async_actions import http, retention, service
+from async_actions.metrics import queue
 from async_actions.models import Action
 from async_actions.service import OpStatus
 
@@ -404,6 +406,7 @@ class ActionAdmin(_ModelAdmin):
                 wrap(require_POST(self.cancel_view)),
                 name="async_actions_action_cancel",
             ),
+            path("queue/", wrap(self.queue_view), name="async_actions_action_queue"),
             path(
                 "<uuid:pk>/files/<int:file_id>/",
                 wrap(self.file_view),
@@ -452,6 +455,29 @@ class ActionAdmin(_ModelAdmin):
         self._purge(request)
         return redirect("admin:async_actions_action_changelist")
 
+    def queue_view(self, request: HttpRequest) -> HttpResponse:
+        """What waits and what runs, per handler and per worker (staff with view_action)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        handlers = queue.queue_by_handler(now)
+        for row in handlers:
+            oldest = row["oldest_pending"]
+            row["oldest_wait"] = (now - oldest).total_seconds() if oldest else None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Queue"),
+            "opts": self.model._meta,
+            "handlers": handlers,
+            "workers": queue.running_by_worker(),
+            "totals": {
+                key: sum(row[key] for row in handlers)
+                for key in ("pending", "scheduled", "running")
+            },
+            "changelist_url": reverse("admin:async_actions_action_changelist"),
+        }
+        return TemplateResponse(request, "admin/async_actions/action/queue.html", context)
+
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -462,6 +488,7 @@ class ActionAdmin(_ModelAdmin):
             **(extra_context or {}),
             "aa_purge_url": reverse("admin:async_actions_action_purge"),
             "aa_can_purge": self.has_delete_permission(request),
+            "aa_queue_url": reverse("admin:async_actions_action_queue"),
         }
         return super().changelist_view(request, extra_context)
 

@@ -1,3 +1,5 @@
+from importlib.util import find_spec
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -25,6 +27,12 @@ class AsyncActionsConfig(AppConfig):
         user_logged_in.connect(
             ownership.claim_session_actions, dispatch_uid="async_actions.claim_session_actions"
         )
+
+        # Metrics count from the lifecycle signals wherever prometheus_client is installed.
+        if find_spec("prometheus_client") is not None:
+            from async_actions.metrics import collectors
+
+            collectors.connect()
 
         # Handlers live in each app's ``actions`` module, found like admin.py is.
         # Nothing starts here: servers and workers call ``async_actions.startup()``.

@@ -195,6 +195,12 @@ class ActionSettings:
     TASKS_BACKEND = Setting[str](
         "default", to=str, rule=NAME, doc="Django Tasks backend alias used by the TasksRunner."
     )
+    WORKER_CONCURRENCY = Setting[int](
+        1,
+        to=int,
+        rule=POSITIVE_WHOLE,
+        doc="Actions one ``async_actions_worker`` process runs at once, each on its own thread.",
+    )
     TASKS_QUEUE = Setting[str](
         "default",
         to=str,

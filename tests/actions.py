@@ -212,3 +212,22 @@ def scaled_lockstep(ctx: ActionContext) -> Any:
         if i <= steps:
             ctx.set_progress(100 * i / (steps + 1), f"step {i} of {steps}")
     return {"steps": steps, "pid": os.getpid()}
+
+
+def _pause(ctx: ActionContext) -> Any:
+    _record_run(ctx)
+    if ctx.wait_cancelled(float(ctx.request.get("seconds", 5))):
+        ctx.raise_if_cancelled()
+    return {"pid": os.getpid()}
+
+
+@handler("tests.pause")
+def pause(ctx: ActionContext) -> Any:
+    """Records its run, then waits ``seconds`` (a long, mostly waiting action)."""
+    return _pause(ctx)
+
+
+@handler("tests.pause_retry", max_attempts=2)
+def pause_retry(ctx: ActionContext) -> Any:
+    """``tests.pause`` with a second attempt when its worker is lost."""
+    return _pause(ctx)
