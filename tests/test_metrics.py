@@ -75,6 +75,12 @@ def test_counts_started_and_finished_by_handler_and_outcome_after_real_actions(
     told = service.start("tests.user_error").action.pk
     for pk in [*ok, bad, told]:
         wait_finished(pk)
+    # action_finished (which counts) is sent just after the row is written: wait for it.
+    finished_so_far = lambda: sum(  # noqa: E731
+        v for (name, _), v in scrape().items() if name == "async_actions_finished_total"
+    )
+    target = sum(v for (name, _), v in before.items() if name == "async_actions_finished_total")
+    wait_for(lambda: finished_so_far() >= target + 4)
     after = scrape()
 
     assert grew(before, after, "async_actions_started_total", handler="tests.echo") == 2

@@ -17,8 +17,11 @@ from django.views.decorators.http import require_GET
 
 try:
     import prometheus_client
-except ImportError:  # the metrics extra is not installed
+
+    from async_actions.metrics.collectors import registry
+except ImportError:  # the metrics extra is not installed: the views say so when called
     prometheus_client = None  # type: ignore[assignment]
+    registry = None  # type: ignore[assignment]
 
 MISSING = (
     'async_actions.metrics needs prometheus_client: pip install "django-async-actions[metrics]".'
@@ -35,9 +38,6 @@ def require_prometheus_client() -> None:
 def metrics(request: HttpRequest) -> HttpResponse:
     """Every async_actions metric in Prometheus' text format."""
     require_prometheus_client()
-    # Imports prometheus_client: only once it is known to be installed.
-    from async_actions.metrics.collectors import registry
-
     return HttpResponse(
         prometheus_client.generate_latest(registry),
         content_type=prometheus_client.CONTENT_TYPE_LATEST,

@@ -26,6 +26,14 @@ import async_actions
 from async_actions.conf import action_settings
 from async_actions.metrics.views import require_prometheus_client
 
+try:
+    from prometheus_client import start_http_server
+
+    from async_actions.metrics.collectors import registry as metrics_registry
+except ImportError:  # the metrics extra is not installed: --metrics-port says so
+    start_http_server = None  # type: ignore[assignment]
+    metrics_registry = None  # type: ignore[assignment]
+
 DBWorkerCommand: type[BaseCommand] | None
 try:
     from django_tasks_db.management.commands.db_worker import Command as _DBWorker
@@ -55,12 +63,7 @@ def serve_metrics(port: int, addr: str) -> None:
         require_prometheus_client()
     except ImproperlyConfigured as exc:
         raise CommandError(str(exc)) from None
-    # Imports prometheus_client: only once it is known to be installed.
-    from prometheus_client import start_http_server
-
-    from async_actions.metrics.collectors import registry
-
-    start_http_server(port, addr=addr, registry=registry)
+    start_http_server(port, addr=addr, registry=metrics_registry)
 
 
 if DBWorkerCommand is not None:
