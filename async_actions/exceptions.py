@@ -21,6 +21,7 @@ __all__ = [
     "PayloadError",
     "PayloadTooLarge",
     "ProgressError",
+    "StartRefused",
 ]
 
 
@@ -71,3 +72,8 @@ class EscapedBaseException(AsyncActionsError):
     def __init__(self, original: BaseException) -> None:
         super().__init__(repr(original))
         self.original = original
+
+
+class StartRefused(AsyncActionsError):
+    """A scheduled start (Celery beat's ``async_actions.start_action``) was refused; the
+    message names the service's ``OpStatus``, so the scheduler records a failed run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import Any
 
 from async_actions.context import ActionContext, ActionError, current
@@ -212,3 +213,20 @@ def scaled_lockstep(ctx: ActionContext) -> Any:
         if i <= steps:
             ctx.set_progress(100 * i / (steps + 1), f"step {i} of {steps}")
     return {"steps": steps, "pid": os.getpid()}
+
+
+@handler("tests.stubborn_limited", time_limit=1)
+def stubborn_limited(ctx: ActionContext) -> Any:
+    """Records its run, then ignores its time limit (and every cancel) for a minute: only
+    a hard kill stops it in time."""
+    _record_run(ctx)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "late"
+
+
+@handler("tests.routed", queue="aa-routed", priority=3)
+def routed(ctx: ActionContext) -> Any:
+    """A handler that names its Celery queue and priority."""
+    return "routed"
