@@ -154,6 +154,7 @@ if DEMO_PROFILE == "scaled":
 elif DEMO_PROFILE == "celery":
     # Read by the app in example_project/celery.py (namespace "CELERY").
     CELERY_BROKER_URL = os.environ.get("DEMO_CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
+    CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DEMO_CELERY_QUEUE", "celery")
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # long actions: do not hold messages back
     ASYNC_ACTIONS["RUNNER"] = "async_actions.runners.celery.CeleryRunner"
 elif DEMO_PROFILE != "embedded":

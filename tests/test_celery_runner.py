@@ -40,7 +40,7 @@ from async_actions.runners import get_runner, reset_runner
 from async_actions.runners.celery import HARD_KILL_MARGIN, TASK_NAME, CeleryRunner, run_action
 from async_actions.tasks import start_action
 from tests.helpers import need, postgres_available, redis_available, wait_for
-from tests.servers import ROOT, Server, daphne, manage, stop
+from tests.servers import ROOT, Server, daphne, manage
 
 CELERY_RUNNER = {
     "RUNNER": "async_actions.runners.celery.CeleryRunner",
@@ -278,6 +278,10 @@ def test_bad_routing_options_are_refused_with_the_fix(option: str, value: Any, m
 
 # -- a real prefork worker on Redis, daphne, PostgreSQL ------------------------------------
 
+MIGRATE = """
+from django.core.management import call_command
+call_command('migrate', interactive=False, verbosity=0)
+"""
 SETUP = """
 from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
@@ -316,6 +320,10 @@ class Site:
 
     def start_worker(self) -> subprocess.Popen:
         """``celery -A example_project worker`` (prefork, 2 processes), once it is ready."""
+        self.spawn_worker()
+        return self.wait_worker()
+
+    def spawn_worker(self) -> None:
         log_path = self.tmp / f"worker{len(self.worker_logs)}.log"
         self.worker_logs.append(log_path)
         log = open(log_path, "w")  # noqa: SIM115
@@ -327,8 +335,17 @@ class Site:
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill -9 takes the children too
         )  # fmt: skip
-        wait_for(lambda: self._ready(log_path), timeout=60, interval=0.1)
+
+    def wait_worker(self) -> subprocess.Popen:
+        assert self.worker is not None
+        wait_for(lambda: self._ready(self.worker_logs[-1]), timeout=90, interval=0.1)
         return self.worker
+
+    def kill_worker(self) -> None:
+        """``kill -9`` of the worker's process group: its main process and its pool."""
+        assert self.worker is not None
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait()
 
     def _ready(self, log_path: Path) -> bool:
         assert self.worker is not None
@@ -417,17 +434,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "PYTHONPATH": str(ROOT),
     }
     try:
-        manage(env, "migrate", "--noinput", "-v0")
-        token, session = manage(env, "shell", "-c", SETUP).split()[-2:]
+        # One Django start-up for both (the machine may be busy: each costs seconds).
+        token, session = manage(env, "shell", "-c", MIGRATE + SETUP).split()[-2:]
         site = Site(env, tmp, token, session)
+        site.spawn_worker()  # starts while daphne does
         with daphne(env, tmp / "daphne.log", migrate=False) as server:
             site.server = server
-            site.start_worker()
+            site.wait_worker()
             try:
                 yield site
             finally:
-                if site.worker is not None:
-                    stop(site.worker)
+                site.kill_worker()  # nothing of it is needed any more
                 site.client.connection_for_write().default_channel.queue_purge(
                     env["AA_CELERY_QUEUE"]
                 )
@@ -535,9 +552,7 @@ class TestWorker:
         twice = site.start("tests.scaled_retry", steps=30, delay=0.05)
         site.wait(twice, lambda x: x["status"] == "running" and x["percent"] > 0)
         first_pid = site.running_pid(twice)
-        assert site.worker is not None
-        os.killpg(site.worker.pid, signal.SIGKILL)  # the whole worker: main process and pool
-        site.worker.wait()
+        site.kill_worker()  # the whole worker this time: main process and pool
         site.start_worker()  # what a process supervisor would do
         final = site.wait(twice, lambda x: x["status"] in ("succeeded", "failed"), timeout=30)
         assert final["status"] == "succeeded"
