@@ -156,6 +156,9 @@ elif DEMO_PROFILE == "celery":
     CELERY_BROKER_URL = os.environ.get("DEMO_CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
     CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DEMO_CELERY_QUEUE", "celery")
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # long actions: do not hold messages back
+    # Celery closes Django's connections around every task unless told to reuse them;
+    # the executor closes one that broke, so keep them (a reconnect costs milliseconds).
+    CELERY_DB_REUSE_MAX = 1000
     ASYNC_ACTIONS["RUNNER"] = "async_actions.runners.celery.CeleryRunner"
 elif DEMO_PROFILE != "embedded":
     from django.core.exceptions import ImproperlyConfigured
