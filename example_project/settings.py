@@ -164,6 +164,5 @@ elif DEMO_PROFILE != "embedded":
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured(
-        f"DEMO_PROFILE is {DEMO_PROFILE!r}; use 'embedded' (the default), 'scaled' or "
-        "'celery'."
+        f"DEMO_PROFILE is {DEMO_PROFILE!r}; use 'embedded' (the default), 'scaled' or 'celery'."
     )
