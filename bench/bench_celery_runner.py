@@ -96,6 +96,7 @@ def _wait_ready(rounds: int = 600) -> None:
     _send_plain(key)
     for _ in range(rounds):
         if _redis().llen(key):
+            _redis().delete(key)
             return
         time.sleep(0.1)
     raise SystemExit("the Celery worker did not start")
