@@ -1,9 +1,12 @@
-"""The demo site. Its Celery app loads with Django, as Celery's Django guide says, so
-the CeleryRunner in a web process sends through it (when Celery is installed)."""
+"""The demo site.
 
-from importlib.util import find_spec
+Celery's Django guide loads the project's Celery app here, so web processes send through
+it; the demo does so for its ``celery`` profile only, sparing the others Celery's import.
+"""
 
-if find_spec("celery") is not None:
+import os
+
+if os.environ.get("DEMO_PROFILE") == "celery":
     from example_project.celery import app as celery_app
 
     __all__ = ["celery_app"]

@@ -2,7 +2,8 @@
 Celery broker (a database number and queue from the environment, so runs never share).
 
 Used by tests/test_celery_runner.py for its daphne and ``celery -A example_project
-worker`` processes.
+worker`` processes, with ``DEMO_PROFILE=celery`` so ``example_project`` loads its Celery
+app as a project's ``__init__`` does.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from async_actions.models import Action
 from async_actions.runners import get_runner, reset_runner
 from async_actions.runners.celery import HARD_KILL_MARGIN, TASK_NAME, CeleryRunner, run_action
 from async_actions.tasks import start_action
+from example_project.celery import app as celery_app  # noqa: F401  (a project's __init__ does this)
 from tests.helpers import need, postgres_available, redis_available, wait_for
 from tests.servers import ROOT, Server, daphne, manage
 
@@ -426,6 +427,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_celery",
+        "DEMO_PROFILE": "celery",  # example_project loads its Celery app, as a project does
         "AA_SCALED_DB": name,
         "AA_REDIS_PREFIX": f"aa-test-{name}",
         "AA_CELERY_BROKER_URL": BROKER_URL,
