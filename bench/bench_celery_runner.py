@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
+    load = os.getloadavg()[0]
     _admin(f'CREATE DATABASE "{DATABASE}"')
     log = Path(tempfile.mkdtemp(prefix="aa-bench-celery-")) / "worker.log"
     worker = None
@@ -263,7 +264,9 @@ dispatch: a read of the handler and `run_after`, the `task_id` write, the send) 
 `UPDATE`), the supervisor's registration, the final write and the final push through the
 channel layer; the plain task does one Redis `RPUSH`.
 
-Machine: {machine()}; PostgreSQL and Redis on loopback, shared with the worker.
+Machine: {machine()}; PostgreSQL and Redis on loopback, shared with the worker; load
+average {load:.1f} as the run began (every round trip to PostgreSQL is slower on a busy
+machine, and an action makes several where the plain task makes none).
 """
     print(body)
     record(
