@@ -23,6 +23,7 @@ __all__ = [
     "PayloadError",
     "PayloadTooLarge",
     "ProgressError",
+    "StartRefused",
 ]
 
 
@@ -83,3 +84,8 @@ class EscapedBaseException(AsyncActionsError):
     def __init__(self, original: BaseException) -> None:
         super().__init__(repr(original))
         self.original = original
+
+
+class StartRefused(AsyncActionsError):
+    """A scheduled start (Celery beat's ``async_actions.start_action``) was refused; the
+    message names the service's ``OpStatus``, so the scheduler records a failed run."""

@@ -108,6 +108,11 @@ class HandlerOptions:
     retry_backoff: float | None = None
     #: The longest wait between retries (``None``: ``RETRY_BACKOFF_MAX``).
     retry_backoff_max: float | None = None
+    #: Queue runners with a broker put the action's message on (the CeleryRunner's
+    #: ``queue``); ``None``: the engine's own routing (Celery's ``task_routes``).
+    queue: str | None = None
+    #: Message priority, passed as is (``None``: none); its order depends on the broker.
+    priority: int | None = None
 
     def __post_init__(self) -> None:
         retry_on: Any = self.retry_on
@@ -153,6 +158,17 @@ class HandlerOptions:
             value = getattr(self, attr)
             if value is not None and not _is_seconds(value, allow_zero=True):
                 raise HandlerError(f"{attr} must be seconds (0 or more), or None.")
+        self._validate_routing()
+
+    def _validate_routing(self) -> None:
+        queue = self.queue
+        if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+            raise HandlerError("queue must be a non-empty string, or None.")
+        priority = self.priority
+        if priority is not None and (
+            isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
+        ):
+            raise HandlerError("priority must be a whole number from 0 to 255, or None.")
 
     @classmethod
     def from_attributes(cls, source: Any, **overrides: Any) -> HandlerOptions:
@@ -234,6 +250,10 @@ class ActionHandler:
     retry_backoff: ClassVar[float | None] = None
     #: The longest wait between retries (``None``: ``RETRY_BACKOFF_MAX``).
     retry_backoff_max: ClassVar[float | None] = None
+    #: Queue and priority of the action's message on runners with a broker (the
+    #: CeleryRunner); ``None``: the engine's own routing.
+    queue: ClassVar[str | None] = None
+    priority: ClassVar[int | None] = None
 
     def __init__(self, options: HandlerOptions | None = None) -> None:
         if options is not None:
@@ -456,6 +476,8 @@ def handler(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     retry_backoff: float | None = None,
     retry_backoff_max: float | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
 ) -> Callable[[Callable[[ActionContext], Any]], Handle]:
     """Register ``func(ctx)`` (plain or ``async def``) as a handler called ``name``.
 
@@ -475,6 +497,8 @@ def handler(
             retry_on=retry_on,  # type: ignore[arg-type]  # one class becomes a tuple
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
+            queue=queue,
+            priority=priority,
         ),
     )
 

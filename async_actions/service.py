@@ -441,6 +441,7 @@ def cancel(action_id: Any) -> OpStatus:
         return OpStatus.NOT_FOUND
     try:
         if lifecycle.cancel_pending(pk):
+            get_runner().discard(pk)  # its queued message, where the queue can drop one
             return OpStatus.OK
         with transaction.atomic():
             requested = Action.objects.filter(pk=pk, status=Action.Status.RUNNING).update(

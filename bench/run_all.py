@@ -39,6 +39,13 @@ BENCHES = [
     ("latency", "bench_latency.py", (), [], ["--updates", "500"]),
     ("vs_celery", "bench_vs_celery.py", (6379,), [], ["--repeat", "1", "--seconds", "4"]),
     ("scaleout", "bench_scaleout.py", (5432, 6379), [], ["--actions", "100", "--repeat", "1"]),
+    (
+        "celery_runner",
+        "bench_celery_runner.py",
+        (5432, 6379),
+        [],
+        ["--actions", "100", "--repeat", "1", "--starts", "15"],
+    ),
     ("fanout", "bench_fanout.py", (), [], ["--clients", "200", "--actions", "20"]),
     ("load", "bench_load.py", (), [], ["--actions", "40", "--clients", "100"]),
 ]

@@ -7,6 +7,8 @@ Two profiles, chosen by ``DEMO_PROFILE``:
 - ``scaled``: PostgreSQL, the Redis channel layer and the Tasks runner on the database
   backend of django-tasks-db: any number of daphne processes and ``db_worker`` processes
   share the work (see docs/deploy.md).
+- ``celery``: the scaled profile with the Celery runner instead: ``celery -A
+  example_project worker`` processes run the actions, Redis is the broker.
 """
 
 from __future__ import annotations
@@ -124,9 +126,9 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
-# --- The scaled profile ---------------------------------------------------------------
+# --- The scaled and celery profiles ---------------------------------------------------
 DEMO_PROFILE = os.environ.get("DEMO_PROFILE", "embedded")
-if DEMO_PROFILE == "scaled":
+if DEMO_PROFILE in ("scaled", "celery"):
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
@@ -146,12 +148,22 @@ if DEMO_PROFILE == "scaled":
             },
         }
     }
+if DEMO_PROFILE == "scaled":
     INSTALLED_APPS.append("django_tasks_db")
     TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
     ASYNC_ACTIONS["RUNNER"] = "async_actions.runners.tasks.TasksRunner"
+elif DEMO_PROFILE == "celery":
+    # Read by the app in example_project/celery.py (namespace "CELERY").
+    CELERY_BROKER_URL = os.environ.get("DEMO_CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
+    CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DEMO_CELERY_QUEUE", "celery")
+    CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # long actions: do not hold messages back
+    # Celery closes Django's connections around every task unless told to reuse them;
+    # the executor closes one that broke, so keep them (a reconnect costs milliseconds).
+    CELERY_DB_REUSE_MAX = 1000
+    ASYNC_ACTIONS["RUNNER"] = "async_actions.runners.celery.CeleryRunner"
 elif DEMO_PROFILE != "embedded":
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured(
-        f"DEMO_PROFILE is {DEMO_PROFILE!r}; use 'embedded' (the default) or 'scaled'."
+        f"DEMO_PROFILE is {DEMO_PROFILE!r}; use 'embedded' (the default), 'scaled' or 'celery'."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import Any
 
 from async_actions.context import ActionContext, ActionError, current
@@ -231,3 +232,18 @@ def pause(ctx: ActionContext) -> Any:
 def pause_retry(ctx: ActionContext) -> Any:
     """``tests.pause`` with a second attempt when its worker is lost."""
     return _pause(ctx)
+@handler("tests.stubborn_limited", time_limit=1)
+def stubborn_limited(ctx: ActionContext) -> Any:
+    """Records its run, then ignores its time limit (and every cancel) for a minute: only
+    a hard kill stops it in time."""
+    _record_run(ctx)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "late"
+
+
+@handler("tests.routed", queue="aa-routed", priority=3)
+def routed(ctx: ActionContext) -> Any:
+    """A handler that names its Celery queue and priority."""
+    return "routed"

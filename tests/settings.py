@@ -67,4 +67,9 @@ INSTALLED_APPS = [*INSTALLED_APPS, "django_tasks_db", "tests"]  # noqa: F405
 # The TasksRunner tests enqueue on the database backend and run db_worker in-process.
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
+# The CeleryRunner's in-process tests publish to kombu's in-memory broker; worker tests
+# (tests/settings_celery.py) use Redis.
+CELERY_BROKER_URL = os.environ.get("AA_CELERY_BROKER_URL", "memory://")
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("AA_CELERY_QUEUE", "celery")
+
 ROOT_URLCONF = "tests.urls"  # the example project's URLs plus tests/views.py

@@ -1,8 +1,9 @@
 """docs/deploy.md, followed as written: its shell blocks bring up the scaled topology.
 
-The test runs the two blocks under "Bring it up on one machine" with only what must
-differ per run replaced: the installed virtualenv instead of a new one, a fresh database
-name, and free ports. If the doc's commands stop working, this fails.
+The test runs the two blocks under "Bring it up on one machine" (the Tasks shape) and
+under "Bring it up with Celery" with only what must differ per run replaced: the
+installed virtualenv instead of a new one, a fresh database name (and Celery queue), and
+free ports. If the doc's commands stop working, this fails.
 """
 
 from __future__ import annotations
@@ -25,15 +26,26 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 DOC = ROOT / "docs" / "deploy.md"
 
 
-def _blocks() -> list[str]:
-    section = DOC.read_text().split("## Bring it up on one machine", 1)[1].split("\n## ", 1)[0]
+def _blocks(heading: str) -> list[str]:
+    section = DOC.read_text().split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
 
 
-def test_the_documented_commands_bring_up_two_servers_and_two_workers(tmp_path: Path) -> None:
+#: A worker's log line saying it takes work, for the script to wait on as a reader would
+#: (None: the check's own wait is enough).
+WORKER_READY = {
+    "Bring it up on one machine": None,
+    "Bring it up with Celery": "ready.",
+}
+
+
+@pytest.mark.parametrize("heading", list(WORKER_READY))
+def test_the_documented_commands_bring_up_the_servers_and_workers(
+    tmp_path: Path, heading: str
+) -> None:
     need(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     need(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
-    start, check = _blocks()
+    start, check = _blocks(heading)
     assert start.startswith("python3 -m venv .venv"), "the doc should begin with the venv"
     database = f"aa_deploy_{uuid.uuid4().hex[:8]}"
     web_1, web_2 = str(free_port()), str(free_port())
@@ -52,6 +64,14 @@ def test_the_documented_commands_bring_up_two_servers_and_two_workers(tmp_path: 
             # the doc's reader waits for the servers; the script polls for them
             f"for port in {web_1} {web_2}; do for _ in $(seq 100); do "
             "curl -sf -o /dev/null http://127.0.0.1:$port/ && break; sleep 0.1; done; done",
+            *(
+                [
+                    f"for _ in $(seq 600); do grep -qs '{ready}' run/worker-1.log "
+                    "&& break; sleep 0.1; done"
+                ]
+                if (ready := WORKER_READY[heading])
+                else []
+            ),
             adapt(check),
         ]
     )
@@ -61,6 +81,7 @@ def test_the_documented_commands_bring_up_two_servers_and_two_workers(tmp_path: 
         **os.environ,
         "DEMO_PG_NAME": database,
         "DEMO_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "DEMO_CELERY_QUEUE": f"aa-deploy-{database}",
         "PYTHONPATH": str(ROOT),
     }
     env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -73,7 +94,7 @@ def test_the_documented_commands_bring_up_two_servers_and_two_workers(tmp_path: 
         start_new_session=True,
     )
     try:
-        output, _ = shell.communicate(timeout=120)
+        output, _ = shell.communicate(timeout=180)  # a busy machine: migrate, 3 servers
     finally:
         # The doc's background processes live in the shell's session: stop them all.
         subprocess.run(["pkill", "-TERM", "-s", str(shell.pid)], check=False)

@@ -8,6 +8,7 @@ import pytest
 from django.test import override_settings
 
 from async_actions.runners.base import BaseRunner
+from async_actions.runners.celery import CeleryRunner
 from async_actions.runners.tasks import TasksRunner
 from async_actions.runners.thread import ThreadRunner
 from async_actions.tasks_compat import task_backends
@@ -66,3 +67,11 @@ def test_the_tasks_runner_takes_defer_and_priority_from_its_backend() -> None:
         runner = TasksRunner()
         assert not runner.supports_defer
         assert not runner.supports_priority
+
+
+def test_the_celery_runner_defers_with_eta_and_holds_what_it_sent() -> None:
+    runner = CeleryRunner()
+    assert not runner.runs_in_process
+    assert runner.supports_defer  # run_after and retry delays become the message's eta
+    assert runner.can_hold  # a pending row naming a message no worker took yet
+    assert not runner.supports_priority  # priority is the handler's, not fairness's

@@ -77,6 +77,14 @@ class BaseRunner(ABC):
         timer.daemon = True
         timer.start()
 
+    def discard(self, action_id: UUID) -> None:
+        """A pending action was just cancelled: drop its queued message, if the queue can.
+
+        Optional (the default does nothing): the claim refuses a cancelled action anyway,
+        so without it a worker only takes the message and skips it. Never raises.
+        """
+        return None
+
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting work and let running actions end; nothing stays running."""
         self.accepting = False

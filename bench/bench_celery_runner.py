@@ -1,0 +1,296 @@
+"""The CeleryRunner against plain Celery tasks on the same worker, in the same run.
+
+One ``celery -A bench.celery_runner_app worker --pool prefork --concurrency 2`` process
+runs both: no-op actions (``demo.noop`` through ``service.start`` and the CeleryRunner,
+the demo's ``celery`` profile on PostgreSQL, Redis broker) and a plain no-op Celery task
+(``send_task``; its body pushes ``time.time()`` to a Redis list so the bench sees it).
+
+1. Throughput: N no-op starts, from the first start to the last finish (ours:
+   ``finished_at`` of the last action; plain: the last body's time), median of repeats.
+2. Start latency with an idle worker, one at a time: the time just before the call to
+   the body starting (ours: ``started_at``, written by the claim; plain: the body's
+   ``time.time()``).
+3. Caller cost: how long the starting process spends in the call (ours:
+   ``service.start`` in autocommit, so the INSERT, the commit and the dispatch; plain:
+   ``send_task``).
+
+Usage: python bench/bench_celery_runner.py [--actions 200] [--repeat 3] [--starts 30]
+Needs PostgreSQL and Redis on 127.0.0.1 and the celery extra. Writes the
+bench:celery_runner section of docs/performance.md (unless --no-write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._common import ROOT, machine, percentile, record, write_section
+
+RUN = uuid.uuid4().hex[:8]
+DATABASE = f"aa_bench_celery_{RUN}"
+QUEUE = f"aa-bench-{RUN}"
+REDIS_URL = os.environ.get("BENCH_CELERY_REDIS_URL", "redis://127.0.0.1:6379/12")
+ENV = {
+    **os.environ,
+    "DJANGO_SETTINGS_MODULE": "example_project.settings",
+    "DEMO_PROFILE": "celery",
+    "DEMO_PG_NAME": DATABASE,
+    "DEMO_CELERY_BROKER_URL": REDIS_URL,
+    "BENCH_REDIS_URL": REDIS_URL,
+    "DEMO_CELERY_QUEUE": QUEUE,
+    "DJANGO_DEBUG": "0",
+    "PYTHONPATH": str(ROOT),
+}
+
+
+def _admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres") as conn:
+        conn.autocommit = True
+        conn.execute(sql)
+
+
+def _setup_django() -> None:
+    os.environ.update({k: v for k, v in ENV.items() if k.startswith(("DJANGO", "DEMO"))})
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    settings.LOGGING = {"version": 1}
+    settings.ASYNC_ACTIONS = {
+        **settings.ASYNC_ACTIONS,
+        # One bench process starts everything: no per-owner limits.
+        "MAX_ACTIVE_PER_OWNER": None,
+        "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None,
+        "MAX_RUNNING_PER_OWNER": None,
+    }
+
+
+def _worker(log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "bench.celery_runner_app", "worker",
+         "--pool", "prefork", "--concurrency", "2", "-Q", QUEUE, "--loglevel", "WARNING",
+         "-n", f"aa-bench-{RUN}@%h", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        cwd=ROOT, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    return process
+
+
+def _wait_ready(rounds: int = 600) -> None:
+    """Until the worker ran one plain task (it consumes the queue, its pool is up)."""
+    key = f"aa-bench:{RUN}:ready"
+    _send_plain(key)
+    for _ in range(rounds):
+        if _redis().llen(key):
+            _redis().delete(key)
+            return
+        time.sleep(0.1)
+    raise SystemExit("the Celery worker did not start")
+
+
+_client = None
+
+
+def _redis():  # type: ignore[no-untyped-def]
+    global _client
+    if _client is None:
+        import redis
+
+        _client = redis.Redis.from_url(REDIS_URL)
+    return _client
+
+
+def _send_plain(key: str) -> None:
+    from celery import current_app
+
+    current_app.send_task("bench.plain_noop", (key,))
+
+
+def _ours_throughput(actions: int) -> tuple[float, list[float]]:
+    from django.db.models import Max
+
+    from async_actions import service
+    from async_actions.models import Action
+
+    ids, costs = [], []
+    t0 = time.time()
+    for i in range(actions):
+        began = time.perf_counter()
+        result = service.start("demo.noop", {}, session_key=f"bench-{i}")
+        costs.append((time.perf_counter() - began) * 1000)
+        assert result.ok, result
+        ids.append(result.action.pk)
+    deadline = time.monotonic() + 300
+    while Action.objects.filter(pk__in=ids, finished_at__isnull=True).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("actions unfinished after 300 s")
+        time.sleep(0.02)
+    assert Action.objects.filter(pk__in=ids, status="succeeded").count() == actions
+    last = Action.objects.filter(pk__in=ids).aggregate(last=Max("finished_at"))["last"]
+    return actions / (last.timestamp() - t0), costs
+
+
+def _plain_throughput(tasks: int) -> tuple[float, list[float]]:
+    key = f"aa-bench:{RUN}:{uuid.uuid4().hex[:6]}"
+    costs = []
+    t0 = time.time()
+    for _ in range(tasks):
+        began = time.perf_counter()
+        _send_plain(key)
+        costs.append((time.perf_counter() - began) * 1000)
+    deadline = time.monotonic() + 300
+    while _redis().llen(key) < tasks:
+        if time.monotonic() > deadline:
+            raise SystemExit("plain tasks unfinished after 300 s")
+        time.sleep(0.02)
+    last = max(float(t) for t in _redis().lrange(key, 0, -1))
+    _redis().delete(key)
+    return tasks / (last - t0), costs
+
+
+def _ours_start_latency(samples: int) -> list[float]:
+    from async_actions import service
+    from async_actions.models import Action
+
+    out = []
+    for i in range(samples):
+        t0 = time.time()
+        result = service.start("demo.noop", {}, session_key=f"latency-{i}")
+        pk = result.action.pk
+        while not Action.objects.filter(pk=pk, finished_at__isnull=False).exists():
+            time.sleep(0.005)
+        started = Action.objects.get(pk=pk).started_at
+        out.append((started.timestamp() - t0) * 1000)
+        time.sleep(0.1)  # the worker idle again: measure the idle path
+    return out
+
+
+def _plain_start_latency(samples: int) -> list[float]:
+    out = []
+    for _ in range(samples):
+        key = f"aa-bench:{RUN}:{uuid.uuid4().hex[:6]}"
+        t0 = time.time()
+        _send_plain(key)
+        while not _redis().llen(key):
+            time.sleep(0.005)
+        out.append((float(_redis().lindex(key, 0)) - t0) * 1000)
+        _redis().delete(key)
+        time.sleep(0.1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--actions", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=30)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    load = os.getloadavg()[0]
+    _admin(f'CREATE DATABASE "{DATABASE}"')
+    log = Path(tempfile.mkdtemp(prefix="aa-bench-celery-")) / "worker.log"
+    worker = None
+    try:
+        _setup_django()
+        from django.core.management import call_command
+        from django.db import connection
+
+        call_command("migrate", verbosity=0)
+        worker = _worker(log)
+        _wait_ready()
+        _ours_throughput(20)  # warm-up: both pool processes imported, connections open
+        _plain_throughput(20)
+        ours, plain, ours_cost, plain_cost = [], [], [], []
+        for _ in range(args.repeat):  # interleaved, so load drifts hit both sides alike
+            rate, costs = _ours_throughput(args.actions)
+            ours.append(rate)
+            ours_cost += costs
+            rate, costs = _plain_throughput(args.actions)
+            plain.append(rate)
+            plain_cost += costs
+        ours_start = _ours_start_latency(args.starts)
+        plain_start = _plain_start_latency(args.starts)
+        connection.close()
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        _redis().delete(QUEUE)
+
+    rate_ours, rate_plain = statistics.median(ours), statistics.median(plain)
+    p50_ours, p50_plain = percentile(ours_start, 50), percentile(plain_start, 50)
+    cost_ours, cost_plain = percentile(ours_cost, 50), percentile(plain_cost, 50)
+    body = f"""
+## CeleryRunner vs plain Celery tasks, same worker
+
+`python bench/bench_celery_runner.py` — one `celery -A bench.celery_runner_app worker
+--pool prefork --concurrency 2` runs both sides: no-op actions (`demo.noop`, the demo's
+`celery` profile: PostgreSQL, Redis broker and channel layer) and a plain no-op Celery
+task whose body pushes its time to a Redis list. Same machine, same run, interleaved.
+
+| figure | CeleryRunner | plain Celery task | ratio |
+| --- | ---: | ---: | ---: |
+| no-op throughput, {args.actions} starts, median of {args.repeat} | \
+{rate_ours:.0f} actions/s | {rate_plain:.0f} tasks/s | {rate_ours / rate_plain:.2f}× |
+| start latency, idle worker, p50 of {len(ours_start)} | {p50_ours:.1f} ms | \
+{p50_plain:.1f} ms | {p50_ours / p50_plain:.1f}× |
+| start latency p90 | {percentile(ours_start, 90):.1f} ms | \
+{percentile(plain_start, 90):.1f} ms | |
+| caller cost per start, p50 | {cost_ours:.2f} ms | {cost_plain:.2f} ms | \
+{cost_ours / cost_plain:.1f}× |
+
+Throughput runs: ours {", ".join(f"{r:.0f}" for r in ours)}; plain \
+{", ".join(f"{r:.0f}" for r in plain)}. Start latency is the time just before the call
+to the body starting (ours: `started_at`, written by the claim). Caller cost is the time
+the starting process spends in `service.start` (the INSERT and its commit, then the
+dispatch: a read of the handler and `run_after`, the `task_id` write, the send) against
+`send_task` alone. What an action adds on the worker: the claim (a conditional
+`UPDATE`), the supervisor's registration, the final write and the final push through the
+channel layer; the plain task does one Redis `RPUSH`.
+
+Machine: {machine()}; PostgreSQL and Redis on loopback, shared with the worker; load
+average {load:.1f} as the run began (every round trip to PostgreSQL is slower on a busy
+machine, and an action makes several where the plain task makes none).
+"""
+    print(body)
+    record(
+        "celery_runner",
+        [
+            {
+                "figure": "no-op throughput, Celery prefork -c 2",
+                "ours": f"{rate_ours:.0f} actions/s",
+                "peer": f"{rate_plain:.0f} tasks/s (plain Celery)",
+                "ratio": f"{rate_ours / rate_plain:.2f}×",
+                "target": "",
+            },
+            {
+                "figure": "start latency p50, idle Celery worker",
+                "ours": f"{p50_ours:.1f} ms",
+                "peer": f"{p50_plain:.1f} ms (plain Celery)",
+                "ratio": f"{p50_ours / p50_plain:.1f}×",
+                "target": "",
+            },
+        ],
+    )
+    if not args.no_write:
+        write_section("celery_runner", body)
+
+
+if __name__ == "__main__":
+    main()
