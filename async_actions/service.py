@@ -17,7 +17,6 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -285,7 +284,7 @@ def _create(
             raise _LimitReached
         if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
             raise _KeyBusy
-        transaction.on_commit(partial(runner.dispatch, action.pk))
+    runner.dispatch_after_commit(action.pk)
     return StartResult(OpStatus.OK, action, created=True)
 
 
