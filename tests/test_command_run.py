@@ -187,9 +187,7 @@ def test_documented_exit_codes_are_the_commands():
     text = (ROOT / "docs" / "basics.md").read_text()
     table = text.split("| exit code | meaning |", 1)[1].split("\n\n", 1)[0]
     documented = {int(row.split("|")[1]) for row in table.splitlines()[2:] if row.strip()}
-    defined = {
-        value for name, value in vars(command).items() if name.startswith("EXIT_")
-    }
+    defined = {value for name, value in vars(command).items() if name.startswith("EXIT_")}
     assert documented == defined == {0, 1, 2, 3, 4, 130}
     # Each one is produced above: 0, 1, 2 (JSON, user), 3 (Ctrl-C), 4 (unknown, refused),
     # 130 (second Ctrl-C).
