@@ -79,3 +79,18 @@ async def test_aget_is_get_for_async_code(runner: Any):
     state = await service.aget(action.pk)
     assert state is not None and (state.status, state.error) == ("failed", "x")
     assert await service.aget(uuid.uuid4()) is None
+
+
+def test_json_key_order_is_what_docs_basics_says_for_the_database():
+    """PostgreSQL's jsonb keeps no key order (shorter keys first); SQLite keeps it."""
+    from django.db import connection
+
+    action = Action.objects.create(
+        handler="tests.echo", response={"zebra": 1, "ant": 2}, data={"bb": 1, "a": 2}
+    )
+    stored = Action.objects.get(pk=action.pk)
+    if connection.vendor == "postgresql":
+        assert (list(stored.response), list(stored.data)) == (["ant", "zebra"], ["a", "bb"])
+    else:
+        assert (list(stored.response), list(stored.data)) == (["zebra", "ant"], ["bb", "a"])
+    assert service.get(action).response == {"zebra": 1, "ant": 2}  # equal as dicts, always
