@@ -121,6 +121,20 @@ def test_a_retried_action_runs_its_next_attempt_inline_without_waiting(temporary
 
 
 @pytest.mark.django_db
+def test_an_async_handler_runs_inline_and_its_progress_is_recorded(temporary_handler):
+    @temporary_handler("tests.inline_async")
+    async def count(ctx):
+        for n in range(1, 4):
+            ctx.set_progress(n * 25, f"async {n}")
+        return "done"
+
+    with run_inline():
+        result = service.start("tests.inline_async")
+    assert_succeeded(result, response="done")
+    assert [r["message"] for r in progress_of(result)] == ["async 1", "async 2", "async 3"]
+
+
+@pytest.mark.django_db
 def test_the_runner_is_restored_after_the_block():
     with run_inline():
         assert isinstance(get_runner(), InlineRunner)
