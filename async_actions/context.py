@@ -26,6 +26,11 @@ _current: contextvars.ContextVar[ActionContext | None] = contextvars.ContextVar(
 )
 _parent_logger = logging.getLogger("async_actions.actions")
 
+#: Callbacks told about every progress report of one action, by action id: how
+#: ``async_actions.testing`` records progress (pushes and writes are coalesced, so
+#: neither shows every report). Each gets the context and the state after the report.
+progress_observers: dict[UUID, Callable[[ActionContext, dict[str, Any]], object]] = {}
+
 
 def current() -> ActionContext | None:
     """The context of the action running in this thread or task, if any.
@@ -88,6 +93,9 @@ class ActionContext:
     ) -> None:
         """Report progress; ``percent`` is 0 to 100, ``data`` any small JSON value."""
         self._publisher.update(percent, message, data)
+        observer = progress_observers.get(self.action_id)
+        if observer is not None:
+            observer(self, self._publisher.snapshot())
 
     @property
     def cancelled(self) -> bool:

@@ -21,10 +21,12 @@ from async_actions.models import ActionFile
 from async_actions.service import OpStatus
 
 __all__ = [
+    "FINISHED_MESSAGES",
     "OUTCOMES",
     "RETRY_AFTER",
     "HttpOutcome",
     "file_response",
+    "finished_message",
     "outcome",
     "retry_headers",
 ]
@@ -76,6 +78,23 @@ OUTCOMES: Mapping[OpStatus, HttpOutcome] = MappingProxyType(
         ),
     }
 )
+
+
+#: Why an action that already ended cannot be cancelled, by the status it ended with;
+#: each reads as a sentence (a status word is no past tense of a verb: "has already
+#: cancelled" is wrong).
+FINISHED_MESSAGES: Mapping[str, str | Promise] = MappingProxyType(
+    {
+        "succeeded": _("The action has already succeeded."),
+        "failed": _("The action has already failed."),
+        "cancelled": _("The action was already cancelled."),
+    }
+)
+
+
+def finished_message(status: str) -> str | Promise:
+    """The refusal for an action that already ended with ``status``."""
+    return FINISHED_MESSAGES.get(str(status), OUTCOMES[OpStatus.ACTION_COMPLETED].message)
 
 
 def outcome(status: OpStatus) -> HttpOutcome:

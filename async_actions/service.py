@@ -17,7 +17,6 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -40,20 +39,24 @@ from async_actions.models import Action
 from async_actions.payloads import check_payload, clean_text
 from async_actions.progress import push_action, validate_data, validate_percent
 from async_actions.runners import get_runner
+from async_actions.state import ActionState
 from async_actions.supervisor import supervisor
 
 __all__ = [
+    "ActionState",
     "OpStatus",
     "StartResult",
     "acancel",
     "acomplete",
     "afail",
+    "aget",
     "aperform",
     "astart",
     "aupdate_progress",
     "cancel",
     "complete",
     "fail",
+    "get",
     "perform",
     "start",
     "update_progress",
@@ -288,7 +291,7 @@ def _create(
             raise _LimitReached
         if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
             raise _KeyBusy
-        transaction.on_commit(partial(runner.dispatch, action.pk))
+    runner.dispatch_after_commit(action.pk)
     return StartResult(OpStatus.OK, action, created=True)
 
 
@@ -367,6 +370,20 @@ def live(action: Action) -> Action:
     that holds SQLite's write lock); every surface reads through this.
     """
     return supervisor.overlay(action)
+
+
+def get(action_id: Any) -> ActionState | None:
+    """The action's state now, or None when no action has that id (or it is no UUID).
+
+    Progress is as fresh as the handler reported it when the action runs in this
+    process, else as the database holds it. A database error is raised: unlike the
+    operations that change an action, a read has nothing to leave half-done.
+    """
+    pk = _pk(action_id)
+    if pk is None:
+        return None
+    action = Action.objects.filter(pk=pk).first()
+    return None if action is None else ActionState.of(live(action))
 
 
 def update_progress(
@@ -524,6 +541,11 @@ async def astart(
 async def aperform(func: Callable[..., Any], **options: Any) -> StartResult:
     """:func:`perform` for async code; the target's arguments go in ``args=``/``kwargs=``."""
     return await sync_to_async(perform, thread_sensitive=True)(func, **options)
+
+
+async def aget(action_id: Any) -> ActionState | None:
+    """:func:`get` for async code."""
+    return await sync_to_async(get, thread_sensitive=True)(action_id)
 
 
 async def acancel(action_id: Any) -> OpStatus:

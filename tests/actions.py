@@ -27,8 +27,9 @@ def echo(ctx: ActionContext) -> Any:
 @handler("tests.progress")
 def progress_steps(ctx: ActionContext) -> Any:
     steps = int(ctx.request.get("steps", 10))
+    label = str(ctx.request.get("label", "step"))
     for i in range(steps):
-        ctx.set_progress(100 * (i + 1) / steps, f"step {i + 1}", {"step": i + 1})
+        ctx.set_progress(100 * (i + 1) / steps, f"{label} {i + 1}", {"step": i + 1})
     return steps
 
 

@@ -20,6 +20,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "async_actions"
 APP_REGISTRY_GUARDS = {
     ("apps.py", "AsyncActionsConfig.ready"),
     ("__init__.py", "startup"),
+    # pytest loads plugins before pytest-django sets Django up.
+    ("testing/pytest.py", "actions_inline"),
+    ("testing/pytest.py", "actions_captured"),
 }
 
 

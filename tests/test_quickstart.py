@@ -23,7 +23,7 @@ from tests.servers import ROOT, free_port, wait_http
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 DOC = ROOT / "docs" / "quickstart.md"
-FILE_BLOCK = re.compile(r"```python\n# file: (\S+) \((replace|append)\)\n(.*?)```", re.S)
+FILE_BLOCK = re.compile(r"```python[^\n]*\n# file: (\S+) \((replace|append)\)\n(.*?)```", re.S)
 SHELL_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
 
 

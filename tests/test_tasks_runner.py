@@ -91,3 +91,22 @@ def test_check_reports_a_missing_backend_alias() -> None:
     reset_runner()
     assert [m.id for m in messages] == ["async_actions.E020"]
     assert "'nope'" in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("handler", "status"),
+    [("tests.boom", "failed"), ("tests.user_error", "failed"), ("tests.echo", "succeeded")],
+)
+def test_worker_logs_how_the_action_ended_and_returns_it_as_the_task_result(
+    tasks_runner: Any, caplog: Any, handler: str, status: str
+) -> None:
+    """The Tasks framework logs state=SUCCESSFUL for a task whose action failed; our own
+    line and the task's return value say what happened to the action."""
+    started = service.start(handler)
+    with caplog.at_level("INFO", logger="async_actions"):
+        work()
+    assert Action.objects.get(pk=started.action.pk).status == status
+    ours = [r.getMessage() for r in caplog.records if r.name == "async_actions"]
+    assert f"Action {started.action.pk}: {status}" in ours
+    task = DBTaskResult.objects.get()
+    assert task.return_value == status

@@ -142,6 +142,12 @@ class ActionViewSet(
             response.data = _readable(response.data)
         elif isinstance(response.data, list):
             response.data = _readable({"body": response.data})
+        elif isinstance(response.data, dict) and "code" not in response.data:
+            # DRF's own errors (parse_error, not_authenticated, not_found, ...) carry
+            # their code on the detail only: every error body names its code.
+            code = getattr(response.data.get("detail"), "code", None)
+            if code:
+                response.data["code"] = str(code)
         for header, value in http.retry_headers(response.status_code).items():
             response[header] = value
         return response
@@ -264,7 +270,8 @@ class ActionViewSet(
             raise PermissionDenied("You may see this action but not cancel it.")
         outcome = service.cancel(action.pk)
         if outcome is OpStatus.ACTION_COMPLETED:
-            raise Refused(outcome, f"The action has already {action.status}.")
+            action.refresh_from_db(fields=["status"])
+            raise Refused(outcome, str(http.finished_message(action.status)))
         if outcome is OpStatus.NOT_FOUND:
             raise NotFound("No such action.")
         if outcome is not OpStatus.OK:

@@ -12,9 +12,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from datetime import datetime
+from functools import partial
 from uuid import UUID
 
 from django.core.checks import CheckMessage
+from django.db import transaction
 from django.utils import timezone
 
 from async_actions import recovery
@@ -64,6 +66,15 @@ class BaseRunner(ABC):
     @abstractmethod
     def dispatch(self, action_id: UUID) -> None:
         """Arrange for ``executor.execute(action_id)`` to run; called after commit."""
+
+    def dispatch_after_commit(self, action_id: UUID) -> None:
+        """Dispatch a new action once the transaction that created it commits.
+
+        ``service.start`` calls it after its INSERT; a handler never races the
+        transaction that made its data. (The testing runners override it: a test's own
+        transaction never commits.)
+        """
+        transaction.on_commit(partial(self.dispatch, action_id))
 
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
         """Dispatch once ``when`` has come (retry backoff).

@@ -41,7 +41,20 @@ def run_action(action_id: str) -> str | None:
     """The task a worker runs: execute the action if it is still pending."""
     # A worker started without ``async_actions_worker`` sweeps from its first task on.
     recovery.start_periodic()
-    return executor.execute(action_id, runner=get_runner())
+    outcome = executor.execute(action_id, runner=get_runner())
+    # The worker logs the *task's* state, SUCCESSFUL whenever this function returns, also
+    # for an action that failed or was cancelled: this line says how the action ended,
+    # and the task's result (its return value) is the same status.
+    logger.info("Action %s: %s", action_id, _OUTCOME_WORDS.get(outcome, outcome))
+    return outcome
+
+
+#: How ``executor.execute``'s answers read in the worker's log.
+_OUTCOME_WORDS: dict[str | None, str] = {
+    None: "not run here (already claimed, finished, or not due yet)",
+    "pending": "failed, will be retried",
+    "running": "ended by someone else while it ran",
+}
 
 
 def _remember_task(action_id: UUID, result: Any) -> None:

@@ -2,11 +2,13 @@
 
 Shows a live progress bar until the action ends; Ctrl-C asks the action to cancel (a
 second Ctrl-C leaves at once). The exit code tells the outcome, for scripts and cron.
+What the command reports goes to stdout; stderr carries only errors (Django paints it red).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -29,11 +31,16 @@ EXIT_CANCELLED = 3
 EXIT_NOT_STARTED = 4
 EXIT_INTERRUPTED = 130
 
+#: Bounds on the bar's width in cells; it takes what the terminal line leaves.
+MIN_CELLS = 10
+MAX_CELLS = 40
+
 
 class Command(BaseCommand):
     help = (
         "Start an action and follow it with a live progress bar. Exit code: 0 succeeded, "
-        "1 failed, 2 bad usage, 3 cancelled, 4 could not start, 130 left with a second Ctrl-C."
+        "1 failed, 2 bad usage, 3 cancelled, 4 not started (unknown handler, or refused), "
+        "130 left with a second Ctrl-C."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -74,7 +81,9 @@ class Command(BaseCommand):
         except (TypeError, ValueError) as exc:
             raise CommandError(str(exc), returncode=EXIT_USAGE) from None
         if result.status is service.OpStatus.NO_HANDLER:
-            raise CommandError(f"No handler named {options['handler']!r}.", returncode=EXIT_USAGE)
+            raise CommandError(
+                f"No handler named {options['handler']!r}.", returncode=EXIT_NOT_STARTED
+            )
         if not result.ok or result.action is None:
             raise CommandError(
                 f"The action could not start: {result.status.name}.", returncode=EXIT_NOT_STARTED
@@ -83,8 +92,9 @@ class Command(BaseCommand):
         if options["detach"]:
             self.stdout.write(str(action.pk))
             return
-        self.stderr.write(f"Action {action.pk} ({action.handler})")
-        final = self._follow(action, options["interval"])
+        self.stdout.write(f"Action {action.pk} ({action.handler})")
+        with _TracebackOnce(action):
+            final = self._follow(action, options["interval"])
         self._exit(final)
 
     def _follow(self, action: Action, interval: float) -> Action:
@@ -94,7 +104,7 @@ class Command(BaseCommand):
             nonlocal interrupts
             interrupts += 1
             if interrupts == 1:
-                self.stderr.write("\nCancelling… (Ctrl-C again to leave without waiting)")
+                self.stdout.write("\nCancelling… (Ctrl-C again to leave without waiting)")
                 service.cancel(action.pk)
             else:
                 self.stderr.write(f"\nLeft action {action.pk} without waiting.")
@@ -132,12 +142,35 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(action.response, indent=2))
             return
         if action.status == Action.Status.CANCELLED:
-            self.stderr.write("Cancelled.")
+            self.stdout.write("Cancelled.")
             sys.exit(EXIT_CANCELLED)
         self.stderr.write(f"Failed: {action.error}")
         if action.traceback:
             self.stderr.write(action.traceback)
         sys.exit(EXIT_FAILED)
+
+
+class _TracebackOnce:
+    """While the command follows an action running in this process, the executor's log
+    record of its failure keeps its line but loses its traceback: the command prints
+    the stored traceback once, at the end, instead of twice."""
+
+    def __init__(self, action: Action) -> None:
+        self.action_id = action.pk
+        self.logger = logging.getLogger("async_actions")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and self.action_id in (record.args or ()):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+    def __enter__(self) -> _TracebackOnce:
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeFilter(self)
 
 
 class ProgressLine:
@@ -168,13 +201,14 @@ class ProgressLine:
         eta = ""
         if 0 < percent < 100 and status == Action.Status.RUNNING:
             eta = f" ETA {_clock(elapsed * (100 - percent) / percent)}"
-        head = f"{percent:5.1f}% {_clock(elapsed)}{eta} {status}"
-        cells = 30 if width >= 80 else 10
-        filled = int(cells * percent / 100)
-        bar = "[" + "#" * filled + "." * (cells - filled) + "]"
-        text = f"{bar} {head}"
+        tail = f" {percent:5.1f}% {_clock(elapsed)}{eta} {status}"
         if message:
-            text += f" {message}"
+            tail += f" {message}"
+        # The bar takes the room the text leaves on the line (one column is kept free so
+        # the cursor never wraps), between MIN_CELLS and MAX_CELLS.
+        cells = max(MIN_CELLS, min(MAX_CELLS, width - 1 - len(tail) - 2))
+        filled = int(cells * percent / 100)
+        text = "[" + "#" * filled + "." * (cells - filled) + "]" + tail
         return text[: width - 1] if self.tty else text
 
     def close(self) -> None:
