@@ -98,7 +98,7 @@ class ActionAdmin(_ModelAdmin):
             },
         ),
         (_("Request"), {"fields": ["request_json"]}),
-        (_("Progress"), {"fields": ["percent", "message", "data_json"]}),
+        (_("Progress"), {"fields": ["percent_display", "message", "data_json"]}),
         (_("Outcome"), {"fields": ["response_json", "error", "traceback_text"]}),
         (_("Log"), {"fields": ["log_lines"]}),
     ]
@@ -156,6 +156,11 @@ class ActionAdmin(_ModelAdmin):
             action.message,
             action.status,
         )
+
+    @admin.display(description=_("percent"), ordering="percent")
+    def percent_display(self, action: Action) -> str:
+        """Whole percent, as the bar and the pages show it (the row keeps the float)."""
+        return f"{int(action.percent)} %"
 
     @admin.display(description=_("duration"))
     def duration_display(self, action: Action) -> str:
@@ -255,7 +260,10 @@ class ActionAdmin(_ModelAdmin):
                 ),
                 "aa_result_url": reverse("admin:async_actions_action_change", args=[pk]),
             }
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **urls})
+        # No Delete button on a read-only record; finished actions go through "Delete
+        # selected" or the purge, which say what they remove.
+        context = {**(extra_context or {}), **urls, "show_delete": False}
+        return super().change_view(request, object_id, form_url, context)
 
     # -- search: ids as well as text -----------------------------------------------------
     def get_search_results(
