@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
 
 from example_project.demo import views
 
@@ -8,8 +7,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
-    path("api/", include("async_actions.api.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/", include("async_actions.api.urls")),  # actions/ and its schema/
     path("import/", include(views.ImportView.urls())),
     path("import/sample.csv", views.sample_csv, name="sample_csv"),
     path("reports/", include(views.ReportView.urls())),

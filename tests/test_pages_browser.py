@@ -124,8 +124,7 @@ def test_default_result_page_shows_the_response_as_a_table(page: Any, server: Se
     page.wait_for_url(re.compile(r"/t/summary/result/"), timeout=TIMEOUT_MS)
     table = page.locator("table.aa-response-table")
     rows = {
-        row.locator("th").inner_text(): row.locator("td")
-        for row in table.locator("tbody tr").all()
+        row.locator("th").inner_text(): row.locator("td") for row in table.locator("tbody tr").all()
     }
     assert list(rows) == ["counted", "title", "ok", "missing", "rows"]
     assert rows["counted"].inner_text() == "10"

@@ -13,6 +13,7 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.db.models import QuerySet
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
@@ -74,6 +75,8 @@ class ActionViewSet(
 
     serializer_class = ActionSerializer
     permission_classes = [permissions.IsAuthenticated]
+    # Described by drf-spectacular whatever the site's DEFAULT_SCHEMA_CLASS says.
+    schema = AutoSchema()
     pagination_class = ActionPagination
     # JSON only: a start's ``request`` is nested JSON, which forms cannot express. The
     # parser caps size and depth before parsing.
