@@ -109,6 +109,10 @@ class ActionAdmin(_ModelAdmin):
     class Media:
         css = {"all": ["async_actions/progress.css", "async_actions/admin.css"]}
 
+    def view_on_site(self, action: Action) -> str | None:
+        """The action's page on the site; no "View on site" button when it has none."""
+        return action.get_absolute_url() or None
+
     # -- permissions: history is read-only -----------------------------------------
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -332,6 +336,7 @@ class ActionAdmin(_ModelAdmin):
                     session_key=original.session_key or None,
                     client_address=original.client_address or None,  # the same fair share
                     retry_of=original,
+                    page=original.page,
                     # A second click, or a second operator, gets the retry already going.
                     idempotency_key=f"retry:{original.pk}",
                 )

@@ -154,6 +154,7 @@ def start(
     public_only: bool = False,
     retry_of: Action | None = None,
     client_address: str | None = None,
+    page: str = "",
 ) -> StartResult:
     """Create an action and dispatch it to the runner once the transaction commits.
 
@@ -164,6 +165,8 @@ def start(
     address; the views pass the request's) is stored on the action; anonymous starts
     are limited per address (``MAX_ACTIVE_PER_ANONYMOUS_ADDRESS``) and share one
     address's place under ``MAX_RUNNING_PER_OWNER``. Without one, no address limit applies.
+    ``page`` is the URL name (reversed with ``pk``) of the page that shows the action;
+    the views pass their processing page's, others fall back to ``DEFAULT_ACTION_PAGE``.
     """
     handler, request, address = _validated(handler, request, client_address, idempotency_key)
     runner = get_runner()
@@ -188,6 +191,7 @@ def start(
             address=address,
             key=key,
             retry_of=retry_of,
+            page=page,
         )
     except _KeyBusy:
         return StartResult(OpStatus.BUSY)
@@ -251,6 +255,7 @@ def _create(
     address: str,
     key: str,
     retry_of: Action | None,
+    page: str = "",
 ) -> StartResult:
     """In one transaction: answer a repeated idempotency key with its action, or insert
     the action, check the limits and the concurrency key, and dispatch it on commit.
@@ -275,6 +280,7 @@ def _create(
             idempotency_key=key,
             retry_of=retry_of,
             concurrency_key=concurrency_key,
+            page=page,
         )
         # Checked after the INSERT, which (on SQLite) holds the write lock.
         if _over_limit(action, owned):
