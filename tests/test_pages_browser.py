@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import chromium_path, need
 from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS
-from tests.servers import Server, daphne, sqlite_env
+from tests.servers import Server, daphne, manage, sqlite_env
 
 pytestmark = pytest.mark.browser
 
@@ -51,7 +51,7 @@ def start(page: Any, url: str, **fields: str) -> None:
     page.goto(url)
     page.evaluate(
         """(fields) => {
-            const form = document.querySelector('form');
+            const form = document.querySelector('form.aa-form');
             for (const [name, value] of Object.entries(fields)) {
                 const input = document.createElement('input');
                 input.type = 'hidden'; input.name = name; input.value = value;
@@ -135,3 +135,58 @@ def test_default_result_page_shows_the_response_as_a_table(page: Any, server: Se
     assert nested.startswith('[\n  {\n    "name": "a",')  # indented JSON
     body = page.inner_text("body")
     assert "{'" not in body and "True" not in body and "None" not in body  # no Python repr
+
+
+# -- item 6: every action's link leads to its page ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def boss(server: Server) -> tuple[str, str]:
+    manage(
+        server.env,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        "get_user_model().objects.create_superuser('boss', 'boss@example.com', 'pw')",
+    )
+    return "boss", "pw"
+
+
+def log_in(page: Any, server: Server, user: tuple[str, str]) -> None:
+    page.goto(f"{server.base}/accounts/login/")
+    page.fill("input[name=username]", user[0])
+    page.fill("input[name=password]", user[1])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.base}/")
+
+
+def test_admin_view_on_site_and_the_api_url_lead_to_the_actions_page(
+    page: Any, server: Server, boss: tuple[str, str]
+) -> None:
+    log_in(page, server, boss)
+    # an action a view started: its own processing page
+    start(page, f"{server.base}/t/shout/", text="linked", hold="2")
+    action_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    page.goto(f"{server.base}/admin/async_actions/action/{action_id}/change/")
+    page.get_by_role("link", name="View on site").click()
+    page.wait_for_url(re.compile(rf"/t/shout/(processing|result)/{action_id}/"))
+    page.wait_for_url(re.compile(rf"/t/shout/result/{action_id}/"), timeout=TIMEOUT_MS)
+    api = page.request.get(f"{server.base}/api/actions/{action_id}/").json()
+    assert api["url"] == f"{server.base}/t/shout/processing/{action_id}/"
+    # an action the API started: DEFAULT_ACTION_PAGE, the generic ActionView pages
+    csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    created = page.request.post(
+        f"{server.base}/api/actions/",
+        data={"handler": "tests.echo", "request": {"from": "api"}},
+        headers={"X-CSRFToken": csrf, "Referer": f"{server.base}/"},
+    )
+    assert created.status == 201, created.text()
+    url = created.json()["url"]
+    assert url == f"{server.base}/actions/processing/{created.json()['id']}/"
+    page.goto(url)
+    page.wait_for_url(re.compile(r"/actions/result/"), timeout=TIMEOUT_MS)
+    row = page.locator("table.aa-response-table tr")
+    assert row.locator("th").inner_text() == "echo"
+    page.goto(f"{server.base}/admin/async_actions/action/{created.json()['id']}/change/")
+    page.get_by_role("link", name="View on site").click()
+    page.wait_for_url(re.compile(r"/actions/result/"))
