@@ -212,3 +212,27 @@ def _check_layer_check_interval(raw: dict[str, Any]) -> list[CheckMessage]:
             id="async_actions.W080",
         )
     ]
+
+
+@register(Tags.staticfiles)
+def check_static_files(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMessage]:
+    """With DEBUG off nothing in Django serves progress.js unless it is collected somewhere.
+
+    Pages still work without it (they reload themselves, docs/views.md), but lose live
+    progress and the script's Cancel button; this is the part a check can see.
+    """
+    static_url = str(getattr(settings, "STATIC_URL", "") or "")
+    if settings.DEBUG or getattr(settings, "STATIC_ROOT", None):
+        return []
+    if static_url.startswith(("http://", "https://", "//")):  # served by another host
+        return []
+    return [
+        Warning(
+            "DEBUG is off and STATIC_ROOT is not set: nothing serves "
+            "async_actions/progress.js, so processing pages lose live progress and fall "
+            "back to reloading themselves.",
+            hint="Set STATIC_ROOT, run manage.py collectstatic and serve it (a proxy's "
+            "/static/ location, or WhiteNoise); see docs/deploy.md, 'Static files'.",
+            id="async_actions.W090",
+        )
+    ]

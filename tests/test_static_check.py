@@ -1,0 +1,29 @@
+"""async_actions.W090: with DEBUG off and no STATIC_ROOT nothing serves progress.js."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+
+from async_actions.checks import check_static_files
+
+
+def ids(**settings: object) -> list[str]:
+    with override_settings(**settings):
+        return [message.id for message in check_static_files()]
+
+
+def test_debug_off_without_static_root_warns() -> None:
+    assert ids(DEBUG=False, STATIC_ROOT=None) == ["async_actions.W090"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"DEBUG": True, "STATIC_ROOT": None},  # runserver / ASGIStaticFilesHandler serve it
+        {"DEBUG": False, "STATIC_ROOT": "/srv/app/staticfiles"},  # collected, served
+        {"DEBUG": False, "STATIC_ROOT": None, "STATIC_URL": "https://cdn.example.com/s/"},
+    ],
+)
+def test_no_warning_when_something_can_serve_the_script(settings: dict) -> None:
+    assert ids(**settings) == []
