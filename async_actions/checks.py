@@ -7,11 +7,13 @@ inspect only: they build no runner, start no thread and touch no database.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.urls import NoReverseMatch, reverse
 
 from async_actions.conf import (
     DEFAULTS,
@@ -236,3 +238,25 @@ def check_static_files(app_configs: Any = None, **kwargs: Any) -> Iterable[Check
             id="async_actions.W090",
         )
     ]
+
+
+@register(Tags.urls)
+def check_default_action_page(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMessage]:
+    """A ``DEFAULT_ACTION_PAGE`` that reverses to nothing leaves every link ``null``."""
+    raw = getattr(settings, SETTING_NAME, {})
+    name = raw.get("DEFAULT_ACTION_PAGE") if isinstance(raw, dict) else None
+    if not isinstance(name, str) or not name:
+        return []  # unset, or a bad type check_settings reports
+    try:
+        reverse(name, kwargs={"pk": uuid.UUID(int=0)})
+    except NoReverseMatch:
+        return [
+            Warning(
+                f"{SETTING_NAME}['DEFAULT_ACTION_PAGE'] is {name!r}, which names no URL "
+                "taking a pk: actions started outside a view have no page.",
+                hint="Mount async_actions.views.ActionView (path('actions/', "
+                "include(ActionView.urls()))) and use 'async_actions:processing'.",
+                id="async_actions.W091",
+            )
+        ]
+    return []

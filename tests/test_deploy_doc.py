@@ -56,7 +56,7 @@ def test_the_documented_commands_bring_up_two_servers_and_two_workers(tmp_path: 
             "curl -sf -o /dev/null http://127.0.0.1:$port/ && break; sleep 0.1; done; done",
             # "Static files": each web process serves the processing page's script and CSS
             f"for port in {web_1} {web_2}; do for file in {' '.join(STATIC)}; do "
-            "curl -s -o /dev/null -w \"static $port $file %{http_code}\\n\" "
+            'curl -s -o /dev/null -w "static $port $file %{http_code}\\n" '
             "http://127.0.0.1:$port/static/async_actions/$file; done; done",
             adapt(check),
         ]

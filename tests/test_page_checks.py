@@ -1,11 +1,11 @@
-"""async_actions.W090: with DEBUG off and no STATIC_ROOT nothing serves progress.js."""
+"""Checks about what the pages need: static files (W090) and a default page (W091)."""
 
 from __future__ import annotations
 
 import pytest
 from django.test import override_settings
 
-from async_actions.checks import check_static_files
+from async_actions.checks import check_default_action_page, check_static_files
 
 
 def ids(**settings: object) -> list[str]:
@@ -27,3 +27,14 @@ def test_debug_off_without_static_root_warns() -> None:
 )
 def test_no_warning_when_something_can_serve_the_script(settings: dict) -> None:
     assert ids(**settings) == []
+
+
+def test_a_default_action_page_that_names_no_url_warns() -> None:
+    def check(page: str | None) -> list[str]:
+        with override_settings(ASYNC_ACTIONS={"DEFAULT_ACTION_PAGE": page}):
+            return [message.id for message in check_default_action_page()]
+
+    assert check("async_actions:processing") == []  # mounted by the test URLs
+    assert check(None) == []
+    assert check("nowhere:processing") == ["async_actions.W091"]
+    assert check("home") == ["async_actions.W091"]  # a URL, but none that takes a pk
