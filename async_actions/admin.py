@@ -102,7 +102,7 @@ class ActionAdmin(_ModelAdmin):
             },
         ),
         (_("Request"), {"fields": ["request_json"]}),
-        (_("Progress"), {"fields": ["percent", "message", "data_json"]}),
+        (_("Progress"), {"fields": ["percent_display", "message", "data_json"]}),
         (_("Outcome"), {"fields": ["response_json", "error", "traceback_text"]}),
         (_("Files"), {"fields": ["file_links"]}),
         (_("Log"), {"fields": ["log_lines"]}),
@@ -113,6 +113,10 @@ class ActionAdmin(_ModelAdmin):
 
     class Media:
         css = {"all": ["async_actions/progress.css", "async_actions/admin.css"]}
+
+    def view_on_site(self, action: Action) -> str | None:
+        """The action's page on the site; no "View on site" button when it has none."""
+        return action.get_absolute_url() or None
 
     # -- permissions: history is read-only -----------------------------------------
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -161,6 +165,11 @@ class ActionAdmin(_ModelAdmin):
             action.message,
             action.status,
         )
+
+    @admin.display(description=_("percent"), ordering="percent")
+    def percent_display(self, action: Action) -> str:
+        """Whole percent, as the bar and the pages show it (the row keeps the float)."""
+        return f"{int(action.percent)} %"
 
     @admin.display(description=_("duration"))
     def duration_display(self, action: Action) -> str:
@@ -283,7 +292,10 @@ class ActionAdmin(_ModelAdmin):
                 ),
                 "aa_result_url": reverse("admin:async_actions_action_change", args=[pk]),
             }
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **urls})
+        # No Delete button on a read-only record; finished actions go through "Delete
+        # selected" or the purge, which say what they remove.
+        context = {**(extra_context or {}), **urls, "show_delete": False}
+        return super().change_view(request, object_id, form_url, context)
 
     # -- search: ids as well as text -----------------------------------------------------
     def get_search_results(
@@ -352,6 +364,7 @@ class ActionAdmin(_ModelAdmin):
                     session_key=original.session_key or None,
                     client_address=original.client_address or None,  # the same fair share
                     retry_of=original,
+                    page=original.page,
                     # A second click, or a second operator, gets the retry already going.
                     idempotency_key=f"retry:{original.pk}",
                 )

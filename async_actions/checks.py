@@ -8,6 +8,7 @@ inspect only: they build no runner, start no thread and touch no database.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +16,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage
+from django.urls import NoReverseMatch, reverse
 
 from async_actions import files
 from async_actions.conf import (
@@ -248,3 +250,49 @@ def _check_layer_check_interval(raw: dict[str, Any]) -> list[CheckMessage]:
             id="async_actions.W080",
         )
     ]
+
+
+@register(Tags.staticfiles)
+def check_static_files(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMessage]:
+    """With DEBUG off nothing in Django serves progress.js unless it is collected somewhere.
+
+    Pages still work without it (they reload themselves, docs/views.md), but lose live
+    progress and the script's Cancel button; this is the part a check can see.
+    """
+    static_url = str(getattr(settings, "STATIC_URL", "") or "")
+    if settings.DEBUG or getattr(settings, "STATIC_ROOT", None):
+        return []
+    if static_url.startswith(("http://", "https://", "//")):  # served by another host
+        return []
+    return [
+        Warning(
+            "DEBUG is off and STATIC_ROOT is not set: nothing serves "
+            "async_actions/progress.js, so processing pages lose live progress and fall "
+            "back to reloading themselves.",
+            hint="Set STATIC_ROOT, run manage.py collectstatic and serve it (a proxy's "
+            "/static/ location, or WhiteNoise); see docs/deploy.md, 'Static files'.",
+            id="async_actions.W092",
+        )
+    ]
+
+
+@register(Tags.urls)
+def check_default_action_page(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMessage]:
+    """A ``DEFAULT_ACTION_PAGE`` that reverses to nothing leaves every link ``null``."""
+    raw = getattr(settings, SETTING_NAME, {})
+    name = raw.get("DEFAULT_ACTION_PAGE") if isinstance(raw, dict) else None
+    if not isinstance(name, str) or not name:
+        return []  # unset, or a bad type check_settings reports
+    try:
+        reverse(name, kwargs={"pk": uuid.UUID(int=0)})
+    except NoReverseMatch:
+        return [
+            Warning(
+                f"{SETTING_NAME}['DEFAULT_ACTION_PAGE'] is {name!r}, which names no URL "
+                "taking a pk: actions started outside a view have no page.",
+                hint="Mount async_actions.views.ActionView (path('actions/', "
+                "include(ActionView.urls()))) and use 'async_actions:processing'.",
+                id="async_actions.W091",
+            )
+        ]
+    return []

@@ -287,6 +287,12 @@ class ActionSettings:
     MAX_PROGRESS_DATA_BYTES = Setting[int](
         65_536, to=int, rule=POSITIVE_WHOLE, doc="Largest progress ``data`` as JSON in bytes."
     )
+    DEFAULT_ACTION_PAGE = Setting[str | None](
+        None,
+        to=_optional_str,
+        rule=_optional(NAME),
+        doc="URL name (reversed with pk) of the page for actions no view started; None: none.",
+    )
     # Liveness and retention
     HEARTBEAT_INTERVAL = Setting[float](
         5.0,

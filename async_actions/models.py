@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from async_actions import events
+from async_actions.conf import action_settings
 
 
 class ActionQuerySet(models.QuerySet["Action"]):
@@ -72,6 +73,9 @@ class Action(models.Model):
     #: Where the start came from (an IPv6 client as its /64); anonymous limits count by it.
     client_address = models.CharField(_("client address"), max_length=64, blank=True, default="")
     idempotency_key = models.CharField(_("idempotency key"), max_length=255, blank=True, default="")
+    #: URL name of the page that shows this action (the processing page of the view that
+    #: started it), reversed with ``pk``; empty for starts outside a view.
+    page = models.CharField(_("page"), max_length=255, blank=True, default="", editable=False)
 
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
@@ -160,10 +164,16 @@ class Action(models.Model):
         return f"{self.handler} {self.short_id} ({self.status})"
 
     def get_absolute_url(self) -> str:
-        try:
-            return reverse("async_actions:processing", kwargs={"pk": self.pk})
-        except NoReverseMatch:
-            return ""
+        """The action's processing page: the view's that started it, else the page
+        ``DEFAULT_ACTION_PAGE`` names; "" when neither is mounted."""
+        for name in (self.page, action_settings.DEFAULT_ACTION_PAGE):
+            if not name:
+                continue
+            try:
+                return reverse(name, kwargs={"pk": self.pk})
+            except NoReverseMatch:
+                continue
+        return ""
 
     @property
     def short_id(self) -> str:

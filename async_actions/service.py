@@ -159,6 +159,7 @@ def start(
     retry_of: Action | None = None,
     client_address: str | None = None,
     action_id: UUID | None = None,
+    page: str = "",
 ) -> StartResult:
     """Create an action and dispatch it to the runner once the transaction commits.
 
@@ -171,6 +172,8 @@ def start(
     address's place under ``MAX_RUNNING_PER_OWNER``. Without one, no address limit applies.
     ``action_id`` gives the new action its id (a form view stores its uploads under it
     before the start).
+    ``page`` is the URL name (reversed with ``pk``) of the page that shows the action;
+    the views pass their processing page's, others fall back to ``DEFAULT_ACTION_PAGE``.
     """
     handler, request, address = _validated(handler, request, client_address, idempotency_key)
     runner = get_runner()
@@ -196,6 +199,7 @@ def start(
             key=key,
             retry_of=retry_of,
             action_id=action_id,
+            page=page,
         )
     except _KeyBusy:
         return StartResult(OpStatus.BUSY)
@@ -260,6 +264,7 @@ def _create(
     key: str,
     retry_of: Action | None,
     action_id: UUID | None = None,
+    page: str = "",
 ) -> StartResult:
     """In one transaction: answer a repeated idempotency key with its action, or insert
     the action, check the limits and the concurrency key, and dispatch it on commit.
@@ -285,6 +290,7 @@ def _create(
             idempotency_key=key,
             retry_of=retry_of,
             concurrency_key=concurrency_key,
+            page=page,
         )
         # Checked after the INSERT, which (on SQLite) holds the write lock.
         if _over_limit(action, owned):

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActionPageMixin",
+    "ActionView",
     "AsyncFormView",
     "BaseAsyncView",
     "CancelPage",
@@ -148,12 +149,16 @@ class BaseAsyncView(View):
             patterns.append(path(route, view, name=page.name))
         return patterns, cls.namespace()
 
-    def url_for(self, name: str, action: Action | None = None) -> str:
-        """A URL of this view's set, in the namespace the request came through."""
+    def url_name(self, name: str) -> str:
+        """The full URL name of a page of this view's set, in the request's namespace."""
         match = self.request.resolver_match
         prefix = f"{match.namespace}:" if match is not None and match.namespace else ""
+        return f"{prefix}{name}"
+
+    def url_for(self, name: str, action: Action | None = None) -> str:
+        """A URL of this view's set, in the namespace the request came through."""
         kwargs = {"pk": action.pk} if action is not None else None
-        return reverse(f"{prefix}{name}", kwargs=kwargs)
+        return reverse(self.url_name(name), kwargs=kwargs)
 
     # -- dispatch ----------------------------------------------------------------------
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -306,6 +311,8 @@ class BaseAsyncView(View):
                 session_key=session_key,
                 client_address=client_address(self.request.META) or None,
                 action_id=self.new_action_id,
+                # Links to the action (the API's url, the admin's "View on site") lead here.
+                page=self.url_name("processing"),
             )
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
             return self.refused(exc)
@@ -468,6 +475,34 @@ class AsyncFormView(BaseAsyncView):
         if isinstance(value, dict):
             return {str(k): self._to_json(v) for k, v in value.items()}
         return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+class ActionView(BaseAsyncView):
+    """Pages for any action the visitor may see, whoever started it (API, service, script).
+
+    Mount it with ``path("actions/", include(ActionView.urls()))`` (namespace
+    ``async_actions``) and set ``DEFAULT_ACTION_PAGE`` to ``"async_actions:processing"``:
+    actions no view started then have a page too. It has no start page (404).
+    """
+
+    url_namespace: ClassVar[str] = "async_actions"
+
+    def get_title(self) -> str:
+        return _("Action")
+
+    def get_queryset(self) -> models.QuerySet[Action]:
+        """Every action the visitor may see, of any handler."""
+        return ownership.visible_actions(*self._visitor)
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        raise Http404(_("Actions are started elsewhere."))
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        raise Http404(_("Actions are started elsewhere."))
+
+    def action_context(self, action: Action) -> dict[str, Any]:
+        # No "Start again": this page did not start it.
+        return {**super().action_context(action), "start_url": ""}
 
 
 class ActionPageMixin(View):

@@ -84,7 +84,8 @@ DATABASES = {
 # Channels' in-memory layer, with expiry cleanup that does not grow with each message.
 CHANNEL_LAYERS = {"default": {"BACKEND": "async_actions.layers.InMemoryChannelLayer"}}
 
-ASYNC_ACTIONS: dict = {}
+# Actions started through the API or perform() get the pages of ActionView (urls.py).
+ASYNC_ACTIONS: dict = {"DEFAULT_ACTION_PAGE": "async_actions:processing"}
 
 AUTH_PASSWORD_VALIDATORS: list = []
 LOGIN_URL = "login"

@@ -56,6 +56,7 @@ ASYNC_ACTIONS = {
     "MAX_ACTIVE_PER_OWNER": None,
     "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None,
     "MAX_RUNNING_PER_OWNER": None,
+    "DEFAULT_ACTION_PAGE": "async_actions:processing",  # as the example project
 }
 # Server processes a test starts may shorten recovery (tests/test_restart_recovery.py).
 for _key in ("STALE_AFTER", "SWEEP_INTERVAL"):

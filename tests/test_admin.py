@@ -215,3 +215,23 @@ def test_non_staff_cannot_reach_admin_status_or_cancel(runner: Any) -> None:
     assert client.get(status_url).status_code == 302  # to the admin login
     assert client.post(cancel_url).status_code == 302
     assert Action.objects.get(pk=action.pk).cancel_requested is False
+
+
+def test_change_page_shows_the_percent_whole_as_the_bar_does(staff: Client) -> None:
+    action = Action.objects.create(handler="tests.echo", status="failed", percent=41.32231404958678)
+    page = staff.get(change_url(action)).content.decode()
+    assert "41 %" in page
+    assert "41.32" not in page
+
+
+def test_read_only_change_page_has_no_delete_button_yet_the_delete_page_works(
+    staff: Client,
+) -> None:
+    action = Action.objects.create(handler="tests.echo", status="succeeded")
+    page = staff.get(change_url(action)).content.decode()
+    delete_url = reverse("admin:async_actions_action_delete", args=[action.pk])
+    assert delete_url not in page
+    assert 'class="deletelink"' not in page
+    # operators still delete finished records on purpose: the list's action, the URL
+    assert staff.post(delete_url, {"post": "yes"}).status_code == 302
+    assert not Action.objects.filter(pk=action.pk).exists()

@@ -3,7 +3,8 @@
 The test runs the two blocks under "Bring it up on one machine" (the Tasks shape) and
 under "Bring it up with Celery" with only what must differ per run replaced: the
 installed virtualenv instead of a new one, a fresh database name (and Celery queue), and
-free ports. If the doc's commands stop working, this fails.
+free ports. If the doc's commands stop working, this fails. Both web processes must
+serve the processing page's static files, as the doc's "Static files" says.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.servers import ROOT, free_port
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 DOC = ROOT / "docs" / "deploy.md"
+STATIC = ("progress.js", "progress.css")
 
 
 def _blocks(heading: str) -> list[str]:
@@ -72,6 +74,10 @@ def test_the_documented_commands_bring_up_the_servers_and_workers(
                 if (ready := WORKER_READY[heading])
                 else []
             ),
+            # "Static files": each web process serves the processing page's script and CSS
+            f"for port in {web_1} {web_2}; do for file in {' '.join(STATIC)}; do "
+            'curl -s -o /dev/null -w "static $port $file %{http_code}\\n" '
+            "http://127.0.0.1:$port/static/async_actions/$file; done; done",
             adapt(check),
         ]
     )
@@ -114,6 +120,9 @@ def test_the_documented_commands_bring_up_the_servers_and_workers(
         f"--- {log.name}\n{log.read_text()[-2000:]}" for log in sorted((tmp_path / "run").glob("*"))
     )
     assert shell.returncode == 0, output + logs
+    for port in (web_1, web_2):
+        for name in STATIC:
+            assert f"static {port} {name} 200" in output, output + logs
     final = output.strip().splitlines()[-1]
     assert '"status":"succeeded"' in final, output + logs
     assert '"response":{"seconds":2}' in final, output + logs

@@ -1,6 +1,9 @@
 """docs/quickstart.md, followed in a fresh project: startproject, the documented edits,
 migrate, runserver, and the page through to its result in Chromium.
 
+An override template goes where the quickstart says app overrides go, and wins; the
+page's static files answer 200 under runserver and under plain daphne.
+
 The shell steps run as written except ``pip install`` (this environment has the package
 installed already, as the step leaves it) and the address: runserver gets a free port.
 Each code block names its file and whether it replaces the file or is appended to it.
@@ -13,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,6 +50,8 @@ def test_the_quickstart_gives_a_working_processing_page(tmp_path: Path) -> None:
         if key not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")
     }
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    # The package under test (this checkout), as `pip install` would leave it importable.
+    env["PYTHONPATH"] = str(ROOT)
     cwd = tmp_path
     for command in setup[1:]:
         if command.startswith("cd "):
@@ -59,6 +65,11 @@ def test_the_quickstart_gives_a_working_processing_page(tmp_path: Path) -> None:
             target.write_text(body)
         else:
             target.write_text(target.read_text() + "\n" + body)
+    # Item 5: an override where the quickstart says overrides go wins over the app's.
+    assert "reports/templates/async_actions/" in text
+    override = cwd / "reports" / "templates" / "async_actions" / "result.html"
+    override.parent.mkdir(parents=True)
+    override.write_text(OVERRIDE)
     _run(f"{sys.executable} manage.py migrate", cwd, env)
     port = free_port()
     log_file = open(tmp_path / "server.log", "w")  # noqa: SIM115 - the server writes it
@@ -88,10 +99,14 @@ def test_the_quickstart_gives_a_working_processing_page(tmp_path: Path) -> None:
             page.wait_for_url(re.compile(r"/count/processing/"))
             page.wait_for_url(re.compile(r"/count/result/"), timeout=30_000)
             assert "Done" in page.inner_text("body")
-            assert "'counted': 10" in page.inner_text("body")
+            assert page.locator("[data-testid=override]").inner_text() == "From reports."
+            row = page.locator("table.aa-response-table tr")
+            assert row.locator("th").inner_text() == "counted"
+            assert row.locator("td").inner_text() == "10"
             browser.close()
         # The bar moved live: the page saw progress messages before the result.
         assert any(message.startswith("Counted to") for message in seen), seen
+        assert_static_served(base)  # runserver serves them itself
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -100,3 +115,37 @@ def test_the_quickstart_gives_a_working_processing_page(tmp_path: Path) -> None:
             server.kill()
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+    # Plain daphne, as deploy.md runs it: the quickstart's asgi.py serves static files.
+    port = free_port()
+    daphne = subprocess.Popen(
+        [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+         "mysite.asgi:application"],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/count/", daphne)
+        assert_static_served(f"http://127.0.0.1:{port}")
+    finally:
+        daphne.send_signal(signal.SIGTERM)
+        try:
+            daphne.wait(10)
+        except subprocess.TimeoutExpired:
+            daphne.kill()
+
+
+OVERRIDE = """{% extends "async_actions/result.html" %}
+{% block aa_result %}<p data-testid="override">From reports.</p>{{ block.super }}{% endblock %}
+"""
+
+STATIC = {
+    "async_actions/progress.js": "customElements",
+    "async_actions/progress.css": ".aa-progress",
+}
+
+
+def assert_static_served(base: str) -> None:
+    """The processing page's script and stylesheet answer 200 with their content."""
+    for name, marker in STATIC.items():
+        with urllib.request.urlopen(f"{base}/static/{name}", timeout=10) as response:
+            assert response.status == 200, name
+            assert marker in response.read().decode(), name

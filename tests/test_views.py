@@ -92,7 +92,8 @@ def test_processing_page_shows_the_accessible_live_element(client: Client, runne
         assert 'role="progressbar"' in html and "aria-valuenow=" in html
         assert f'data-ws-path="/ws/async-actions/{pk}/"' in html
         assert f'data-status-url="/t/gate/status/{pk}/"' in html
-        assert '<noscript><meta http-equiv="refresh"' in html
+        assert '<noscript data-aa-fallback><meta http-equiv="refresh"' in html
+        assert 'addEventListener("load"' in html  # turns it on when progress.js fails
         assert "async_actions/progress.js" in html
     finally:
         gate("proc").set()

@@ -27,4 +27,5 @@ urlpatterns = [
     # docs/metrics.md, "Protect the endpoint": a token for Prometheus, or staff only.
     path("t/metrics/", bearer_token_required(METRICS_TOKEN)(metrics)),
     path("t/metrics-staff/", staff_member_required(metrics)),
+    path("t/summary/", include(views.SummaryView.urls())),
 ]

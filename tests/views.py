@@ -135,5 +135,18 @@ class ShoutView(BaseAsyncView):
         return {"text": text}
 
 
+class SummaryView(BaseAsyncView):
+    """Returns a result of every JSON kind, for the default result page."""
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        return {
+            "counted": 10,
+            "title": "<b>Quarterly</b>",
+            "ok": True,
+            "missing": None,
+            "rows": [{"name": "a", "value": 1}, {"name": "b", "value": 2}],
+        }
+
+
 class MembersOnlyView(LoginRequiredMixin, EchoView):
     """A site's mixin on its view class guards every page, not only the start page."""

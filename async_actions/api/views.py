@@ -15,6 +15,7 @@ from django.db import DatabaseError
 from django.db.models import QuerySet
 from django.http import Http404
 from django.http.response import HttpResponseBase
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
@@ -76,6 +77,8 @@ class ActionViewSet(
 
     serializer_class = ActionSerializer
     permission_classes = [permissions.IsAuthenticated]
+    # Described by drf-spectacular whatever the site's DEFAULT_SCHEMA_CLASS says.
+    schema = AutoSchema()
     pagination_class = ActionPagination
     # JSON only: a start's ``request`` is nested JSON, which forms cannot express. The
     # parser caps size and depth before parsing.

@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("async_actions", "0004_client_address"),
+        ("async_actions", "0005_action_page"),
     ]
 
     operations = [

@@ -72,3 +72,53 @@ def async_action_progress(
     return render_to_string(
         "async_actions/progress_element.html", element_context, request=context.get("request")
     )
+
+
+def response_rows(response: Any) -> list[tuple[str, str, bool]]:
+    """``(key, text, nested)`` per key of a JSON object: scalars as text, the rest as JSON.
+
+    Strings show as they are, numbers, booleans and null as JSON spells them; a nested
+    object or list is indented JSON (``nested`` True). Anything but a non-empty object
+    has no rows.
+    """
+    if not isinstance(response, dict):
+        return []
+    rows = []
+    for key, value in response.items():
+        if isinstance(value, str):
+            rows.append((str(key), value, False))
+        elif isinstance(value, dict | list):
+            rows.append((str(key), _indented(value), True))
+        else:
+            rows.append((str(key), json.dumps(value), False))
+    return rows
+
+
+def _indented(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+@register.simple_tag
+def async_action_response(response: Any) -> SafeString:
+    """The response as a readable table of its keys, or as indented JSON.
+
+    A handler returns JSON; a Python repr (``{'counted': 10}``) is no page for visitors.
+    """
+    return render_to_string(
+        "async_actions/response.html",
+        {"rows": response_rows(response), "text": _indented(response)},
+    )
+
+
+@register.simple_tag(takes_context=True)
+def async_action_fallback(context: template.Context) -> SafeString:
+    """The processing page's fallback for a page whose progress.js does not run.
+
+    A ``<meta http-equiv="refresh">`` in the markup cannot be cancelled by a script
+    once parsed, so the refresh stays in ``<noscript>`` and this inline script turns
+    it on only when the element has not started. The nonce comes from Django's CSP
+    context processor (``csp_nonce``) or django-csp (``request.csp_nonce``).
+    """
+    request = context.get("request")
+    nonce = context.get("csp_nonce") or getattr(request, "csp_nonce", "")
+    return render_to_string("async_actions/fallback.html", {"nonce": nonce})

@@ -47,6 +47,9 @@
     connectedCallback() {
       if (this._started) return;
       this._started = true;
+      // The processing page's fallback (its <noscript data-aa-fallback> parts) stays off
+      // while this is set: the element runs.
+      this.setAttribute("data-aa-live", "");
       var d = this.dataset;
       this.statusUrl = d.statusUrl;
       this.resultUrl = d.resultUrl;
