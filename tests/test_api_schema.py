@@ -17,6 +17,7 @@ ENDPOINTS = {
     "/actions/{id}/": {"get"},
     "/actions/{id}/cancel/": {"post"},
     "/actions/{id}/log/": {"get"},
+    "/actions/{id}/files/{file_id}/": {"get"},
 }
 
 #: A site that mounts the API under its own prefix and configures nothing for schemas.

@@ -69,8 +69,11 @@ def upload(client: Client, content: bytes = b"a,b\n1,2\n", name: str = "rows.csv
 
 
 def stored(media: Path) -> list[str]:
-    """Every file under the media root, as storage names."""
-    return sorted(str(p.relative_to(media)) for p in media.rglob("*") if p.is_file())
+    """Every file under the media root, as storage names (folders may go meanwhile)."""
+    names = []
+    for folder, _dirs, found in os.walk(media):  # os.walk skips a folder removed under it
+        names += [str((Path(folder) / name).relative_to(media)) for name in found]
+    return sorted(names)
 
 
 # -- uploads --------------------------------------------------------------------------------
