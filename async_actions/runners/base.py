@@ -8,13 +8,14 @@ start in :meth:`BaseRunner.start`, which ``async_actions.startup()`` calls.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
 
 from django.core.checks import CheckMessage
+
+from async_actions.runners.timers import Timers
 
 
 class BaseRunner(ABC):
@@ -40,6 +41,8 @@ class BaseRunner(ABC):
 
     def __init__(self) -> None:
         self.accepting = True
+        #: Delayed dispatches kept in this process (``dispatch_at``); no thread until used.
+        self.timers = Timers(self.dispatch)
 
     def start(self) -> None:
         """Start this process's machinery (recovery, shutdown hooks); safe to call again.
@@ -56,31 +59,29 @@ class BaseRunner(ABC):
 
         Recovery dispatches a pending action again only when no queue holds it, so a
         backlog waiting for free workers is not queued over and over. The default knows
-        of no queue.
+        only its own timers (``dispatch_at``).
         """
-        return set()
+        waiting = self.timers.waiting()
+        return {pk for pk in action_ids if pk in waiting}
 
     @abstractmethod
     def dispatch(self, action_id: UUID) -> None:
         """Arrange for ``executor.execute(action_id)`` to run; called after commit."""
 
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
-        """Dispatch once ``when`` has come (retry backoff).
+        """Dispatch once ``when`` has come (a delayed start, a retry's backoff).
 
-        The default keeps a timer in this process; runners whose queue can delay work
-        (a Tasks backend's ``run_after``) should override it. The delay is also stored
-        on the row, so a lost timer only means the action waits for recovery.
+        The default keeps a timer in this process (:class:`~.timers.Timers`); runners
+        whose queue can delay work (a Tasks backend's ``run_after``) should override it.
+        The time is also stored on the row, so a timer lost with its process is set
+        again by the next process's start-up sweep.
         """
-        from django.utils import timezone
-
-        delay = max(0.0, (when - timezone.now()).total_seconds())
-        timer = threading.Timer(delay, self.dispatch, args=(action_id,))
-        timer.daemon = True
-        timer.start()
+        self.timers.schedule(action_id, when)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting work and let running actions end; nothing stays running."""
         self.accepting = False
+        self.timers.close()
 
     def close(self) -> None:
         """Release resources when settings change (tests); defaults to shutdown."""
