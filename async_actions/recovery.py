@@ -144,7 +144,7 @@ def _schedule_delayed(report: SweepReport, now: datetime, dry_run: bool) -> None
         return
     held = runner.holds(list(rows))
     for pk, when in rows.items():
-        if pk in held:
+        if pk in held or when is None:
             continue
         report.scheduled.append(pk)
         if not dry_run:

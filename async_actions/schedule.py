@@ -40,9 +40,7 @@ def run_after_from(value: datetime | timedelta | None) -> datetime | None:
                 "or a timedelta, not a naive datetime."
             )
     else:
-        raise TypeError(
-            f"run_after must be a datetime or a timedelta, not {type(value).__name__}."
-        )
+        raise TypeError(f"run_after must be a datetime or a timedelta, not {type(value).__name__}.")
     return value if value > timezone.now() else None
 
 
@@ -56,9 +54,7 @@ def parse_run_after(text: str) -> datetime | None:
     match = _DURATION.match(text) if text else None
     if match is not None and any(match.groups()):
         days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-        return run_after_from(
-            timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-        )
+        return run_after_from(timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds))
     try:
         parsed = parse_datetime(text)
     except ValueError:

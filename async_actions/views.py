@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import uuid
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
@@ -180,7 +181,14 @@ class BaseAsyncView(View):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not self.run_process():
             return self.initial_page()
-        return self.start(self.get_run_data())
+        return self.start(self.get_run_data(), run_after=self.get_run_after())
+
+    def get_run_after(self, form: forms.BaseForm | None = None) -> datetime | timedelta | None:
+        """When the action may start: None (the default) for now, an aware datetime or
+        a timedelta to delay it. ``AsyncFormView`` passes the valid form, so a form
+        field can choose the time; the processing page says "Scheduled for …" meanwhile.
+        """
+        return None
 
     def run_process(self) -> bool:
         """Whether this request starts the action (default: every POST)."""
@@ -269,8 +277,9 @@ class BaseAsyncView(View):
         return ownership.controllable_actions(*self._visitor).filter(pk=action.pk).exists()
 
     # -- operations --------------------------------------------------------------------
-    def start(self, data: Any) -> HttpResponse:
-        """Start the action with ``data`` and answer 303 to its processing page."""
+    def start(self, data: Any, *, run_after: datetime | timedelta | None = None) -> HttpResponse:
+        """Start the action with ``data`` (not before ``run_after``, when given) and
+        answer 303 to its processing page."""
         user, session_key = ownership.new_owner(*self._visitor)
         try:
             result = service.start(
@@ -279,6 +288,7 @@ class BaseAsyncView(View):
                 user=user,
                 session_key=session_key,
                 client_address=client_address(self.request.META) or None,
+                run_after=run_after,
             )
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
             return self.refused(exc)
@@ -366,7 +376,7 @@ class AsyncFormView(BaseAsyncView):
             data = self.form_data(form)
         except PayloadError as exc:  # JSON nested deeper than MAX_JSON_DEPTH
             return self.refused(exc)
-        return self.start(data)
+        return self.start(data, run_after=self.get_run_after(form))
 
     def check_json_fields(self, form: forms.BaseForm) -> None:
         """Refuse too-deep text in ``forms.JSONField`` fields before the form parses it.

@@ -16,4 +16,5 @@ urlpatterns = [
     path("t/exclusive/", include(views.ExclusiveView.urls())),
     path("t/shout/", include(views.ShoutView.urls())),
     path("t/members/", include(views.MembersOnlyView.urls())),
+    path("t/later/", include(views.LaterView.urls())),
 ]

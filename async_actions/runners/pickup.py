@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 from uuid import UUID
 
 from django.db import DatabaseError, close_old_connections, connections, router
@@ -31,6 +32,7 @@ from async_actions.conf import action_settings
 from async_actions.dispatcher import Dispatcher
 from async_actions.models import Action
 
+psycopg: Any
 try:  # LISTEN needs psycopg 3's notification iterator; psycopg 2 and SQLite poll
     import psycopg
 except ImportError:  # pragma: no cover - the postgres extra installs it
@@ -132,7 +134,7 @@ class Pickup:
 
     @property
     def mode(self) -> str:
-        """"listen", "poll" or "off", for logs and tests."""
+        """The pick-up in use: "listen", "poll" or "off" (for logs and tests)."""
         if self._thread is None:
             return "off"
         return "listen" if self._thread._target == self._listen else "poll"  # type: ignore[attr-defined]
