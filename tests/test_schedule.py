@@ -241,9 +241,7 @@ def test_the_api_starts_an_action_at_its_run_after(api: APIClient, runner: Any) 
     ran_not_before(body["id"], when)
 
 
-def test_the_api_reads_a_time_without_offset_in_the_sites_zone(
-    api: APIClient, runner: Any
-) -> None:
+def test_the_api_reads_a_time_without_offset_in_the_sites_zone(api: APIClient, runner: Any) -> None:
     with timezone.override("UTC"):
         response = post(api, {"handler": "tests.echo", "run_after": "2099-06-01T12:00:00"})
     assert response.status_code == 201
