@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from typing import Any
 from uuid import UUID
 
-from django.db import DatabaseError, close_old_connections, connections, router
+from django.db import DatabaseError, close_old_connections, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
@@ -69,7 +70,10 @@ def announce(action_id: UUID) -> None:
     if connection.vendor != "postgresql":
         return
     try:
-        with connection.cursor() as cursor:
+        # Inside a caller's transaction, a savepoint: a failure must not break it.
+        savepoint = transaction.atomic(using=connection.alias, savepoint=True)
+        guard = savepoint if connection.in_atomic_block else nullcontext()
+        with guard, connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, str(action_id)])
     except DatabaseError:
         logger.warning("Could not announce action %s; the server's sweep will find it", action_id)
@@ -166,7 +170,9 @@ class Pickup:
                         for note in conn.notifies(timeout=1.0):
                             self._arrived(note.payload)
             except Exception:  # a lost connection: poll once more as we connect again
-                logger.warning("Pending-action listener lost its connection; reconnecting")
+                logger.warning(
+                    "Pending-action listener lost its connection; reconnecting", exc_info=True
+                )
                 self._stop.wait(RECONNECT_DELAY)
 
     def _arrived(self, payload: str) -> None:
