@@ -62,4 +62,3 @@ def test_the_pending_page_says_when_in_the_viewers_zone_then_shows_the_result(
     state = page.request.get(status_url).json()
     assert state["status"] == "succeeded"
     assert datetime.fromisoformat(state["started_at"]) >= when
-

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from django.core.checks import CheckMessage
 
+from async_actions import recovery
 from async_actions.runners.timers import Timers
 
 
@@ -50,8 +51,6 @@ class BaseRunner(ABC):
         Construction has no side effects; ``async_actions.startup()`` calls this in
         every server and worker process.
         """
-        from async_actions import recovery
-
         recovery.start_periodic(sweep_now=True)
 
     def holds(self, action_ids: Iterable[UUID]) -> set[UUID]:

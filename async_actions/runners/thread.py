@@ -19,8 +19,13 @@ from uuid import UUID
 from django.core import checks
 from django.db import DatabaseError, connections
 
+from async_actions import lifecycle, recovery
 from async_actions.conf import action_settings
+from async_actions.executor import execute
+from async_actions.models import Action
 from async_actions.runners.base import BaseRunner
+from async_actions.runners.pickup import Pickup, announce
+from async_actions.supervisor import supervisor
 
 logger = logging.getLogger("async_actions")
 
@@ -78,8 +83,6 @@ class ThreadRunner(BaseRunner):
         process runs nothing (unless ``RUN_WITHOUT_STARTUP``, where the first dispatch
         starts the hooks and the sweeper, sweeping from one ``SWEEP_INTERVAL`` on).
         """
-        from async_actions.runners.pickup import Pickup  # models: after the app registry
-
         with self._lock:
             if self._serving or self._closed:
                 return
@@ -100,8 +103,6 @@ class ThreadRunner(BaseRunner):
             self._started = True
         atexit.register(self.shutdown)
         _install_sigterm()
-        from async_actions import recovery
-
         recovery.start_periodic(sweep_now=sweep_now)
 
     def dispatch(self, action_id: UUID) -> None:
@@ -121,10 +122,8 @@ class ThreadRunner(BaseRunner):
 
     def _leave_to_server(self, action_id: UUID) -> None:
         """Not a server: the row stays pending; tell a listening server (PostgreSQL)."""
-        from async_actions.runners import pickup  # models: after the app registry
-
         logger.debug("Action %s left pending for the server process", action_id)
-        pickup.announce(action_id)
+        announce(action_id)
 
     def run_here(self, action_id: UUID) -> None:
         """Run the action on this process's pool, server or not.
@@ -157,8 +156,6 @@ class ThreadRunner(BaseRunner):
         thread.start()
 
     def _work(self) -> None:
-        from async_actions.executor import execute
-
         me = threading.current_thread()
         while True:
             action_id = self._queue.get()
@@ -241,8 +238,6 @@ class ThreadRunner(BaseRunner):
         self.timers.close()  # delayed actions stay pending; the next server sets them again
         if self._pickup is not None:
             self._pickup.stop()
-        from async_actions.supervisor import supervisor
-
         wait = float(action_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
         if not self.wait_idle(wait):
             logger.warning("Shutdown: asking %d running actions to cancel", self.active_count)
@@ -270,9 +265,6 @@ class ThreadRunner(BaseRunner):
 
 def _mark_failed(ids: list[UUID], error: str) -> None:
     """Fail actions still running at shutdown the usual way: expiry, push, key release."""
-    from async_actions import lifecycle  # models: loaded after the app registry
-    from async_actions.models import Action
-
     for pk in ids:
         try:
             lifecycle.end(pk, Action.Status.FAILED, error=error)
