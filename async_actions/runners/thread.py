@@ -122,7 +122,12 @@ class ThreadRunner(BaseRunner):
 
     def _leave_to_server(self, action_id: UUID) -> None:
         """Not a server: the row stays pending; tell a listening server (PostgreSQL)."""
-        logger.debug("Action %s left pending for the server process", action_id)
+        logger.info(
+            "Action %s left pending for the server: this process did not call "
+            "async_actions.startup(), so it runs no actions (docs/deploy.md, "
+            "'Actions started outside the server')",
+            action_id,
+        )
         announce(action_id)
 
     def run_here(self, action_id: UUID) -> None:
