@@ -41,6 +41,7 @@ BENCHES = [
     ("scaleout", "bench_scaleout.py", (5432, 6379), [], ["--actions", "100", "--repeat", "1"]),
     ("fanout", "bench_fanout.py", (), [], ["--clients", "200", "--actions", "20"]),
     ("load", "bench_load.py", (), [], ["--actions", "40", "--clients", "100"]),
+    ("pickup", "bench_pickup.py", (), [], ["--starts", "10"]),
 ]
 
 
