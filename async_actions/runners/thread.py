@@ -72,7 +72,7 @@ class ThreadRunner(BaseRunner):
         self._started = False
         #: Set by start(): this process is a server, so it runs what anyone starts.
         self._serving = False
-        self._pickup: Any = None
+        self._pickup: Pickup | None = None
 
     def start(self) -> None:
         """Make this process the server: install the shutdown hooks (atexit, SIGTERM),
