@@ -219,6 +219,20 @@ class ActionSettings:
         rule=NON_NEGATIVE_SECONDS,
         doc="Seconds shutdown waits after asking for cancellation before failing actions.",
     )
+    PICKUP_POLL_INTERVAL = Setting[float | None](
+        1.0,
+        to=_optional_float,
+        rule=OPTIONAL_SECONDS,
+        doc="Seconds between a server's looks for actions other processes started, where "
+        "no LISTEN/NOTIFY (None: no pick-up; the sweep finds them).",
+    )
+    RUN_WITHOUT_STARTUP = Setting[bool](
+        False,
+        to=bool,
+        rule=BOOLEAN,
+        doc="Whether the ThreadRunner runs actions in a process that never called "
+        "async_actions.startup() (tests); else such a process leaves them to the server.",
+    )
     # Progress and live updates
     PROGRESS_DB_INTERVAL = Setting[float](
         0.5,

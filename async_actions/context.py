@@ -77,6 +77,8 @@ class ActionContext:
         self._publisher = publisher
         self._cancel = threading.Event()
         self._cancel_reason = ""
+        #: Stored as the error of the action if it ends cancelled (see :meth:`cancel`).
+        self.cancel_error = ""
         self._cancel_callbacks: list[Callable[[], object]] = []
         self._callbacks_lock = threading.Lock()
         logger = logging.Logger(f"async_actions.actions.{action.handler}", logging.DEBUG)
@@ -116,14 +118,18 @@ class ActionContext:
         """Why the action was asked to stop ("" while it was not)."""
         return self._cancel_reason
 
-    def cancel(self, reason: str = "requested") -> None:
+    def cancel(self, reason: str = "requested", *, error: str = "") -> None:
         """Ask the handler to stop, the way a user's cancel does.
 
         ``cancelled`` turns true, ``raise_if_cancelled()`` raises and an async handler
         gets ``CancelledError``; watchers see the cancel requested. ``reason`` (kept in
         :attr:`cancel_reason`, the first one wins) goes to the ``async_actions`` log.
+        ``error``, when no user asked (a process exit), is stored as the cancelled
+        action's error so that it says why.
         """
         self._publisher.cancel_requested = True
+        if error and not self._cancel.is_set():
+            self.cancel_error = error
         self._signal_cancel(reason)
 
     def request_cancel(self) -> None:

@@ -32,6 +32,11 @@ class Dispatcher(Protocol):
 
     def holds(self, action_ids: Iterable[UUID]) -> set[UUID]: ...
 
+    @property
+    def supports_defer(self) -> bool:
+        """Whether ``dispatch_at`` hands the delay to a durable queue."""
+        ...
+
 
 _provider: Callable[[], Dispatcher] | None = None
 

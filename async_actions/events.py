@@ -22,6 +22,8 @@ __all__ = ["EVENT_TYPE", "event_for", "group_name", "snapshot"]
 EVENT_TYPE = "action.update"
 #: ``Action.Status.FAILED`` as stored: the only status whose snapshot shows its error.
 FAILED = "failed"
+#: ``Action.Status.PENDING``: the only status whose snapshot shows ``run_after``.
+PENDING = "pending"
 
 
 def group_name(action_id: UUID | str) -> str:
@@ -44,11 +46,13 @@ def snapshot(
     created_at: datetime | None,
     started_at: datetime | None,
     finished_at: datetime | None,
+    run_after: datetime | None = None,
 ) -> dict[str, Any]:
     """The public state of an action, pushed to browsers and answered by the status page.
 
     ``error`` shows only for a failed action: a cancelled or retried one may keep an
-    error text in its row that is not its outcome.
+    error text in its row that is not its outcome. ``run_after`` (an ISO time: not
+    started before it, a delayed start or a retry's wait) shows only while pending.
     """
     return {
         "id": str(action_id),
@@ -64,6 +68,7 @@ def snapshot(
         "created_at": _iso(created_at),
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
+        "run_after": _iso(run_after) if status == PENDING else None,
     }
 
 

@@ -148,7 +148,7 @@ def run_claimed(
         supervisor.start_clock(action.pk, handler.get_time_limit(), on_abandon=on_abandon)
         response = _checked_response(_kept(action, _call(handler, ctx, publisher)))
     except ActionCancelled:
-        status = Action.Status.CANCELLED
+        status, error = Action.Status.CANCELLED, ctx.cancel_error
     except EscapedBaseException as exc:  # an async handler's, carried off the loop
         escaped = exc.original
         status, error, trace = _base_failure(escaped, action)

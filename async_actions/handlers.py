@@ -18,6 +18,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -365,8 +366,10 @@ class Handle:
         session_key: str | None = None,
         idempotency_key: str | None = None,
         client_address: str | None = None,
+        run_after: datetime | timedelta | None = None,
     ) -> StartResult:
-        """Start an action of this handler: ``service.start(self.name, request, ...)``."""
+        """Start an action of this handler: ``service.start(self.name, request, ...)``;
+        ``run_after`` (an aware datetime or a timedelta) delays it."""
         if _starter is None:
             raise HandlerError(
                 "The action service is not loaded: is 'async_actions' in INSTALLED_APPS "
@@ -379,6 +382,7 @@ class Handle:
             session_key=session_key,
             idempotency_key=idempotency_key,
             client_address=client_address,
+            run_after=run_after,
         )
 
     async def astart(
@@ -389,6 +393,7 @@ class Handle:
         session_key: str | None = None,
         idempotency_key: str | None = None,
         client_address: str | None = None,
+        run_after: datetime | timedelta | None = None,
     ) -> StartResult:
         """:meth:`start` for async code, on Django's thread for sync work."""
         return await sync_to_async(self.start, thread_sensitive=True)(
@@ -397,6 +402,7 @@ class Handle:
             session_key=session_key,
             idempotency_key=idempotency_key,
             client_address=client_address,
+            run_after=run_after,
         )
 
     def __repr__(self) -> str:

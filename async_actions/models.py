@@ -88,7 +88,8 @@ class Action(models.Model):
     seq = models.BigIntegerField(_("sequence"), default=0)
     #: Actions sharing a non-empty key never run at the same time (see handlers docs).
     concurrency_key = models.CharField(_("concurrency key"), max_length=255, blank=True, default="")
-    #: A pending action is not claimed before this time (retry backoff survives restarts).
+    #: A pending action is not claimed before this time: a delayed start, or a retry's
+    #: backoff (``async_actions.schedule``); stored, so it survives restarts.
     run_after = models.DateTimeField(_("run after"), null=True, blank=True)
     #: The Tasks backend's id of the task carrying this action (TasksRunner only):
     #: recovery asks the backend whether it is still queued before enqueueing another.
@@ -212,6 +213,7 @@ class Action(models.Model):
             created_at=self.created_at,
             started_at=self.started_at,
             finished_at=self.finished_at,
+            run_after=self.run_after,
         )
 
 

@@ -286,6 +286,7 @@ class Publisher:
         percent: float | None = None,
         error: str = "",
         finished_at: datetime | None = None,
+        run_after: datetime | None = None,
     ) -> dict[str, Any]:
         """The state held now (or the end's, given its fields), as the row would show it."""
         return events.snapshot(
@@ -302,6 +303,7 @@ class Publisher:
             created_at=self._created_at,
             started_at=self._started_at,
             finished_at=finished_at,
+            run_after=run_after,
         )
 
     def push(self) -> None:
@@ -402,7 +404,7 @@ class Publisher:
                 "run_after": run_after,
                 "heartbeat_at": None,
             }
-            snapshot = self._snapshot_locked(status="pending")
+            snapshot = self._snapshot_locked(status="pending", run_after=run_after)
         return fields, snapshot
 
     def close(self) -> None:

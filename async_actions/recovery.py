@@ -39,9 +39,11 @@ class SweepReport:
     failed: list[UUID] = field(default_factory=list)
     requeued: list[UUID] = field(default_factory=list)
     redispatched: list[UUID] = field(default_factory=list)
+    #: Delayed pending actions given a timer again (their process's timer was lost).
+    scheduled: list[UUID] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.failed or self.requeued or self.redispatched)
+        return bool(self.failed or self.requeued or self.redispatched or self.scheduled)
 
 
 def stale_before(now: datetime | None = None) -> datetime:
@@ -70,6 +72,7 @@ def sweep(*, dry_run: bool = False, now: datetime | None = None) -> SweepReport:
     report = SweepReport()
     _recover_stale(report, now, dry_run)
     _redispatch_lost(report, now, dry_run)
+    _schedule_delayed(report, now, dry_run)
     if report:
         _log_report(report, dry_run)
     return report
@@ -120,12 +123,42 @@ def _redispatch_lost(report: SweepReport, now: datetime, dry_run: bool) -> None:
             lifecycle.wake_next(key)
 
 
+def _schedule_delayed(report: SweepReport, now: datetime, dry_run: bool) -> None:
+    """Give delayed pending actions a timer again where timers live in a process.
+
+    A runner whose queue cannot delay work keeps its timers in memory; after a restart
+    the new process sets them again from ``run_after`` here (its start-up sweep), so a
+    delayed start keeps its time. Rows already due for ``STALE_AFTER`` are
+    ``lost_pending``'s; a runner whose queue holds the delay (``supports_defer``) needs
+    none of this.
+    """
+    runner = dispatcher.current()
+    if runner.supports_defer:
+        return
+    rows = dict(
+        Action.objects.filter(
+            status=Action.Status.PENDING, run_after__gte=stale_before(now)
+        ).values_list("pk", "run_after")
+    )
+    if not rows:
+        return
+    held = runner.holds(list(rows))
+    for pk, when in rows.items():
+        if pk in held or when is None:
+            continue
+        report.scheduled.append(pk)
+        if not dry_run:
+            runner.dispatch_at(pk, when)
+
+
 def _log_report(report: SweepReport, dry_run: bool) -> None:
     logger.warning(
-        "Recovery: %d failed (worker lost), %d requeued, %d dispatched again%s",
+        "Recovery: %d failed (worker lost), %d requeued, %d dispatched again, "
+        "%d delayed ones scheduled again%s",
         len(report.failed),
         len(report.requeued),
         len(report.redispatched),
+        len(report.scheduled),
         " (dry run)" if dry_run else "",
     )
 

@@ -17,6 +17,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -39,6 +40,7 @@ from async_actions.models import Action
 from async_actions.payloads import check_payload, clean_text
 from async_actions.progress import push_action, validate_data, validate_percent
 from async_actions.runners import get_runner
+from async_actions.schedule import run_after_from
 from async_actions.state import ActionState
 from async_actions.supervisor import supervisor
 
@@ -160,6 +162,7 @@ def start(
     client_address: str | None = None,
     action_id: UUID | None = None,
     page: str = "",
+    run_after: datetime | timedelta | None = None,
 ) -> StartResult:
     """Create an action and dispatch it to the runner once the transaction commits.
 
@@ -174,8 +177,12 @@ def start(
     before the start).
     ``page`` is the URL name (reversed with ``pk``) of the page that shows the action;
     the views pass their processing page's, others fall back to ``DEFAULT_ACTION_PAGE``.
+    ``run_after`` (an aware datetime, or a timedelta from now) delays the start: the
+    action waits in pending and is not claimed before that time (a time already past
+    means now); it can be cancelled like any pending action.
     """
     handler, request, address = _validated(handler, request, client_address, idempotency_key)
+    when = run_after_from(run_after)
     runner = get_runner()
     if not runner.accepting:
         return StartResult(OpStatus.SHUTDOWN_IN_PROGRESS)
@@ -200,6 +207,7 @@ def start(
             retry_of=retry_of,
             action_id=action_id,
             page=page,
+            run_after=when,
         )
     except _KeyBusy:
         return StartResult(OpStatus.BUSY)
@@ -265,6 +273,7 @@ def _create(
     retry_of: Action | None,
     action_id: UUID | None = None,
     page: str = "",
+    run_after: datetime | None = None,
 ) -> StartResult:
     """In one transaction: answer a repeated idempotency key with its action, or insert
     the action, check the limits and the concurrency key, and dispatch it on commit.
@@ -291,13 +300,14 @@ def _create(
             retry_of=retry_of,
             concurrency_key=concurrency_key,
             page=page,
+            run_after=run_after,
         )
         # Checked after the INSERT, which (on SQLite) holds the write lock.
         if _over_limit(action, owned):
             raise _LimitReached
         if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
             raise _KeyBusy
-    runner.dispatch_after_commit(action.pk)
+    runner.dispatch_after_commit(action.pk, run_after)
     return StartResult(OpStatus.OK, action, created=True)
 
 
@@ -492,6 +502,7 @@ def perform(
     session_key: str | None = None,
     idempotency_key: str | None = None,
     client_address: str | None = None,
+    run_after: datetime | timedelta | None = None,
     **legacy_kwargs: Any,
 ) -> StartResult:
     """Start ``func(*args, **kwargs)`` as an action; ``func`` must be importable, the
@@ -500,7 +511,8 @@ def perform(
     The target's arguments (``args``, ``kwargs``) stay apart from the start's own
     options (``user``, ``session_key``, ...), so a function may take any parameter
     name. Inside ``func``, :func:`async_actions.context.current` gives the
-    ActionContext for progress and cancellation. The older form
+    ActionContext for progress and cancellation. ``run_after`` delays it as in
+    :func:`start`. The older form
     ``perform(func, *args, **kwargs)`` still works, with a DeprecationWarning.
     """
     if legacy_args or legacy_kwargs:
@@ -527,6 +539,7 @@ def perform(
         session_key=session_key,
         idempotency_key=idempotency_key,
         client_address=client_address,
+        run_after=run_after,
     )
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import uuid
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
@@ -192,7 +193,14 @@ class BaseAsyncView(View):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not self.run_process():
             return self.initial_page()
-        return self.start(self.get_run_data())
+        return self.start(self.get_run_data(), run_after=self.get_run_after())
+
+    def get_run_after(self, form: forms.BaseForm | None = None) -> datetime | timedelta | None:
+        """When the action may start: None (the default) for now, an aware datetime or
+        a timedelta to delay it. ``AsyncFormView`` passes the valid form, so a form
+        field can choose the time; the processing page says "Scheduled for …" meanwhile.
+        """
+        return None
 
     def run_process(self) -> bool:
         """Whether this request starts the action (default: every POST)."""
@@ -300,8 +308,9 @@ class BaseAsyncView(View):
         return ownership.controllable_actions(*self._visitor).filter(pk=action.pk).exists()
 
     # -- operations --------------------------------------------------------------------
-    def start(self, data: Any) -> HttpResponse:
-        """Start the action with ``data`` and answer 303 to its processing page."""
+    def start(self, data: Any, *, run_after: datetime | timedelta | None = None) -> HttpResponse:
+        """Start the action with ``data`` (not before ``run_after``, when given) and
+        answer 303 to its processing page."""
         user, session_key = ownership.new_owner(*self._visitor)
         try:
             result = service.start(
@@ -313,6 +322,7 @@ class BaseAsyncView(View):
                 action_id=self.new_action_id,
                 # Links to the action (the API's url, the admin's "View on site") lead here.
                 page=self.url_name("processing"),
+                run_after=run_after,
             )
         except PayloadError as exc:  # a NUL character, a request over MAX_REQUEST_BYTES...
             return self.refused(exc)
@@ -411,16 +421,16 @@ class AsyncFormView(BaseAsyncView):
         except BaseException:
             self._discard_uploads()
             raise
-        return self.start(data)
+        return self.start(data, run_after=self.get_run_after(form))
 
-    def start(self, data: Any) -> HttpResponse:
+    def start(self, data: Any, *, run_after: datetime | timedelta | None = None) -> HttpResponse:
         """Start the action; its uploads' rows are saved in the transaction that creates
         it, so the worker finds them. A start that is refused removes them from storage."""
         if not getattr(self, "uploads", None):  # none stored, or a post() of the site's own
-            return super().start(data)
+            return super().start(data, run_after=run_after)
         try:
             with transaction.atomic():
-                response = super().start(data)
+                response = super().start(data, run_after=run_after)
                 if self.started_action is not None:
                     files.record_uploads(self.uploads)
         except BaseException:

@@ -48,6 +48,7 @@ BENCHES = [
     ),
     ("fanout", "bench_fanout.py", (), [], ["--clients", "200", "--actions", "20"]),
     ("load", "bench_load.py", (), [], ["--actions", "40", "--clients", "100"]),
+    ("pickup", "bench_pickup.py", (), [], ["--starts", "10"]),
 ]
 
 

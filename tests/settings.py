@@ -57,11 +57,18 @@ ASYNC_ACTIONS = {
     "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None,
     "MAX_RUNNING_PER_OWNER": None,
     "DEFAULT_ACTION_PAGE": "async_actions:processing",  # as the example project
+    # The test process is the server: actions its tests start run here without
+    # startup(), and it does not poll for rows tests create on purpose.
+    "RUN_WITHOUT_STARTUP": True,
+    "PICKUP_POLL_INTERVAL": None,
 }
 # Server processes a test starts may shorten recovery (tests/test_restart_recovery.py).
-for _key in ("STALE_AFTER", "SWEEP_INTERVAL"):
+for _key in ("STALE_AFTER", "SWEEP_INTERVAL", "PICKUP_POLL_INTERVAL"):
     if os.environ.get(f"AA_{_key}"):
         ASYNC_ACTIONS[_key] = float(os.environ[f"AA_{_key}"])
+# A process that plays "a script, not the server" (tests/test_pickup.py).
+if os.environ.get("AA_RUN_WITHOUT_STARTUP") == "0":
+    ASYNC_ACTIONS["RUN_WITHOUT_STARTUP"] = False
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
 INSTALLED_APPS = [*INSTALLED_APPS, "django_tasks_db", "tests"]  # noqa: F405

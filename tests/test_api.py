@@ -122,7 +122,7 @@ def test_busy_key_answers_409(api: APIClient, runner: Any) -> None:
     wait_finished(first.json()["id"])
 
 
-@override_settings(ASYNC_ACTIONS={"MAX_ACTIVE_PER_OWNER": 1})
+@override_settings(ASYNC_ACTIONS={"MAX_ACTIVE_PER_OWNER": 1, "RUN_WITHOUT_STARTUP": True})
 def test_limit_of_active_actions_answers_429_with_retry_after(api: APIClient, runner: Any):
     gate("api-limit").clear()
     first = post(api, {"handler": "tests.wait", "request": {"gate": "api-limit"}})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from django.utils import timezone
 
 from async_actions import events, lifecycle, progress, push
 from async_actions.models import Action
@@ -33,7 +35,7 @@ def test_an_event_carries_its_route_and_the_snapshot_as_text_once() -> None:
 
 
 @pytest.mark.usefixtures("recording")
-def test_the_publisher_and_the_row_make_the_same_snapshot_whilerunning_action() -> None:
+def test_the_publisher_and_the_row_make_the_same_snapshot_while_running() -> None:
     action, publisher = running_action()
     publisher.update(40, "halfway", {"rows": 4})
     publisher.flush_due(float("inf"))  # written
@@ -41,7 +43,7 @@ def test_the_publisher_and_the_row_make_the_same_snapshot_whilerunning_action() 
     assert publisher.snapshot() == action.snapshot()
     assert set(action.snapshot()) == {
         "id", "handler", "status", "percent", "message", "data", "seq", "attempt",
-        "error", "cancel_requested", "created_at", "started_at", "finished_at",
+        "error", "cancel_requested", "created_at", "started_at", "finished_at", "run_after",
     }  # fmt: skip
 
 
@@ -67,12 +69,25 @@ def test_the_pushed_end_is_the_stored_end(
 
 
 @pytest.mark.usefixtures("recording")  # the next attempt is not run
-def test_the_requeued_state_pushed_is_the_stored_one(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("wait", [None, 30], ids=["due", "waiting"])
+def test_the_requeued_state_pushed_is_the_stored_one(
+    monkeypatch: pytest.MonkeyPatch, wait: int | None
+) -> None:
     action, publisher = running_action()
     pushed: list[dict[str, Any]] = []
     monkeypatch.setattr(push.pusher, "push", lambda pk, snapshot: pushed.append(snapshot))
-    assert lifecycle.requeue(publisher, run_after=None, note="again")
+    run_after = None if wait is None else timezone.now() + timedelta(seconds=wait)
+    assert lifecycle.requeue(publisher, run_after=run_after, note="again")
     assert pushed == [Action.objects.get(pk=action.pk).snapshot()]
+    assert pushed[0]["run_after"] == (None if run_after is None else run_after.isoformat())
+
+
+def test_run_after_shows_only_while_pending() -> None:
+    """It means "not started before": a running or finished action has no such time."""
+    when = timezone.now() + timedelta(minutes=5)
+    for status, shown in [("pending", when.isoformat()), ("running", None), ("failed", None)]:
+        action = Action.objects.create(handler="tests.echo", status=status, run_after=when)
+        assert action.snapshot()["run_after"] == shown
 
 
 def test_the_old_import_paths_in_progress_keep_working() -> None:

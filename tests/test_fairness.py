@@ -41,6 +41,7 @@ BASE = {
     "SHUTDOWN_GRACE": 2.0,
     "SWEEP_INTERVAL": 3600.0,
     "MAX_WORKERS": 4,
+    "RUN_WITHOUT_STARTUP": True,  # this process is the server (tests/settings.py)
 }
 LIMITS_OFF = {"MAX_ACTIVE_PER_OWNER": None, "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None}
 TASKS = {**BASE, "RUNNER": "async_actions.runners.tasks.TasksRunner"}

@@ -80,7 +80,9 @@ def test_shutdown_cancels_what_outlives_the_timeout_and_refuses_new_starts(
     wait_for(lambda: Action.objects.filter(status="running").count() == 2)
     pool.shutdown()
     assert service.start("tests.echo", session_key="s").status is OpStatus.SHUTDOWN_IN_PROGRESS
-    assert Action.objects.get(pk=cooperative).status == "cancelled"
+    cancelled = Action.objects.get(pk=cooperative)
+    assert cancelled.status == "cancelled"
+    assert "stopped before the action finished" in cancelled.error  # says why (issue 19)
     failed = Action.objects.get(pk=stubborn)
     assert (failed.status, failed.error) == ("failed", SHUTDOWN_ERROR)
     assert not Action.objects.filter(status="running").exists()

@@ -28,4 +28,5 @@ urlpatterns = [
     path("t/metrics/", bearer_token_required(METRICS_TOKEN)(metrics)),
     path("t/metrics-staff/", staff_member_required(metrics)),
     path("t/summary/", include(views.SummaryView.urls())),
+    path("t/later/", include(views.LaterView.urls())),
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.files.base import ContentFile
+from django.utils import timezone
 
 from async_actions.context import ActionContext, ActionError
 from async_actions.views import AsyncFormView, BaseAsyncView
@@ -150,3 +152,22 @@ class SummaryView(BaseAsyncView):
 
 class MembersOnlyView(LoginRequiredMixin, EchoView):
     """A site's mixin on its view class guards every page, not only the start page."""
+
+
+class LaterForm(forms.Form):
+    """Pick how many seconds from now the work may start."""
+
+    seconds = forms.IntegerField(min_value=0, max_value=86_400)
+
+
+class LaterView(AsyncFormView):
+    """A delayed start chosen in the form, through the ``get_run_after`` hook."""
+
+    form_class = LaterForm
+
+    def get_run_after(self, form: forms.BaseForm | None = None) -> timedelta | None:
+        assert form is not None  # AsyncFormView hands the valid form
+        return timedelta(seconds=form.cleaned_data["seconds"])
+
+    def run(self, ctx: ActionContext, data: Any) -> Any:
+        return {"ran_at": timezone.now().isoformat()}

@@ -65,6 +65,7 @@ class ActionSerializer(serializers.ModelSerializer[Action]):
             "started_at",
             "finished_at",
             "expires_at",
+            "run_after",
             "duration",
             "files",
         ]
@@ -108,6 +109,12 @@ class StartSerializer(serializers.Serializer[Any]):
         allow_blank=True,
         help_text="Repeat a start with the same key while the first is unfinished and get "
         "the same action back (200) instead of a second one.",
+    )
+    run_after = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="Do not start before this ISO 8601 time (without an offset: the site's "
+        "TIME_ZONE); a past time means now. The action waits in pending until then.",
     )
 
 

@@ -234,6 +234,7 @@ class ActionViewSet(
                 idempotency_key=values.get("idempotency_key") or None,
                 public_only=True,
                 client_address=client_address(request.META) or None,
+                run_after=values.get("run_after"),
             )
         except PayloadTooLarge as exc:
             raise TooLarge(str(exc)) from None

@@ -8,7 +8,6 @@ start in :meth:`BaseRunner.start`, which ``async_actions.startup()`` calls.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from datetime import datetime
@@ -17,9 +16,9 @@ from uuid import UUID
 
 from django.core.checks import CheckMessage
 from django.db import transaction
-from django.utils import timezone
 
 from async_actions import recovery
+from async_actions.runners.timers import Timers
 
 
 class BaseRunner(ABC):
@@ -45,6 +44,8 @@ class BaseRunner(ABC):
 
     def __init__(self) -> None:
         self.accepting = True
+        #: Delayed dispatches kept in this process (``dispatch_at``); no thread until used.
+        self.timers = Timers(self.dispatch)
 
     def start(self) -> None:
         """Start this process's machinery (recovery, shutdown hooks); safe to call again.
@@ -59,34 +60,37 @@ class BaseRunner(ABC):
 
         Recovery dispatches a pending action again only when no queue holds it, so a
         backlog waiting for free workers is not queued over and over. The default knows
-        of no queue.
+        only its own timers (``dispatch_at``).
         """
-        return set()
+        waiting = self.timers.waiting()
+        return {pk for pk in action_ids if pk in waiting}
 
     @abstractmethod
     def dispatch(self, action_id: UUID) -> None:
         """Arrange for ``executor.execute(action_id)`` to run; called after commit."""
 
-    def dispatch_after_commit(self, action_id: UUID) -> None:
-        """Dispatch a new action once the transaction that created it commits.
+    def dispatch_after_commit(self, action_id: UUID, when: datetime | None = None) -> None:
+        """Dispatch a new action once the transaction that created it commits (at
+        ``when`` for a delayed start).
 
         ``service.start`` calls it after its INSERT; a handler never races the
         transaction that made its data. (The testing runners override it: a test's own
         transaction never commits.)
         """
-        transaction.on_commit(partial(self.dispatch, action_id))
+        if when is None:
+            transaction.on_commit(partial(self.dispatch, action_id))
+        else:
+            transaction.on_commit(partial(self.dispatch_at, action_id, when))
 
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
-        """Dispatch once ``when`` has come (retry backoff).
+        """Dispatch once ``when`` has come (a delayed start, a retry's backoff).
 
-        The default keeps a timer in this process; runners whose queue can delay work
-        (a Tasks backend's ``run_after``) should override it. The delay is also stored
-        on the row, so a lost timer only means the action waits for recovery.
+        The default keeps a timer in this process (:class:`~.timers.Timers`); runners
+        whose queue can delay work (a Tasks backend's ``run_after``) should override it.
+        The time is also stored on the row, so a timer lost with its process is set
+        again by the next process's start-up sweep.
         """
-        delay = max(0.0, (when - timezone.now()).total_seconds())
-        timer = threading.Timer(delay, self.dispatch, args=(action_id,))
-        timer.daemon = True
-        timer.start()
+        self.timers.schedule(action_id, when)
 
     def discard(self, action_id: UUID) -> None:
         """A pending action was just cancelled: drop its queued message, if the queue can.
@@ -99,6 +103,7 @@ class BaseRunner(ABC):
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting work and let running actions end; nothing stays running."""
         self.accepting = False
+        self.timers.close()
 
     def close(self) -> None:
         """Release resources when settings change (tests); defaults to shutdown."""

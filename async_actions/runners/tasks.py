@@ -112,6 +112,7 @@ class TasksRunner(BaseRunner):
         _remember_task(action_id, result)
 
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
+        recovery.start_periodic()  # as dispatch does, for a process that only delays
         if not self.supports_defer:
             super().dispatch_at(action_id, when)
             return
@@ -127,10 +128,15 @@ class TasksRunner(BaseRunner):
 
         A task ``RUNNING`` for longer than ``STALE_AFTER`` while its action is still
         pending lost its worker before the claim, so it no longer counts. A backend that
-        cannot look results up is trusted to keep what it accepted.
+        cannot look results up is trusted to keep what it accepted. A delayed action
+        waiting on this process's timer (a backend without ``supports_defer``) is held.
         """
+        action_ids = list(action_ids)
+        return self._held_by_backend(action_ids) | super().holds(action_ids)
+
+    def _held_by_backend(self, action_ids: list[UUID]) -> set[UUID]:
         refs = dict(
-            Action.objects.filter(pk__in=list(action_ids))
+            Action.objects.filter(pk__in=action_ids)
             .exclude(task_id="")
             .values_list("pk", "task_id")
         )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -22,19 +24,31 @@ from async_actions.conf import action_settings
 from async_actions.executor import execute
 from async_actions.models import Action
 from async_actions.runners.base import BaseRunner
+from async_actions.runners.pickup import Pickup, announce
 from async_actions.supervisor import supervisor
 
 logger = logging.getLogger("async_actions")
 
 SHUTDOWN_ERROR = "The server shut down while the action was running."
+#: The cancel reason at shutdown, stored as the cancelled action's error.
+SHUTDOWN_CANCEL = (
+    "Cancelled because the process running it (pid {pid}) stopped before the action "
+    "finished. Start actions from a server process (one that called "
+    "async_actions.startup()), or use a worker runner, for work that must outlive the "
+    "process that starts it."
+)
 
 
 class ThreadRunner(BaseRunner):
-    """Runs actions on up to ``MAX_WORKERS`` daemon threads.
+    """Runs actions on up to ``MAX_WORKERS`` daemon threads of the server process.
 
-    Threads are daemons so a stuck handler cannot hold the process open; shutdown (at
-    exit or SIGTERM) waits ``SHUTDOWN_TIMEOUT``, asks the rest to cancel, waits
-    ``SHUTDOWN_GRACE``, and marks whatever still runs as failed.
+    Only a process that called ``async_actions.startup()`` (which calls :meth:`start`)
+    runs actions: any other process (a shell, cron, a management command) only inserts
+    them and leaves them pending for the server, which picks them up
+    (:mod:`~async_actions.runners.pickup`). ``RUN_WITHOUT_STARTUP`` makes every process
+    run its own (test suites). Threads are daemons so a stuck handler cannot hold the
+    process open; shutdown (at exit or SIGTERM) waits ``SHUTDOWN_TIMEOUT``, asks the
+    rest to cancel, waits ``SHUTDOWN_GRACE``, and marks whatever still runs as failed.
     """
 
     runs_in_process = True
@@ -56,15 +70,31 @@ class ThreadRunner(BaseRunner):
         #: Ids put on the queue and not yet taken by a thread: a second dispatch is a no-op.
         self._queued: set[UUID] = set()
         self._started = False
+        #: Set by start(): this process is a server, so it runs what anyone starts.
+        self._serving = False
+        self._pickup: Pickup | None = None
 
     def start(self) -> None:
-        """Install the shutdown hooks (atexit, SIGTERM) and start recovery, once.
+        """Make this process the server: install the shutdown hooks (atexit, SIGTERM),
+        start recovery (a first sweep at once) and the pick-up of actions other
+        processes insert; once.
 
-        ``async_actions.startup()`` calls it as the server starts (the first sweep runs
-        at once); a process that dispatches without it starts the same way on its first
-        dispatch (sweeping from one ``SWEEP_INTERVAL`` on), so it still shuts down cleanly.
+        ``async_actions.startup()`` calls it as the server starts. Without it this
+        process runs nothing (unless ``RUN_WITHOUT_STARTUP``, where the first dispatch
+        starts the hooks and the sweeper, sweeping from one ``SWEEP_INTERVAL`` on).
         """
+        with self._lock:
+            if self._serving or self._closed:
+                return
+            self._serving = True
         self._start(sweep_now=True)
+        self._pickup = Pickup(self)
+        self._pickup.start()
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether actions dispatched in this process run in this process."""
+        return self._serving or action_settings.RUN_WITHOUT_STARTUP
 
     def _start(self, *, sweep_now: bool) -> None:
         with self._lock:
@@ -78,6 +108,37 @@ class ThreadRunner(BaseRunner):
     def dispatch(self, action_id: UUID) -> None:
         if not self.accepting:
             return  # stays pending; recovery picks it up after the restart
+        action_id = UUID(str(action_id))
+        if not self.runs_here:
+            self._leave_to_server(action_id)
+            return
+        self.run_here(action_id)
+
+    def dispatch_at(self, action_id: UUID, when: datetime) -> None:
+        if not self.runs_here:
+            self._leave_to_server(UUID(str(action_id)))
+            return
+        super().dispatch_at(action_id, when)
+
+    def _leave_to_server(self, action_id: UUID) -> None:
+        """Not a server: the row stays pending; tell a listening server (PostgreSQL)."""
+        logger.info(
+            "Action %s left pending for the server: this process did not call "
+            "async_actions.startup(), so it runs no actions (docs/deploy.md, "
+            "'Actions started outside the server')",
+            action_id,
+        )
+        announce(action_id)
+
+    def run_here(self, action_id: UUID) -> None:
+        """Run the action on this process's pool, server or not.
+
+        ``async_actions_run`` uses it to run its action in the foreground; a process
+        that is not a server then shuts down as one does (its exit cancels what it
+        still runs, saying why).
+        """
+        if not self.accepting:
+            return
         action_id = UUID(str(action_id))
         self._start(sweep_now=False)
         with self._lock:
@@ -145,8 +206,11 @@ class ThreadRunner(BaseRunner):
             return len(self._abandoned)
 
     def holds(self, action_ids: Iterable[UUID]) -> set[UUID]:
+        timed = self.timers.waiting()
         with self._lock:
-            return {pk for pk in action_ids if pk in self._queued or pk in self._active}
+            return {
+                pk for pk in action_ids if pk in self._queued or pk in self._active or pk in timed
+            }
 
     @property
     def queued_count(self) -> int:
@@ -176,12 +240,15 @@ class ThreadRunner(BaseRunner):
                 return
             self._closed = True
         self.accepting = False
+        self.timers.close()  # delayed actions stay pending; the next server sets them again
+        if self._pickup is not None:
+            self._pickup.stop()
         wait = float(action_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
         if not self.wait_idle(wait):
             logger.warning("Shutdown: asking %d running actions to cancel", self.active_count)
             for ctx in supervisor.contexts():
                 if ctx.action_id in self._active:
-                    ctx.cancel("shutdown")
+                    ctx.cancel("shutdown", error=SHUTDOWN_CANCEL.format(pid=os.getpid()))
             self.wait_idle(float(action_settings.SHUTDOWN_GRACE))
         with self._lock:
             left = list(self._active)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django import template
 from django.template.loader import render_to_string
 from django.templatetags.static import static
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 
@@ -41,6 +43,19 @@ def script_strings() -> dict[str, str]:
     }
 
 
+def scheduled_time(when: datetime | None) -> SafeString:
+    """``<time>`` for a pending action's ``run_after``: the ISO instant for the page
+    script, which shows it in the browser's own time zone, and as text (without the
+    script) the time in the current Django time zone, with the zone's name."""
+    if when is None:
+        return SafeString('<time data-aa="schedule-time"></time>')
+    local = timezone.localtime(when)
+    text = f"{formats.date_format(local, 'DATETIME_FORMAT')} {local.tzname() or ''}".strip()
+    return format_html(
+        '<time datetime="{}" data-aa="schedule-time">{}</time>', when.isoformat(), text
+    )
+
+
 @register.simple_tag(takes_context=True)
 def async_action_progress(
     context: template.Context,
@@ -57,8 +72,12 @@ def async_action_progress(
     elapsed = 0.0
     if action.started_at is not None:
         elapsed = max(0.0, (timezone.now() - action.started_at).total_seconds())
+    # Only a pending action waits for its time; a finished one may keep a stale value.
+    run_after = action.run_after if action.status == Action.Status.PENDING else None
     element_context: dict[str, Any] = {
         "action": action,
+        "run_after": run_after,
+        "schedule_time": scheduled_time(run_after),
         "percent_int": int(action.percent),
         "status_url": status_url or context.get("status_url", ""),
         "result_url": result_url or context.get("result_url", ""),

@@ -97,11 +97,13 @@ class _RecordingRunner(BaseRunner):
     def start(self) -> None:
         """Nothing to start: no recovery sweeper or shutdown hook in a test."""
 
-    def dispatch_after_commit(self, action_id: UUID) -> None:
-        if _only_test_transactions():
+    def dispatch_after_commit(self, action_id: UUID, when: datetime | None = None) -> None:
+        if not _only_test_transactions():
+            super().dispatch_after_commit(action_id, when)
+        elif when is None:
             self.dispatch(action_id)
         else:
-            super().dispatch_after_commit(action_id)
+            self.dispatch_at(action_id, when)
 
     def dispatch(self, action_id: UUID) -> None:
         self._note(UUID(str(action_id)))

@@ -22,6 +22,8 @@ from django.db import DatabaseError, close_old_connections
 from async_actions import service
 from async_actions.models import Action
 from async_actions.payloads import PayloadError, loads
+from async_actions.runners import get_runner
+from async_actions.runners.thread import ThreadRunner
 from async_actions.supervisor import supervisor
 
 EXIT_SUCCEEDED = 0
@@ -89,9 +91,14 @@ class Command(BaseCommand):
                 f"The action could not start: {result.status.name}.", returncode=EXIT_NOT_STARTED
             )
         action = result.action
-        if options["detach"]:
+        if options["detach"]:  # the server (or a worker) runs it; see async_actions_start
             self.stdout.write(str(action.pk))
             return
+        runner = get_runner()
+        if isinstance(runner, ThreadRunner):
+            # This process is no server: run the action here, in the foreground, as a
+            # server would (a server that picked it up first runs it; the claim decides).
+            runner.run_here(action.pk)
         self.stdout.write(f"Action {action.pk} ({action.handler})")
         with _TracebackOnce(action):
             final = self._follow(action, options["interval"])

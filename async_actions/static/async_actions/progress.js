@@ -70,13 +70,16 @@
       this.baseTitle = document.title.replace(/^\d+% · /, "");
       this.parts = {};
       var self = this;
-      ["status", "percent", "bar", "fill", "message", "elapsed", "eta", "notice", "cancel"].forEach(
+      ["status", "percent", "bar", "fill", "message", "elapsed", "eta", "notice", "cancel",
+       "schedule", "schedule-time"].forEach(
         function (name) { self.parts[name] = self.querySelector('[data-aa="' + name + '"]'); }
       );
       if (this.parts.cancel) {
         this.parts.cancel.hidden = !!TERMINAL[this.status] || !this.cancelUrl;
         this.parts.cancel.addEventListener("click", function () { self.cancel(); });
       }
+      var scheduled = this.parts["schedule-time"];
+      this.renderSchedule(this.status, scheduled && scheduled.getAttribute("datetime"));
       this.tick = setInterval(function () { self.renderClock(); }, 1000);
       this.renderClock();
       if ("WebSocket" in window && this.wsPath) {
@@ -206,6 +209,7 @@
         ? this.t.cancelling : (this.t[action.status] || action.status);
       if (p.message && action.message) p.message.textContent = action.message;
       if (p.cancel) p.cancel.hidden = terminal || !!action.cancel_requested || !this.cancelUrl;
+      this.renderSchedule(action.status, action.run_after);
       this.setAttribute("data-status", action.status);
       document.title = rounded + "% · " + this.baseTitle;
       this.renderClock();
@@ -239,6 +243,30 @@
       } else {
         p.eta.textContent = "";
       }
+    }
+
+    // "Scheduled for …" while a pending action waits for its run_after, in the
+    // browser's own time zone (the server wrote its zone's time as a fallback).
+    renderSchedule(status, iso) {
+      var box = this.parts.schedule;
+      var time = this.parts["schedule-time"];
+      if (!box || !time) return;
+      var when = iso ? new Date(iso) : null;
+      if (status !== "pending" || !when || isNaN(when.getTime())) {
+        box.hidden = true;
+        return;
+      }
+      time.setAttribute("datetime", iso);
+      var style = {
+        year: "numeric", month: "short", day: "numeric",
+        hour: "2-digit", minute: "2-digit", timeZoneName: "short"
+      };
+      try {
+        time.textContent = when.toLocaleString(document.documentElement.lang || undefined, style);
+      } catch (err) {  // a page language the browser does not know
+        time.textContent = when.toLocaleString(undefined, style);
+      }
+      box.hidden = false;
     }
 
     notice(text) {
