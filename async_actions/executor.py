@@ -132,7 +132,7 @@ def run_claimed(
     (a retry is dispatched on ``runner``, see :func:`execute`)."""
     publisher = Publisher(action)
     ctx = ActionContext(action, publisher)
-    supervisor.register(ctx, publisher, action.concurrency_key)
+    supervisor.register(ctx, publisher)
     token = _current.set(ctx)
     status, response, error, trace = Action.Status.SUCCEEDED, None, "", ""
     handler: ActionHandler | None = None
