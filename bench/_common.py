@@ -76,10 +76,19 @@ def stop(process: subprocess.Popen, timeout: float = 10) -> None:
             process.wait()
 
 
+def verdict(met: bool) -> str:
+    """The summary table's word for a target: "met" or "MISSED"."""
+    return "met" if met else "MISSED"
+
+
 def record(name: str, rows: list[dict]) -> None:
     """Leave this benchmark's headline figures for bench/run_all.py's summary table.
 
-    Each row: figure, ours, peer, ratio, target, verdict (strings, already formatted).
+    Writes ``<BENCH_RESULTS>/<name>.json``: a list of rows, each a dict of strings,
+    already formatted: ``figure``, ``ours``, ``peer`` (what we compare with, "" for an
+    absolute target), ``ratio``, ``target``, and ``verdict`` (:func:`verdict`; "" where
+    no target applies). Missing keys print empty. Any benchmark, run by run_all, adds
+    its rows this way; run_all prints them and writes the summary section.
     """
     import json
 
