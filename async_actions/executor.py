@@ -76,21 +76,23 @@ def execute(
     try:
         return run_claimed(action, runner=runner, on_abandon=on_abandon)
     finally:
-        keep_connection_if_healthy()
+        keep_connection_if_healthy(ping=False)
 
 
-def keep_connection_if_healthy() -> None:
+def keep_connection_if_healthy(*, ping: bool = True) -> None:
     """Keep this thread's database connections from one action to the next, unless broken.
 
     Runner threads and task workers are not requests. ``close_old_connections`` with the
     default ``CONN_MAX_AGE`` of 0 closes after every action, so every claim reconnected:
     1 to 8 ms on SQLite (with its pragmas), about 5 ms to PostgreSQL, most of the start
-    latency. A connection that saw an error or fails its ping is closed as before.
+    latency. A connection that saw an error is closed as before; with ``ping`` (before a
+    claim: the connection may have died while idle) one that fails its ping too. After
+    an action the ping is left to the next claim, one round trip instead of two.
     """
     for conn in connections.all(initialized_only=True):
         if conn.connection is None or conn.in_atomic_block:
             continue
-        if conn.errors_occurred or not conn.is_usable():
+        if conn.errors_occurred or (ping and not conn.is_usable()):
             conn.close()
 
 

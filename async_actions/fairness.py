@@ -22,7 +22,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from django.db import DatabaseError, connection, transaction
@@ -66,8 +66,7 @@ class Owner:
         if self.kind == "address":
             return f"{alias}.user_id IS NULL AND {alias}.client_address = %s", [self.value]
         return (
-            f"{alias}.user_id IS NULL AND {alias}.client_address = '' "
-            f"AND {alias}.session_key = %s",
+            f"{alias}.user_id IS NULL AND {alias}.client_address = '' AND {alias}.session_key = %s",
             [self.value],
         )
 
@@ -111,11 +110,9 @@ def backlog(action_id: Any) -> int:
     if running_cap() is None:
         return 0
     try:
-        pk = Action._meta.pk.get_db_prep_value(action_id, connection)  # type: ignore[union-attr]
+        pk = Action._meta.pk.get_db_prep_value(action_id, connection)
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT {', '.join(OWNER_FIELDS)} FROM {_table()} WHERE id = %s", [pk]
-            )
+            cursor.execute(f"SELECT {', '.join(OWNER_FIELDS)} FROM {_table()} WHERE id = %s", [pk])
             row = cursor.fetchone()
             owner = owner_of(*row) if row is not None else None
             if owner is None:

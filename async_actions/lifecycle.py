@@ -84,7 +84,7 @@ def claim(action_id: UUID | str) -> tuple[Action | None, bool]:
     No after-step: the executor announces ``action_started`` as the handler begins.
     """
     conn = _connection()
-    pk = Action._meta.pk.get_db_prep_value(UUID(str(action_id)), conn)  # type: ignore[union-attr]
+    pk = Action._meta.pk.get_db_prep_value(UUID(str(action_id)), conn)
     # Read before the transaction: on SQLite with deferred transactions a read before
     # the UPDATE would pin a snapshot that a concurrent commit makes unwritable.
     owner, cap = _capped_owner(conn, pk)
@@ -120,8 +120,8 @@ def _capped_owner(conn: BaseDatabaseWrapper, pk: Any) -> tuple[fairness.Owner | 
         return None, 0
     with conn.cursor() as cursor:
         cursor.execute(
-            f"SELECT {', '.join(fairness.OWNER_FIELDS)} FROM {_quote(conn.vendor, Action._meta.db_table)} "
-            "WHERE id = %s AND status = %s",
+            f"SELECT {', '.join(fairness.OWNER_FIELDS)} "
+            f"FROM {_quote(conn.vendor, Action._meta.db_table)} WHERE id = %s AND status = %s",
             [pk, PENDING],
         )
         row = cursor.fetchone()
@@ -226,7 +226,7 @@ def _write_running(action_id: UUID, status: str, fields: dict[str, Any]) -> Acti
         Action._meta.get_field(name).get_db_prep_save(value, conn)  # type: ignore[union-attr]
         for name, value in fields.items()
     ]
-    pk = Action._meta.pk.get_db_prep_value(action_id, conn)  # type: ignore[union-attr]
+    pk = Action._meta.pk.get_db_prep_value(action_id, conn)
     sql = _update_running_sql(conn.vendor, names)
     return _returning(conn, sql, [str(status), *prepared, pk, RUNNING], pk)
 
@@ -234,7 +234,8 @@ def _write_running(action_id: UUID, status: str, fields: dict[str, Any]) -> Acti
 @functools.cache
 def _update_running_sql(vendor: str, names: Sequence[str]) -> str:
     """``UPDATE … SET status, <names> WHERE id AND status``, once per vendor and field set."""
-    columns = ", ".join(f"{Action._meta.get_field(name).column} = %s" for name in names)
+    fields = [Action._meta.get_field(name) for name in names]
+    columns = ", ".join(f"{field.column} = %s" for field in fields)  # type: ignore[union-attr]
     table = _quote(vendor, Action._meta.db_table)
     return f"UPDATE {table} SET status = %s, {columns} WHERE id = %s AND status = %s"
 
@@ -419,7 +420,7 @@ def _quote(vendor: str, name: str) -> str:
 
 
 def _db_datetime(value: datetime, conn: BaseDatabaseWrapper) -> Any:
-    return Action._meta.get_field("started_at").get_db_prep_value(value, conn)  # type: ignore[union-attr]
+    return Action._meta.get_field("started_at").get_db_prep_value(value, conn)
 
 
 @functools.cache
@@ -471,7 +472,8 @@ def _converters(vendor: str, alias: str) -> list[tuple[int, Any, list[Any]]]:
     found = []
     for index, field in enumerate(Action._meta.concrete_fields):
         col = field.get_col(Action._meta.db_table)
-        converters = [*conn.ops.get_db_converters(col), *field.get_db_converters(conn)]
+        field_converters = field.get_db_converters(conn)  # type: ignore[attr-defined]
+        converters = [*conn.ops.get_db_converters(col), *field_converters]
         if converters:
             found.append((index, col, converters))
     return found

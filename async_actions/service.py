@@ -329,7 +329,7 @@ def _over_limit(action: Action) -> bool:
         return False
     conn = connections[router.db_for_write(Action)]
     table = conn.ops.quote_name(Action._meta.db_table)
-    pk = Action._meta.pk.get_db_prep_value(action.pk, conn)  # type: ignore[union-attr]
+    pk = Action._meta.pk.get_db_prep_value(action.pk, conn)
     active = [str(status) for status in Action.ACTIVE_STATUSES]
     counts = ", ".join(
         f"(SELECT COUNT(*) FROM {table} WHERE {condition} AND status IN (%s, %s) AND id <> %s)"

@@ -45,16 +45,26 @@ def run_action(action_id: str) -> str | None:
 
 
 def _remember_task(action_id: UUID, result: Any) -> None:
-    """Store the task's id on the still-pending row, for recovery to look it up."""
-    from django.db import DatabaseError
+    """Store the task's id on the still-pending row, for recovery to look it up.
+
+    Hand-written: it runs on every dispatch, and the ORM compiled it anew each time.
+    """
+    from django.db import DatabaseError, connections, router
 
     from async_actions.models import Action
 
     ref = str(getattr(result, "id", "") or "")[:255]
     if not ref:
         return
+    conn = connections[router.db_for_write(Action)]
+    pk = Action._meta.pk.get_db_prep_value(action_id, conn)
+    table = conn.ops.quote_name(Action._meta.db_table)
     try:
-        Action.objects.filter(pk=action_id, status=Action.Status.PENDING).update(task_id=ref)
+        with conn.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET task_id = %s WHERE id = %s AND status = %s",
+                [ref, pk, str(Action.Status.PENDING)],
+            )
     except DatabaseError:  # only recovery's look-up is lost: it enqueues again, at worst
         logger.warning("Could not store task %s of action %s", ref, action_id)
 
