@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The statuses an action ends in (Action.TERMINAL_STATUSES, without importing Django).
@@ -79,6 +80,37 @@ def stop(process: subprocess.Popen, timeout: float = 10) -> None:
 def verdict(met: bool) -> str:
     """The summary table's word for a target: "met" or "MISSED"."""
     return "met" if met else "MISSED"
+
+
+def collecting_runner() -> Any:
+    """A runner that only keeps what is dispatched, so a benchmark runs each action
+    itself, in its own thread (``executor.execute``), and profiles exactly that."""
+    from async_actions.runners.base import BaseRunner
+
+    class Collecting(BaseRunner):
+        runs_in_process = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.ids: list[Any] = []
+
+        def dispatch(self, action_id: Any) -> None:
+            self.ids.append(action_id)
+
+    return Collecting()
+
+
+def top_entries(profile: Any, count: int = 25) -> str:
+    """The top ``count`` entries of a cProfile run by cumulative time, as pstats prints
+    them (the table only), for a docs/performance.md section."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).strip_dirs().sort_stats("cumulative").print_stats(count)
+    lines = out.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("ncalls"))
+    return "\n".join(line.rstrip() for line in lines[start:] if line.strip())
 
 
 def record(name: str, rows: list[dict]) -> None:

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import os
-import pstats
 import subprocess
 import sys
 import tempfile
@@ -33,12 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
     ROOT,
+    collecting_runner,
     django_with_user,
     free_port,
     machine,
     percentile,
     record,
     stop,
+    top_entries,
     verdict,
     wait_port,
     write_section,
@@ -57,29 +57,11 @@ TARGET_THREAD_MS = 1.0
 TARGET_HTTP_MS = 5.0
 
 
-def _collecting_runner() -> Any:
-    from async_actions.runners.base import BaseRunner
-
-    class Collecting(BaseRunner):
-        """Keeps the dispatches, so the loop runs each action itself, in this thread."""
-
-        runs_in_process = True
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.ids: list[Any] = []
-
-        def dispatch(self, action_id: Any) -> None:
-            self.ids.append(action_id)
-
-    return Collecting()
-
-
 def cpu_per_action(actions: int) -> tuple[float, str]:
     """CPU ms per no-op action through start, claim, handler and finish; and a profile."""
     from async_actions import executor, runners, service
 
-    runner = _collecting_runner()
+    runner = collecting_runner()
     previous, runners._runner = runners._runner, runner
 
     def one(i: int) -> None:
@@ -102,17 +84,7 @@ def cpu_per_action(actions: int) -> tuple[float, str]:
         profile.disable()
     finally:
         runners._runner = previous
-    out = io.StringIO()
-    stats = pstats.Stats(profile, stream=out)
-    stats.strip_dirs().sort_stats("cumulative").print_stats(25)
-    return cpu, _trim(out.getvalue())
-
-
-def _trim(text: str) -> str:
-    """The table of a pstats print, without its preamble."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith("ncalls"))
-    return "\n".join(line.rstrip() for line in lines[start:] if line.strip())
+    return cpu, top_entries(profile)
 
 
 def thread_start_to_body(starts: int) -> list[float]:

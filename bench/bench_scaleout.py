@@ -27,16 +27,19 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import (
     ROOT,
+    collecting_runner,
     free_port,
     machine,
     percentile,
     record,
     stop,
+    top_entries,
     verdict,
     wait_port,
     write_section,
@@ -177,6 +180,52 @@ def _peer_throughput(jobs: int) -> tuple[float, list[float]]:
     return jobs / elapsed, costs
 
 
+def _costs(actions: int) -> dict[str, Any]:
+    """What one start and one action cost in this process, against the peer's enqueue:
+    the SQL statements each sends (BEGIN and COMMIT included) and cProfile runs of
+    ``service.start`` and of ``executor.execute`` (the worker's part), top entries."""
+    import cProfile
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from async_actions import executor, runners, service
+    from bench.tasks_peer import noop
+
+    with CaptureQueriesContext(connection) as ours:
+        result = service.start("demo.noop", {}, session_key="bench-count")
+    with CaptureQueriesContext(connection) as peer:
+        noop.enqueue()
+    runner = collecting_runner()
+    previous, runners._runner = runners._runner, runner
+    try:
+        service.start("demo.noop", {}, session_key="bench-count-run")
+        with CaptureQueriesContext(connection) as worker:
+            executor.execute(runner.ids.pop(), runner=runner)
+        starts, runs = cProfile.Profile(), cProfile.Profile()
+        for i in range(actions):
+            starts.enable()
+            service.start("demo.noop", {}, session_key=f"bench-profile-{i}")
+            starts.disable()
+            runs.enable()
+            executor.execute(runner.ids.pop(), runner=runner)
+            runs.disable()
+    finally:
+        runners._runner = previous
+    assert result.ok
+    return {
+        "ours": [q["sql"] for q in ours.captured_queries],
+        "peer": [q["sql"] for q in peer.captured_queries],
+        "worker": [q["sql"] for q in worker.captured_queries],
+        "start_profile": top_entries(starts, 20),
+        "run_profile": top_entries(runs, 20),
+    }
+
+
+def _statements(sqls: list[str]) -> str:
+    return "\n".join(f"  {sql[:110]}{'…' if len(sql) > 110 else ''}" for sql in sqls)
+
+
 def _start_latency(samples: int) -> list[float]:
     from async_actions import service
     from async_actions.models import Action
@@ -198,6 +247,7 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--starts", type=int, default=30)
+    parser.add_argument("--profile", type=int, default=100, help="actions profiled")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
@@ -219,6 +269,7 @@ def main() -> None:
         processes.append(daphne)
         wait_port(port, daphne)
         latency = asyncio.run(_latency(port, args.updates, args.warmup))
+        spent = _costs(args.profile)  # before the workers start: they would take the tasks
 
         worker = [sys.executable, "manage.py", "db_worker", "--no-reload"]
         worker += ["--interval", "0.05", "--no-startup-delay"]
@@ -282,6 +333,33 @@ Our start is an INSERT of the action, the owner's limits counted, and (after com
 task enqueued with its fair priority and its id stored on the row; a worker's action is
 the task's claim and result rows plus our claim (one `UPDATE … RETURNING`), the handler
 and the final `UPDATE … RETURNING` with its push through Redis.
+
+What a start and an action cost in the caller and the worker: SQL statements sent (one
+start of ours, one `enqueue()` of the peer, one action's claim to finish in a worker;
+BEGIN and COMMIT included), then cProfile runs of {args.profile} `service.start()` and
+`executor.execute()` calls in one process (cumulative, top entries). On PostgreSQL each
+statement is a round trip, which is what the start ratio counts.
+
+```
+ours, service.start(): {len(spent["ours"])} statements
+{_statements(spent["ours"])}
+peer, enqueue(): {len(spent["peer"])} statements
+{_statements(spent["peer"])}
+ours, executor.execute() in a worker: {len(spent["worker"])} statements
+{_statements(spent["worker"])}
+```
+
+`service.start()`:
+
+```
+{spent["start_profile"]}
+```
+
+`executor.execute()` (claim, the no-op handler, finish):
+
+```
+{spent["run_profile"]}
+```
 
 **Start latency** with idle workers, `created_at` → `started_at`, {len(starts)} actions
 one at a time: p50 {percentile(starts, 50):.1f} ms, p90 {percentile(starts, 90):.1f} ms,
