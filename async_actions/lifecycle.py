@@ -436,7 +436,7 @@ def _returning(
     Without ``RETURNING`` (SQLite before 3.35) the row is read after the UPDATE.
     """
     with conn.cursor() as cursor:
-        if conn.vendor == "postgresql" or conn.features.can_return_columns_from_insert:
+        if _can_return(conn):
             cursor.execute(f"{sql} RETURNING {_columns()}", params)
             rows = cursor.fetchall()
         else:
@@ -447,6 +447,13 @@ def _returning(
             cursor.execute(f"SELECT {_columns()} FROM {table} WHERE id = %s", [pk])
             rows = cursor.fetchall()
     return _from_db(conn, rows[0]) if rows else None
+
+
+def _can_return(conn: BaseDatabaseWrapper) -> bool:
+    """Whether the database takes ``UPDATE … RETURNING`` (SQLite from 3.35)."""
+    if conn.vendor == "sqlite":
+        return bool(conn.Database.sqlite_version_info >= (3, 35))  # type: ignore[attr-defined]
+    return bool(conn.vendor == "postgresql")
 
 
 def _from_db(conn: BaseDatabaseWrapper, values: Sequence[Any]) -> Action:

@@ -95,7 +95,9 @@ def main() -> None:
             f"`make bench` (`bench/run_all.py{' --quick' if args.quick else ''}`), one run on "
             f"{machine()}, {time.strftime('%Y-%m-%d')}; took "
             f"{(time.monotonic() - started) / 60:.0f} min. Ratios come from the same run. "
-            "Details and method in each section below.",
+            "Details and method in each section below. Peer: what the row compares with "
+            "(celery-progress for progress and status, Celery for starts, django-tasks-db "
+            "alone for the Tasks runner); empty for an absolute target.",
             "",
             *table(rows),
         ]

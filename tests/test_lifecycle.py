@@ -180,8 +180,13 @@ def _stored(action: Action) -> dict[str, Any]:
 
 
 @pytest.mark.django_db
-def test_a_claim_returns_the_row_as_stored_without_reading_it_back():
-    """The claim's UPDATE … RETURNING gives every field as the ORM would read it."""
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "sqlite-before-3.35"])
+def test_a_claim_returns_the_row_as_stored_without_reading_it_back(
+    returning: bool, monkeypatch: pytest.MonkeyPatch
+):
+    """The claim's UPDATE … RETURNING gives every field as the ORM would read it (and a
+    database without RETURNING gets the same row, read after the UPDATE)."""
+    monkeypatch.setattr(lifecycle, "_can_return", lambda conn: returning)
     started = service.start("tests.echo", {"word": "é"}, session_key="s", client_address="::1")
     claimed, _ = lifecycle.claim(started.action.pk)
     assert claimed is not None and not claimed._state.adding
@@ -192,7 +197,11 @@ def test_a_claim_returns_the_row_as_stored_without_reading_it_back():
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("end", ["finish", "requeue"])
-def test_an_end_hands_the_row_as_written_to_its_receivers(end: str):
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "sqlite-before-3.35"])
+def test_an_end_hands_the_row_as_written_to_its_receivers(
+    end: str, returning: bool, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(lifecycle, "_can_return", lambda conn: returning)
     claimed, _ = lifecycle.claim(service.start("tests.echo", session_key="s").action.pk)
     assert claimed is not None
     publisher = Publisher(claimed)
