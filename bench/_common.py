@@ -26,9 +26,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> str:
+    """The machine line; with the load average, since a shared machine skews timings."""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return (
         f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"
+        f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}{load}"
     )
 
 
