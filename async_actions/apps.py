@@ -8,6 +8,8 @@ class AsyncActionsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Imported here, not at the top: these modules load models, which need the app
+        # registry this method is called from (the app-registry guard Django documents).
         from django.contrib.auth.signals import user_logged_in
         from django.utils.module_loading import autodiscover_modules
 
@@ -15,6 +17,7 @@ class AsyncActionsConfig(AppConfig):
             checks,  # noqa: F401  (registers the system checks)
             ownership,
             runners,  # noqa: F401  (installs the dispatcher lower layers use)
+            service,  # noqa: F401  (installs the starter handler handles use)
         )
 
         # Moves the session's anonymous actions to the user (CLAIM_SESSION_ACTIONS_ON_LOGIN).

@@ -21,6 +21,9 @@ from async_actions.conf import (
     is_number,
     is_whole,
 )
+from async_actions.runners import get_runner
+from async_actions.runners.base import BaseRunner
+from async_actions.runners.thread import ThreadRunner
 
 #: Below this, LOG_LIMIT_BYTES keeps little more than one short record.
 MIN_LOG_BYTES = 1024
@@ -109,8 +112,6 @@ def _check_log_bytes(raw: dict[str, Any]) -> list[CheckMessage]:
 
 def _check_running_cap(raw: dict[str, Any]) -> list[CheckMessage]:
     """Warn when one owner may take every thread of the ThreadRunner's pool."""
-    from async_actions.runners.thread import ThreadRunner
-
     cap = raw.get("MAX_RUNNING_PER_OWNER", DEFAULTS["MAX_RUNNING_PER_OWNER"])
     workers = raw.get("MAX_WORKERS", DEFAULTS["MAX_WORKERS"])
     try:
@@ -147,9 +148,6 @@ def _check_runner() -> list[CheckMessage]:
                 id="async_actions.E005",
             )
         ]
-    from async_actions.runners import get_runner
-    from async_actions.runners.base import BaseRunner
-
     if not (isinstance(runner_class, type) and issubclass(runner_class, BaseRunner)):
         return [
             Error(

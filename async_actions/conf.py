@@ -468,9 +468,4 @@ action_settings = ActionSettings()
 @receiver(setting_changed)
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTING_NAME:
-        action_settings.reload()
-        # The runner is built from these settings; forget it too. Imported here because
-        # runners sit above conf in the layers (issue 16 item 8 moves this hook there).
-        from async_actions import runners
-
-        runners.reset_runner()
+        action_settings.reload()  # the runners' own hook then forgets the runner

@@ -24,6 +24,7 @@ from django.db.models import QuerySet
 from async_actions import ownership, service
 from async_actions.conf import action_settings
 from async_actions.events import group_name
+from async_actions.fairness import Owner
 from async_actions.fanout import Hub, Subscriber, hub_for
 from async_actions.models import Action
 from async_actions.payloads import loads
@@ -64,9 +65,9 @@ _SETTLED_CANCEL_ANSWERS = frozenset(
 )
 
 #: Open sockets per (owner, action) in this process, for ``MAX_SOCKETS_PER_OWNER_ACTION``.
-_open_sockets: Counter[tuple[str, UUID]] = Counter()
+_open_sockets: Counter[tuple[Owner | None, UUID]] = Counter()
 #: Open sockets per owner in this process, all actions together, for ``MAX_SOCKETS_PER_OWNER``.
-_owner_sockets: Counter[str] = Counter()
+_owner_sockets: Counter[Owner | None] = Counter()
 
 
 class ActionConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
@@ -85,7 +86,7 @@ class ActionConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
     group: str | None = None
     #: True once the connection passed every check and sent its snapshot; frames count only then.
     authorized = False
-    _slot: tuple[str, UUID] | None = None
+    _slot: tuple[Owner | None, UUID] | None = None
     #: The answer to this socket's cancel once it cannot change (see ``_cancel``).
     _cancel_answer: str | None = None
 
@@ -193,12 +194,8 @@ class ActionConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
         await self.close(code=int(code))
 
     # -- sockets per owner and action --------------------------------------------------
-    def _owner_key(self) -> str:
-        user = self.scope.get("user")
-        if user is not None and getattr(user, "is_authenticated", False):
-            return f"user:{user.pk}"
-        session = self.scope.get("session")
-        return f"session:{getattr(session, 'session_key', None) or ''}"
+    def _owner_key(self) -> Owner | None:
+        return ownership.visitor_owner(self.scope.get("user"), self.scope.get("session"))
 
     def _take_slot(self, action_id: UUID) -> bool:
         """Count this socket against its owner and action; False when over the cap."""

@@ -42,9 +42,17 @@ __all__ = [
     "registered_handlers",
 ]
 
-#: The service sits above this layer (it imports the registry), so a handle reaches it
-#: by dotted path at call time, the way django-tasks looks its backend up by alias.
-_SERVICE = "async_actions.service"
+#: ``service.start``, installed by the service as it is imported (the app's ``ready()``
+#: imports it). The service sits above this layer, so a handle cannot import it: the
+#: service hands itself down, as the runners hand themselves to ``dispatcher``.
+_starter: Callable[..., StartResult] | None = None
+
+
+def install_starter(start: Callable[..., StartResult]) -> None:
+    """Name the function ``Handle.start`` calls (``service.start``)."""
+    global _starter
+    _starter = start
+
 
 _registry: dict[str, ActionHandler] = {}
 _lock = threading.RLock()
@@ -339,8 +347,12 @@ class Handle:
         client_address: str | None = None,
     ) -> StartResult:
         """Start an action of this handler: ``service.start(self.name, request, ...)``."""
-        start: Callable[..., StartResult] = import_string(f"{_SERVICE}.start")
-        return start(
+        if _starter is None:
+            raise HandlerError(
+                "The action service is not loaded: is 'async_actions' in INSTALLED_APPS "
+                "and Django set up (django.setup())?"
+            )
+        return _starter(
             self.name,
             request,
             user=user,
@@ -552,5 +564,5 @@ def __getattr__(name: str) -> Any:
     Looked up when asked for, since the service imports this module.
     """
     if name == "perform":
-        return import_string(f"{_SERVICE}.perform")
+        return import_string("async_actions.service.perform")  # deprecated path
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from async_actions import events
@@ -179,8 +180,6 @@ class Action(models.Model):
     @property
     def duration(self) -> float | None:
         """Seconds from start to finish (or to now while running)."""
-        from django.utils import timezone
-
         if self.started_at is None:
             return None
         end = self.finished_at or timezone.now()

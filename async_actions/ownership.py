@@ -26,6 +26,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 
 from async_actions.conf import action_settings
+from async_actions.fairness import Owner, owner_of
 from async_actions.models import Action, ActionQuerySet
 
 __all__ = [
@@ -123,6 +124,19 @@ def new_owner(user: Any, session: Any) -> tuple[Any, str | None]:
     if key not in known:
         session[SESSION_KEYS] = [*known, key][-MAX_REMEMBERED_KEYS:]
     return None, key
+
+
+def visitor_owner(user: Any, session: Any) -> Owner | None:
+    """Whom a visitor's connections count against (``MAX_SOCKETS_PER_*``): their user,
+    else their issued session, the same :class:`~async_actions.fairness.Owner` keys the
+    worker share uses. ``None``: the visitor owns nothing.
+
+    Call it after the session was loaded (by :func:`visible_actions`): it reads the key
+    left then and makes no query, so async code may call it.
+    """
+    if _authenticated(user):
+        return owner_of(user.pk)
+    return owner_of(None, session_key=getattr(session, "session_key", None) or "")
 
 
 def claim_session_actions(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:

@@ -33,6 +33,7 @@ from async_actions.handlers import (
     find_handler_for,
     get_handler,
     importable_path,
+    install_starter,
     register_function,
 )
 from async_actions.models import Action
@@ -555,3 +556,7 @@ async def aupdate_progress(
     return await sync_to_async(update_progress, thread_sensitive=True)(
         action_id, percent, message, data
     )
+
+
+# ``@handler`` handles start through this service; it sits below, so it is handed down.
+install_starter(start)

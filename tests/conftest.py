@@ -8,13 +8,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
 
 from async_actions import handlers
+from async_actions.runners import get_runner
 from tests.helpers import (  # noqa: F401  (re-exported: older tests import them from here)
     REQUIRE_SERVICES,
+    Recording,
     chromium_path,
     need,
     postgres_available,
+    recording_settings,
     redis_available,
     wait_finished,
     wait_for,
@@ -52,6 +57,24 @@ def temporary_handler() -> Iterator[Callable[..., Callable[[Any], Any]]]:
     yield register
     for name in registered:
         handlers.unregister(name)
+
+
+@pytest.fixture
+def staff(db: None) -> Client:
+    """A test client logged in as a superuser ("boss"), for the admin."""
+    get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
+    client = Client()
+    client.login(username="boss", password="pw")
+    return client
+
+
+@pytest.fixture
+def recording() -> Iterator[Recording]:
+    """A runner that only records dispatches: the test claims and drives each action."""
+    with recording_settings():
+        runner = get_runner()
+        assert isinstance(runner, Recording)
+        yield runner
 
 
 @pytest.fixture

@@ -12,16 +12,23 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.management import call_command
+from django.test import override_settings
 
+from async_actions import service
+from async_actions.executor import claim
 from async_actions.models import Action
+from async_actions.progress import Publisher
+from async_actions.runners.base import BaseRunner
 from tests.views import GateView
 
 REQUIRE_SERVICES = os.environ.get("AA_REQUIRE_SERVICES") == "1"
@@ -148,3 +155,28 @@ def make_action(session_key: str = "", **fields: Any) -> Action:
     """An action row of ``GateView``'s handler owned by the session."""
     fields.setdefault("handler", GateView.handler_name())
     return Action.objects.create(session_key=session_key, **fields)
+
+
+class Recording(BaseRunner):
+    """A runner that records dispatches instead of running them: the test drives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dispatched: list[uuid.UUID] = []
+
+    def dispatch(self, action_id: uuid.UUID) -> None:
+        self.dispatched.append(action_id)
+
+
+def recording_settings(**extra: Any) -> override_settings:
+    """Settings whose runner is a :class:`Recording` (the ``recording`` fixture uses them)."""
+    return override_settings(
+        ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "RUNNER": "tests.helpers.Recording", **extra}
+    )
+
+
+def running_action(handler_name: str = "tests.echo") -> tuple[Action, Publisher]:
+    """A started and claimed action with its publisher, for tests that drive the context."""
+    action = claim(service.start(handler_name, session_key="s").action.pk)
+    assert action is not None
+    return action, Publisher(action)

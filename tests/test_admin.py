@@ -15,19 +15,11 @@ from django.utils import timezone
 
 from async_actions.models import Action
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
 LIST = "/admin/async_actions/action/"
-
-
-@pytest.fixture
-def staff(db: None) -> Client:
-    get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
-    client = Client()
-    client.login(username="boss", password="pw")
-    return client
 
 
 def change_url(action: Action) -> str:

@@ -10,25 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 
 from async_actions import service
 from async_actions.models import Action
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 LIST = "/admin/async_actions/action/"
-
-
-@pytest.fixture
-def staff(db: None) -> Client:
-    get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
-    client = Client()
-    client.login(username="boss", password="pw")
-    return client
 
 
 def _running(name: str) -> Action:

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from async_actions.models import Action
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 @pytest.mark.parametrize("megabytes", [3, 10])

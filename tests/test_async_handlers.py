@@ -14,7 +14,7 @@ from tests import capability_actions as caps
 from tests.actions import gate, gates
 from tests.helpers import wait_finished, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ from async_actions.models import Action
 from async_actions.service import OpStatus
 from async_actions.views import BaseAsyncView
 from example_project.asgi import application
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.urls import urlpatterns as test_urlpatterns
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls(__name__)]

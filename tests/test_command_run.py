@@ -16,7 +16,7 @@ from django.core.management.base import CommandError
 from async_actions.models import Action
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def test_succeeded_action_prints_response_and_exits_zero(runner):

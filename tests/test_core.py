@@ -8,11 +8,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.core.checks import run_checks
 from django.db import connection
 from django.test import override_settings
@@ -20,16 +18,13 @@ from django.test.utils import CaptureQueriesContext
 
 from async_actions import handlers, lifecycle, service
 from async_actions.context import ActionContext
-from async_actions.executor import claim
 from async_actions.handlers import HandlerError, handler, perform
 from async_actions.models import Action
 from async_actions.payloads import PayloadError
-from async_actions.progress import Publisher
-from async_actions.runners.base import BaseRunner
 from async_actions.service import OpStatus
 from async_actions.signals import action_finished, action_started
 from tests import actions as test_actions
-from tests.helpers import wait_finished, wait_for
+from tests.helpers import Recording, recording_settings, running_action, wait_finished, wait_for
 
 pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
@@ -111,31 +106,6 @@ def test_unknown_and_non_public_names_answer_no_handler(runner: Any) -> None:
 
 
 # -- service operations -----------------------------------------------------------------
-
-
-class Recording(BaseRunner):
-    """A runner that records dispatches instead of running them: the test drives."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dispatched: list[uuid.UUID] = []
-
-    def dispatch(self, action_id: uuid.UUID) -> None:
-        self.dispatched.append(action_id)
-
-
-def recording_settings(**extra: Any) -> override_settings:
-    return override_settings(
-        ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "RUNNER": "tests.test_core.Recording", **extra}
-    )
-
-
-@pytest.fixture
-def recording() -> Iterator[Recording]:
-    from async_actions import runners
-
-    with recording_settings():
-        yield runners.get_runner()
 
 
 def test_operations_on_missing_or_malformed_ids_answer_not_found(recording: Recording) -> None:
@@ -260,13 +230,8 @@ def test_a_real_database_error_answers_db_failed_and_writes_nothing(recording: R
 # -- the handler's context ----------------------------------------------------------------
 
 
-def _running(handler_name: str = "tests.echo") -> tuple[Action, Publisher]:
-    action = claim(service.start(handler_name, session_key="s").action.pk)
-    return action, Publisher(action)
-
-
 def test_set_progress_refuses_nan_infinities_and_out_of_range(recording: Recording) -> None:
-    action, publisher = _running()
+    action, publisher = running_action()
     ctx = ActionContext(action, publisher)
     for bad in (math.nan, math.inf, -math.inf, -0.1, 100.01, "half", [50]):
         with pytest.raises(ValueError, match="percent must be a number from 0 to 100"):
@@ -276,7 +241,7 @@ def test_set_progress_refuses_nan_infinities_and_out_of_range(recording: Recordi
 
 
 def test_set_progress_makes_no_query_between_database_intervals(recording: Recording) -> None:
-    action, publisher = _running()
+    action, publisher = running_action()
     ctx = ActionContext(action, publisher)
     ctx.set_progress(1, "first")  # the first call writes
     with CaptureQueriesContext(connection) as queries:
@@ -288,7 +253,7 @@ def test_set_progress_makes_no_query_between_database_intervals(recording: Recor
 
 @recording_settings(PROGRESS_DB_INTERVAL=0.2)
 def test_progress_writes_are_coalesced_to_the_interval() -> None:
-    action, publisher = _running()
+    action, publisher = running_action()
     ctx = ActionContext(action, publisher)
     calls = 0
     deadline = time.monotonic() + 1.0

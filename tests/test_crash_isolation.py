@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.servers import daphne, manage, sqlite_env
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import chromium_path, need
-from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS
+from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path, need
 from tests.servers import daphne, manage, sqlite_env
 
 pytestmark = pytest.mark.browser

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need, postgres_available, redis_available
+from tests.helpers import need, postgres_available, redis_available
 from tests.servers import ROOT, free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]

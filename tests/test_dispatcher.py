@@ -15,7 +15,6 @@ import async_actions
 from async_actions import concurrency, dispatcher, executor, service
 from async_actions.models import Action
 from async_actions.runners import get_runner
-from tests.test_core import recording  # noqa: F401 - the fixture is used
 
 PACKAGE = Path(async_actions.__file__).parent
 #: Modules below the runners' layer, and recovery (beside them): none looks a runner up.

@@ -11,9 +11,9 @@ import pytest
 from async_actions import events, lifecycle, progress, push
 from async_actions.models import Action
 from async_actions.progress import Publisher
-from tests.test_core import _running, recording  # noqa: F401 - the fixture is used
+from tests.helpers import running_action
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def test_group_name_is_the_hex_of_the_id_whatever_its_spelling() -> None:
@@ -33,8 +33,8 @@ def test_an_event_carries_its_route_and_the_snapshot_as_text_once() -> None:
 
 
 @pytest.mark.usefixtures("recording")
-def test_the_publisher_and_the_row_make_the_same_snapshot_while_running() -> None:
-    action, publisher = _running()
+def test_the_publisher_and_the_row_make_the_same_snapshot_whilerunning_action() -> None:
+    action, publisher = running_action()
     publisher.update(40, "halfway", {"rows": 4})
     publisher.flush_due(float("inf"))  # written
     action.refresh_from_db()
@@ -55,7 +55,7 @@ def test_the_pushed_end_is_the_stored_end(
 ) -> None:
     """The snapshot pushed at the end equals the row's afterwards, ``error`` included
     (shown for a failure only, both ways)."""
-    action, publisher = _running()
+    action, publisher = running_action()
     publisher.update(60, "last step")
     pushed: list[dict[str, Any]] = []
     monkeypatch.setattr(push.pusher, "push", lambda pk, snapshot: pushed.append(snapshot))
@@ -68,7 +68,7 @@ def test_the_pushed_end_is_the_stored_end(
 
 @pytest.mark.usefixtures("recording")  # the next attempt is not run
 def test_the_requeued_state_pushed_is_the_stored_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    action, publisher = _running()
+    action, publisher = running_action()
     pushed: list[dict[str, Any]] = []
     monkeypatch.setattr(push.pusher, "push", lambda pk, snapshot: pushed.append(snapshot))
     assert lifecycle.requeue(publisher, run_after=None, note="again")

@@ -27,7 +27,7 @@ from async_actions import executor, recovery, service
 from async_actions.models import Action
 from async_actions.runners import get_runner, reset_runner
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

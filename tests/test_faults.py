@@ -19,7 +19,7 @@ from async_actions import service
 from async_actions.models import Action
 from async_actions.service import OpStatus
 from tests.actions import gate
-from tests.conftest import need, postgres_available, wait_for
+from tests.helpers import need, postgres_available, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 

@@ -15,7 +15,7 @@ import pytest
 
 from async_actions import lifecycle, progress
 from async_actions.progress import Publisher
-from tests.test_core import _running, recording  # noqa: F401 - the fixture is used
+from tests.helpers import running_action
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_the_monitor_does_not_push_the_end_seq_as_running(
     monkeypatch: pytest.MonkeyPatch, end: str
 ) -> None:
-    _action, publisher = _running()
+    _action, publisher = running_action()
     pushed: list[tuple[str, int]] = []
     monkeypatch.setattr(
         progress.pusher,

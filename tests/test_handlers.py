@@ -28,7 +28,7 @@ from async_actions.models import Action
 from async_actions.service import OpStatus, StartResult, perform
 from tests import actions as test_actions
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.views import ExclusiveView
 
 

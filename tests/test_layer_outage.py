@@ -25,8 +25,7 @@ from channels.testing import WebsocketCommunicator
 from async_actions.fanout import Hub, Subscriber, hub_for
 from async_actions.models import Action
 from async_actions.progress import event_for, group_name, layer_call, pusher
-from tests.conftest import need
-from tests.helpers import communicator, make_action, new_session
+from tests.helpers import communicator, make_action, need, new_session
 from tests.servers import free_port
 
 TIMEOUT = 10

@@ -16,7 +16,7 @@ from django.test import Client
 
 from async_actions.models import Action
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 NUL_QUERIES = [
     "handler=a%00b",

@@ -29,9 +29,11 @@ from django.contrib.sessions.models import Session
 from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from async_actions import ownership
+from async_actions.fairness import Owner
 from async_actions.models import Action
 from example_project.asgi import application
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.views import BoomView, EchoView, GateView
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -473,3 +475,20 @@ def test_checks_refuse_a_bad_move_setting_and_warn_about_signed_cookie_sessions(
         assert ids() == ["async_actions.E040"]
     with override_settings(SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies"):
         assert ids() == ["async_actions.W040"]
+
+
+def test_connections_count_against_the_same_owner_the_pages_recognise() -> None:
+    """The socket caps key a visitor as ownership does: user, else an issued session."""
+    user = get_user_model().objects.create_user("counted", password="pw")
+    assert ownership.visitor_owner(user, SessionStore()) == Owner("user", user.pk)
+
+    issued = SessionStore()
+    issued.create()
+    loaded = SessionStore(session_key=issued.session_key)
+    list(ownership.visible_actions(None, loaded))
+    assert ownership.visitor_owner(None, loaded) == Owner("session", issued.session_key)
+
+    forged = SessionStore(session_key="x" * 32)  # never issued: counts against nobody
+    list(ownership.visible_actions(None, forged))
+    assert ownership.visitor_owner(None, forged) is None
+    assert ownership.visitor_owner(None, None) is None

@@ -11,7 +11,7 @@ from django.urls import reverse
 from async_actions import service
 from async_actions.models import Action
 from async_actions.payloads import PayloadError, check_payload, clean_text
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import chromium_path, need
-from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS
+from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path, need
 from tests.servers import ROOT, free_port, wait_http
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -18,7 +18,7 @@ from django.urls import reverse
 from async_actions.models import Action
 from async_actions.progress import pusher
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.servers import ROOT, free_port, manage, sqlite_env, stop
 
 STALE_AFTER, SWEEP_INTERVAL = 3.0, 1.0

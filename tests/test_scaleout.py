@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import need, postgres_available, redis_available
+from tests.helpers import need, postgres_available, redis_available
 from tests.servers import ROOT, Server, daphne, manage, stop
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.servers import ROOT, manage, sqlite_env, stop
 
 #: Runs Django in a fresh process, does ``STEP``, and prints what the process then has.

@@ -14,7 +14,7 @@ from async_actions.models import Action
 from async_actions.progress import Publisher
 from async_actions.supervisor import supervisor
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def _context() -> tuple[ActionContext, Publisher]:

@@ -21,7 +21,7 @@ from async_actions.models import Action
 from async_actions.runners.thread import SHUTDOWN_ERROR
 from async_actions.service import OpStatus
 from tests.actions import gate
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.servers import ROOT, manage, sqlite_env
 
 pytestmark = pytest.mark.django_db(transaction=True)

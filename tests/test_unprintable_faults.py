@@ -19,9 +19,9 @@ from async_actions import service
 from async_actions.context import ActionError
 from async_actions.handlers import handler
 from async_actions.models import Action
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 class Unprintable:

@@ -15,6 +15,9 @@ from datetime import datetime
 from uuid import UUID
 
 from django.core.checks import CheckMessage
+from django.utils import timezone
+
+from async_actions import recovery
 
 
 class BaseRunner(ABC):
@@ -47,8 +50,6 @@ class BaseRunner(ABC):
         Construction has no side effects; ``async_actions.startup()`` calls this in
         every server and worker process.
         """
-        from async_actions import recovery
-
         recovery.start_periodic(sweep_now=True)
 
     def holds(self, action_ids: Iterable[UUID]) -> set[UUID]:
@@ -71,8 +72,6 @@ class BaseRunner(ABC):
         (a Tasks backend's ``run_after``) should override it. The delay is also stored
         on the row, so a lost timer only means the action waits for recovery.
         """
-        from django.utils import timezone
-
         delay = max(0.0, (when - timezone.now()).total_seconds())
         timer = threading.Timer(delay, self.dispatch, args=(action_id,))
         timer.daemon = True

@@ -16,9 +16,12 @@ from typing import Any
 from uuid import UUID
 
 from django.core import checks
+from django.db import DatabaseError, connections, router
 
-from async_actions import fairness
+from async_actions import executor, fairness, recovery
 from async_actions.conf import action_settings
+from async_actions.models import Action
+from async_actions.runners import get_runner
 from async_actions.runners.base import BaseRunner
 from async_actions.tasks_compat import (
     InvalidTaskBackendError,
@@ -36,9 +39,6 @@ LOWEST_PRIORITY = -100
 @task()  # type: ignore[untyped-decorator]  # the backport ships no type information
 def run_action(action_id: str) -> str | None:
     """The task a worker runs: execute the action if it is still pending."""
-    from async_actions import executor, recovery  # models: loaded after the app registry
-    from async_actions.runners import get_runner  # the package imports this module
-
     # A worker started without ``async_actions_worker`` sweeps from its first task on.
     recovery.start_periodic()
     return executor.execute(action_id, runner=get_runner())
@@ -49,10 +49,6 @@ def _remember_task(action_id: UUID, result: Any) -> None:
 
     Hand-written: it runs on every dispatch, and the ORM compiled it anew each time.
     """
-    from django.db import DatabaseError, connections, router
-
-    from async_actions.models import Action
-
     ref = str(getattr(result, "id", "") or "")[:255]
     if not ref:
         return
@@ -102,8 +98,6 @@ class TasksRunner(BaseRunner):
     def dispatch(self, action_id: UUID) -> None:
         if not self.accepting:
             return
-        from async_actions import recovery
-
         # Without ``async_actions.startup()`` this process sweeps from its first dispatch.
         recovery.start_periodic()
         try:
@@ -132,9 +126,6 @@ class TasksRunner(BaseRunner):
         pending lost its worker before the claim, so it no longer counts. A backend that
         cannot look results up is trusted to keep what it accepted.
         """
-        from async_actions.models import Action
-        from async_actions.recovery import stale_before
-
         refs = dict(
             Action.objects.filter(pk__in=list(action_ids))
             .exclude(task_id="")
@@ -144,7 +135,7 @@ class TasksRunner(BaseRunner):
         if backend is None or not getattr(backend, "supports_get_result", False):
             return set(refs)
         held: set[UUID] = set()
-        cutoff = stale_before()
+        cutoff = recovery.stale_before()
         for pk, ref in refs.items():
             try:
                 result = backend.get_result(ref)

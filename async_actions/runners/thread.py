@@ -17,8 +17,12 @@ from uuid import UUID
 from django.core import checks
 from django.db import DatabaseError, connections
 
+from async_actions import lifecycle, recovery
 from async_actions.conf import action_settings
+from async_actions.executor import execute
+from async_actions.models import Action
 from async_actions.runners.base import BaseRunner
+from async_actions.supervisor import supervisor
 
 logger = logging.getLogger("async_actions")
 
@@ -69,8 +73,6 @@ class ThreadRunner(BaseRunner):
             self._started = True
         atexit.register(self.shutdown)
         _install_sigterm()
-        from async_actions import recovery
-
         recovery.start_periodic(sweep_now=sweep_now)
 
     def dispatch(self, action_id: UUID) -> None:
@@ -98,8 +100,6 @@ class ThreadRunner(BaseRunner):
         thread.start()
 
     def _work(self) -> None:
-        from async_actions.executor import execute
-
         me = threading.current_thread()
         while True:
             action_id = self._queue.get()
@@ -176,8 +176,6 @@ class ThreadRunner(BaseRunner):
                 return
             self._closed = True
         self.accepting = False
-        from async_actions.supervisor import supervisor
-
         wait = float(action_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
         if not self.wait_idle(wait):
             logger.warning("Shutdown: asking %d running actions to cancel", self.active_count)
@@ -205,9 +203,6 @@ class ThreadRunner(BaseRunner):
 
 def _mark_failed(ids: list[UUID], error: str) -> None:
     """Fail actions still running at shutdown the usual way: expiry, push, key release."""
-    from async_actions import lifecycle  # models: loaded after the app registry
-    from async_actions.models import Action
-
     for pk in ids:
         try:
             lifecycle.end(pk, Action.Status.FAILED, error=error)
