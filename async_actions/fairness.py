@@ -22,23 +22,23 @@ import logging
 import zlib
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from uuid import UUID
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Exists, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from async_actions import dispatcher
 from async_actions.conf import action_settings
 from async_actions.models import Action
 
-if TYPE_CHECKING:
-    from django.db.models.expressions import Combinable, NegatedExpression
-
 logger = logging.getLogger("async_actions")
 
 #: Advisory lock namespace (concurrency keys use 0x4A41).
 _LOCK_SPACE = 0x4A42
+# Plain strings: database drivers may adapt an enum member by its name.
+RUNNING, PENDING = str(Action.Status.RUNNING), str(Action.Status.PENDING)
 #: The row fields an owner is read from.
 OWNER_FIELDS = ("user_id", "client_address", "session_key")
 
@@ -57,6 +57,18 @@ class Owner:
         if self.kind == "address":
             return Q(user__isnull=True, client_address=self.value)
         return Q(user__isnull=True, client_address="", session_key=self.value)
+
+    def sql(self, alias: str) -> tuple[str, list[Any]]:
+        """:meth:`actions` as SQL on the table named ``alias``, for hand-written statements
+        (``lifecycle.claim``): the same rows, without compiling a ``Q`` per call."""
+        if self.kind == "user":
+            return f"{alias}.user_id = %s", [self.value]
+        if self.kind == "address":
+            return f"{alias}.user_id IS NULL AND {alias}.client_address = %s", [self.value]
+        return (
+            f"{alias}.user_id IS NULL AND {alias}.client_address = '' AND {alias}.session_key = %s",
+            [self.value],
+        )
 
     def lock(self) -> None:
         """Serialize counts and claims for this owner until the transaction ends."""
@@ -82,16 +94,6 @@ def running_cap() -> int | None:
     return None if value is None else int(value)
 
 
-def below_cap(owner: Owner, cap: int) -> NegatedExpression[Combinable]:
-    """True while the owner runs fewer than ``cap`` actions: no ``cap``-th running row.
-
-    One condition the claim's UPDATE can carry, so the check and the claim are one
-    statement.
-    """
-    running = Action.objects.filter(owner.actions(), status=Action.Status.RUNNING)
-    return ~Exists(running.order_by()[cap - 1 :])
-
-
 def at_cap(owner: Owner, cap: int) -> bool:
     """Whether the owner runs ``cap`` actions (or more) right now."""
     running = Action.objects.filter(owner.actions(), status=Action.Status.RUNNING)
@@ -108,11 +110,20 @@ def backlog(action_id: Any) -> int:
     if running_cap() is None:
         return 0
     try:
-        row = Action.objects.filter(pk=action_id).values_list(*OWNER_FIELDS).first()
-        owner = owner_of(*row) if row is not None else None
-        if owner is None:
-            return 0
-        return Action.objects.active().filter(owner.actions()).exclude(pk=action_id).count()
+        pk = Action._meta.pk.get_db_prep_value(action_id, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {', '.join(OWNER_FIELDS)} FROM {_table()} WHERE id = %s", [pk])
+            row = cursor.fetchone()
+            owner = owner_of(*row) if row is not None else None
+            if owner is None:
+                return 0
+            condition, params = owner.sql("a")
+            cursor.execute(
+                f"SELECT COUNT(*) FROM {_table()} a WHERE {condition} "
+                "AND a.status IN (%s, %s) AND a.id <> %s",
+                [*params, PENDING, RUNNING, pk],
+            )
+            return int(cursor.fetchone()[0])
     except DatabaseError:
         logger.debug("Could not count the backlog of action %s", action_id, exc_info=True)
         return 0
@@ -124,28 +135,36 @@ def release(owner: Owner | None) -> None:
     Call after one of the owner's actions ends. Harmless when nobody waits, and when
     two releases dispatch the same action (its second claim is a no-op); an action
     refused for the cap always has ``cap`` running ones that each release when they end.
+    One hand-written query (it runs after every end): the oldest due waiting actions,
+    each with the owner's running count.
     """
     cap = running_cap()
     if owner is None or cap is None:
         return
-    now = timezone.now()
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    running, params = owner.sql("r")
+    waiting, waiting_params = owner.sql("w")
     try:
-        mine = Action.objects.filter(owner.actions())
-        free = cap - mine.filter(status=Action.Status.RUNNING).count()
-        if free <= 0:
-            return
-        waiting = list(
-            mine.filter(status=Action.Status.PENDING)
-            .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
-            .order_by("created_at", "pk")
-            .values_list("pk", flat=True)[:free]
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT w.id, (SELECT COUNT(*) FROM {_table()} r WHERE {running} "
+                f"AND r.status = %s) FROM {_table()} w WHERE {waiting} AND w.status = %s "
+                "AND (w.run_after IS NULL OR w.run_after <= %s) "
+                f"ORDER BY w.created_at, w.id LIMIT {int(cap)}",
+                [*params, RUNNING, *waiting_params, PENDING, now],
+            )
+            rows = cursor.fetchall()
     except DatabaseError:
         logger.exception("Could not look for actions waiting for a place (%s)", owner.kind)
         return
+    free = cap - rows[0][1] if rows else 0
     runner = dispatcher.current()
-    for pk in waiting:
-        runner.dispatch(pk)
+    for pk, _running in rows[: max(0, free)]:
+        runner.dispatch(pk if isinstance(pk, UUID) else UUID(pk))
+
+
+def _table() -> str:
+    return connection.ops.quote_name(Action._meta.db_table)
 
 
 def wake_after_end(action: Action) -> None:

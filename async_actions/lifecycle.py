@@ -19,15 +19,23 @@ transitions.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    close_old_connections,
+    connections,
+    router,
+    transaction,
+)
+from django.db.models import F, Q
 from django.utils import timezone
 
 from async_actions import concurrency, fairness
@@ -37,6 +45,8 @@ from async_actions.push import push_action, pusher
 from async_actions.signals import action_finished
 
 if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
     from async_actions.progress import Publisher
 
 __all__ = [
@@ -52,8 +62,9 @@ __all__ = [
 
 logger = logging.getLogger("async_actions")
 
-RUNNING = Action.Status.RUNNING
-PENDING = Action.Status.PENDING
+# Plain strings: database drivers may adapt an enum member by its name.
+RUNNING = str(Action.Status.RUNNING)
+PENDING = str(Action.Status.PENDING)
 
 
 # -- pending → running -----------------------------------------------------------------
@@ -72,69 +83,78 @@ def claim(action_id: UUID | str) -> tuple[Action | None, bool]:
     refusal costs a few indexed queries, so a worker moves on to the next message.
     No after-step: the executor announces ``action_started`` as the handler begins.
     """
+    conn = _connection()
+    pk = Action._meta.pk.get_db_prep_value(UUID(str(action_id)), conn)
     # Read before the transaction: on SQLite with deferred transactions a read before
     # the UPDATE would pin a snapshot that a concurrent commit makes unwritable.
-    owner, cap = _capped_owner(action_id)
+    owner, cap = _capped_owner(conn, pk)
     try:
-        with transaction.atomic():
+        with transaction.atomic(using=conn.alias):
             if owner is not None:
                 # Before the UPDATE takes its snapshot: a concurrent claim for the same
                 # owner on PostgreSQL waits here, then counts this one as running.
                 owner.lock()
             # Read the clock inside the transaction: on SQLite (IMMEDIATE) that is after
             # the write lock is ours, so started_at follows the order claims happen in.
-            now = timezone.now()
-            claimable = (
-                Action.objects.filter(pk=action_id, status=PENDING)
-                .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
-                .filter(Q(concurrency_key="") | ~Exists(_older_waiters(now)))
-            )
+            now = _db_datetime(timezone.now(), conn)
+            sql = _claim_sql(conn.vendor, owner.kind if owner is not None else "", cap)
+            params: list[Any] = [RUNNING, now, now, pk, PENDING, now, now]
             if owner is not None:
-                claimable = claimable.filter(fairness.below_cap(owner, cap))
-            won = claimable.update(
-                status=RUNNING,
-                started_at=now,
-                heartbeat_at=now,
-                attempt=F("attempt") + 1,
-                seq=F("seq") + 1,
-            )
-            if not won and owner is not None and fairness.at_cap(owner, cap):
+                params += owner.sql("r")[1]
+            row = _returning(conn, sql, params, pk)
+            if row is None and owner is not None and fairness.at_cap(owner, cap):
                 logger.debug("Action %s waits: its owner runs %d actions", action_id, cap)
                 return None, True
     except IntegrityError:
         logger.debug("Action %s waits: its concurrency key is busy", action_id)
         return None, True
-    if not won:
-        return None, False
-    return Action.objects.get(pk=action_id), False
+    return row, False
 
 
-def _capped_owner(action_id: UUID | str) -> tuple[fairness.Owner | None, int]:
+def _capped_owner(conn: BaseDatabaseWrapper, pk: Any) -> tuple[fairness.Owner | None, int]:
     """The pending action's owner under ``MAX_RUNNING_PER_OWNER`` (None: not capped), and
     the cap. Should the owner change in between (a login taking over a session's
     actions), this one claim is counted against the old owner."""
     cap = fairness.running_cap()
     if cap is None:
         return None, 0
-    row = (
-        Action.objects.filter(pk=action_id, status=PENDING)
-        .values_list(*fairness.OWNER_FIELDS)
-        .first()
-    )
+    with conn.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(fairness.OWNER_FIELDS)} "
+            f"FROM {_quote(conn.vendor, Action._meta.db_table)} WHERE id = %s AND status = %s",
+            [pk, PENDING],
+        )
+        row = cursor.fetchone()
     return (fairness.owner_of(*row) if row is not None else None), cap
 
 
-def _older_waiters(now: Any) -> Any:
-    """Due pending actions with the same key created before the outer one."""
-    return (
-        Action.objects.filter(status=PENDING, concurrency_key=OuterRef("concurrency_key"))
-        .exclude(concurrency_key="")
-        .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
-        .filter(
-            Q(created_at__lt=OuterRef("created_at"))
-            | Q(created_at=OuterRef("created_at"), pk__lt=OuterRef("pk"))
-        )
+@functools.cache
+def _claim_sql(vendor: str, owner_kind: str, cap: int) -> str:
+    """The claim's UPDATE, written once per vendor, owner kind and cap.
+
+    The conditions of :func:`claim`: pending and due; no older due action waiting for
+    the same concurrency key; and (with an owner) fewer than ``cap`` of the owner's
+    actions running, which ``fairness.Owner.sql`` spells as the ORM's ``Owner.actions``.
+    Parameters: status, started_at, heartbeat_at, id, pending, now, now, [owner].
+    """
+    table = _quote(vendor, Action._meta.db_table)
+    sql = (
+        f"UPDATE {table} SET status = %s, started_at = %s, heartbeat_at = %s, "
+        "attempt = attempt + 1, seq = seq + 1 "
+        "WHERE id = %s AND status = %s AND (run_after IS NULL OR run_after <= %s) "
+        f"AND (concurrency_key = '' OR NOT EXISTS (SELECT 1 FROM {table} w "
+        f"WHERE w.status = '{PENDING}' AND w.concurrency_key = {table}.concurrency_key "
+        "AND (w.run_after IS NULL OR w.run_after <= %s) "
+        f"AND (w.created_at < {table}.created_at OR (w.created_at = {table}.created_at "
+        f"AND w.id < {table}.id))))"
     )
+    if owner_kind:
+        condition, _ = fairness.Owner(owner_kind, None).sql("r")
+        sql += (
+            f" AND NOT EXISTS (SELECT 1 FROM {table} r WHERE {condition} "
+            f"AND r.status = '{RUNNING}' LIMIT 1 OFFSET {int(cap) - 1})"
+        )
+    return sql
 
 
 # -- running → succeeded | failed | cancelled, by the process that runs it -------------
@@ -149,7 +169,6 @@ def finish(
     traceback: str = "",
     retry_for: float = 0.0,
     action: Action | None = None,
-    concurrency_key: str | None = None,
     on_written: Callable[[], None] | None = None,
 ) -> bool:
     """Write the final state the publisher holds, if the row still runs; True if written.
@@ -163,39 +182,62 @@ def finish(
         fields, snapshot = publisher.final_state(
             status, response=response, error=error, traceback=traceback
         )
-        written = _update_running(publisher, status, fields, retry_for)
-    if not written:
+        row = _update_running(publisher, status, fields, retry_for)
+    if row is None:
         return False
     publisher.close()
     if on_written is not None:
         on_written()
-    key = action.concurrency_key if action is not None else concurrency_key
-    _after_end(publisher.action_id, status, snapshot=snapshot, action=action, key=key)
+    if action is not None:
+        _copy_fields(row, action)
+        row = action
+    _after_end(publisher.action_id, status, snapshot=snapshot, row=row)
     return True
 
 
 def _update_running(
     publisher: Publisher, status: str, fields: dict[str, Any], retry_for: float
-) -> bool:
-    """UPDATE the row to ``status`` if it is still running; retry a failing database a
-    while (test_faults.py holds it)."""
+) -> Action | None:
+    """UPDATE the row to ``status`` if it is still running; the row as written, or None.
+
+    Retries a failing database a while (test_faults.py holds it)."""
     deadline = time.monotonic() + retry_for
     delay = 0.1
     while True:
         try:
-            updated = Action.objects.filter(pk=publisher.action_id, status=RUNNING).update(
-                status=status, **fields
-            )
+            row = _write_running(publisher.action_id, status, fields)
             break
         except DatabaseError:
             close_old_connections()
             if time.monotonic() >= deadline:
                 logger.exception("State %s of action %s not written", status, publisher.action_id)
-                return False
+                return None
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
     publisher.writes += 1
-    return bool(updated)
+    return row
+
+
+def _write_running(action_id: UUID, status: str, fields: dict[str, Any]) -> Action | None:
+    """One UPDATE of a running row to ``status`` and ``fields``, returning the row."""
+    conn = _connection()
+    names = tuple(fields)
+    prepared = [
+        Action._meta.get_field(name).get_db_prep_save(value, conn)  # type: ignore[union-attr]
+        for name, value in fields.items()
+    ]
+    pk = Action._meta.pk.get_db_prep_value(action_id, conn)
+    sql = _update_running_sql(conn.vendor, names)
+    return _returning(conn, sql, [str(status), *prepared, pk, RUNNING], pk)
+
+
+@functools.cache
+def _update_running_sql(vendor: str, names: Sequence[str]) -> str:
+    """``UPDATE … SET status, <names> WHERE id AND status``, once per vendor and field set."""
+    fields = [Action._meta.get_field(name) for name in names]
+    columns = ", ".join(f"{field.column} = %s" for field in fields)  # type: ignore[union-attr]
+    table = _quote(vendor, Action._meta.db_table)
+    return f"UPDATE {table} SET status = %s, {columns} WHERE id = %s AND status = %s"
 
 
 # -- running → pending, by the process that runs it ------------------------------------
@@ -206,7 +248,6 @@ def requeue(
     *,
     run_after: Any,
     note: str,
-    concurrency_key: str = "",
     retry_for: float = 0.0,
 ) -> bool:
     """Put the running action back to pending for another attempt; True if written.
@@ -215,11 +256,11 @@ def requeue(
     """
     with publisher.write_lock:
         fields, snapshot = publisher.requeue_state(run_after=run_after, note=note)
-        written = _update_running(publisher, PENDING, fields, retry_for)
-    if not written:
+        row = _update_running(publisher, PENDING, fields, retry_for)
+    if row is None:
         return False
     publisher.close()
-    _after_requeue(publisher.action_id, concurrency_key, snapshot=snapshot)
+    _after_requeue(publisher.action_id, row.concurrency_key, snapshot=snapshot)
     return True
 
 
@@ -270,31 +311,34 @@ def cancel_pending(action_id: UUID) -> bool:
 def fail_lost(action_id: UUID, stale: Q, error: str, now: datetime) -> bool:
     """Fail a running action whose worker is gone; ``stale`` is the sweep's condition
     (heartbeat too old), so an action that beat meanwhile is left alone."""
-    updated = Action.objects.filter(stale, pk=action_id).update(
-        status=Action.Status.FAILED,
+    return _write_lost(
+        action_id,
+        stale,
+        Action.Status.FAILED,
         error=error,
         finished_at=now,
         expires_at=now + retention(),
-        seq=F("seq") + 1,
     )
-    if updated:
-        _after_end(action_id, Action.Status.FAILED)
-    return bool(updated)
 
 
 def requeue_lost(action_id: UUID, stale: Q, note: str) -> bool:
     """Send a running action whose worker is gone back to pending for another attempt
     (``stale`` as in :func:`fail_lost`); the sweep dispatches it again."""
-    updated = Action.objects.filter(stale, pk=action_id).update(
-        status=PENDING,
-        message=note,
-        percent=0.0,
-        run_after=None,
-        heartbeat_at=None,
-        seq=F("seq") + 1,
+    return _write_lost(
+        action_id, stale, PENDING, message=note, percent=0.0, run_after=None, heartbeat_at=None
     )
-    if updated:
+
+
+def _write_lost(action_id: UUID, stale: Q, status: str, **fields: Any) -> bool:
+    """Move a lost running action to ``status`` if ``stale`` still holds, then run the
+    after-step of a requeue (``pending``) or of an end."""
+    updated = Action.objects.filter(stale, pk=action_id).update(
+        status=status, seq=F("seq") + 1, **fields
+    )
+    if updated and status == PENDING:
         _after_requeue(action_id, None)
+    elif updated:
+        _after_end(action_id, status)
     return bool(updated)
 
 
@@ -307,19 +351,15 @@ def wake_next(key: str) -> None:
     concurrency.release(key)
 
 
-def _read(action_id: UUID, action: Action | None) -> Action | None:
-    """The row as stored now (``action`` refreshed in place when given); on a database
-    error ``action`` as it was, else None."""
+def _read(action_id: UUID) -> Action | None:
+    """The row as stored now; None if it is gone or the database fails."""
     try:
-        if action is not None:
-            action.refresh_from_db()
-            return action
         return Action.objects.get(pk=action_id)
     except Action.DoesNotExist:
         return None
     except DatabaseError:
         close_old_connections()
-        return action
+        return None
 
 
 def _after_end(
@@ -327,20 +367,22 @@ def _after_end(
     status: str,
     *,
     snapshot: dict[str, Any] | None = None,
-    action: Action | None = None,
-    key: str | None = None,
+    row: Action | None = None,
 ) -> None:
-    """What follows every end: push, free the key, free the owner's place, signal."""
+    """What follows every end: push, free the key, free the owner's place, signal.
+
+    ``snapshot`` is the end's event when the caller holds it; ``row`` the row as
+    written (read here when not given).
+    """
     if snapshot is not None:
         pusher.push(action_id, snapshot)
-    row = _read(action_id, action)
-    if snapshot is None and row is not None:
-        push_action(row)
-    if key is None:
-        key = row.concurrency_key if row is not None else ""
-    concurrency.release(key)
     if row is None:
-        return
+        row = _read(action_id)
+        if row is None:
+            return
+        if snapshot is None:
+            push_action(row)
+    concurrency.release(row.concurrency_key)
     fairness.wake_after_end(row)
     action_finished.send(sender=Action, action=row, status=status)
 
@@ -352,10 +394,103 @@ def _after_requeue(
     if snapshot is not None:
         pusher.push(action_id, snapshot)
     if snapshot is None or key is None:
-        row = _read(action_id, None)
+        row = _read(action_id)
         if row is None:
             return
         if snapshot is None:
             push_action(row)
         key = row.concurrency_key
     concurrency.release(key)
+
+
+# -- the statements, written once per vendor -------------------------------------------
+# The ORM compiled the claim's conditional UPDATE (Q, Exists, OuterRef) anew on every
+# call: most of an action's own cost (docs/performance.md). The hot transitions are SQL
+# written once per vendor instead, each returning the row it wrote (RETURNING: SQLite
+# 3.35+, PostgreSQL), so nothing reads it back. The rare ones keep the ORM.
+
+
+def _connection() -> BaseDatabaseWrapper:
+    return connections[router.db_for_write(Action)]
+
+
+def _quote(vendor: str, name: str) -> str:
+    """A quoted identifier (double quotes: SQLite and PostgreSQL, the supported vendors)."""
+    return f'"{name}"'
+
+
+def _db_datetime(value: datetime, conn: BaseDatabaseWrapper) -> Any:
+    return Action._meta.get_field("started_at").get_db_prep_value(value, conn)
+
+
+@functools.cache
+def _columns() -> str:
+    return ", ".join(field.column for field in Action._meta.concrete_fields)
+
+
+def _returning(
+    conn: BaseDatabaseWrapper, sql: str, params: Sequence[Any], pk: Any
+) -> Action | None:
+    """Run an UPDATE of the row ``pk``; the row as written, or None if it matched none.
+
+    Without ``RETURNING`` (SQLite before 3.35) the row is read after the UPDATE.
+    """
+    with conn.cursor() as cursor:
+        if _can_return(conn):
+            cursor.execute(f"{sql} RETURNING {_columns()}", params)
+            rows = cursor.fetchall()
+        else:
+            cursor.execute(sql, params)
+            if cursor.rowcount < 1:
+                return None
+            table = _quote(conn.vendor, Action._meta.db_table)
+            cursor.execute(f"SELECT {_columns()} FROM {table} WHERE id = %s", [pk])
+            rows = cursor.fetchall()
+    return _from_db(conn, rows[0]) if rows else None
+
+
+def _can_return(conn: BaseDatabaseWrapper) -> bool:
+    """Whether the database takes ``UPDATE … RETURNING`` (SQLite from 3.35)."""
+    if conn.vendor == "sqlite":
+        return bool(conn.Database.sqlite_version_info >= (3, 35))  # type: ignore[attr-defined]
+    return bool(conn.vendor == "postgresql")
+
+
+def _from_db(conn: BaseDatabaseWrapper, values: Sequence[Any]) -> Action:
+    """An Action from a row of :func:`_columns`, converted as the ORM converts it."""
+    converted = list(values)
+    for index, col, converters in _converters(conn.vendor, conn.alias):
+        value = converted[index]
+        for converter in converters:
+            value = converter(value, col, conn)
+        converted[index] = value
+    return Action.from_db(conn.alias, _attnames(), converted)
+
+
+@functools.cache
+def _attnames() -> list[str]:
+    return [field.attname for field in Action._meta.concrete_fields]
+
+
+@functools.cache
+def _converters(vendor: str, alias: str) -> list[tuple[int, Any, list[Any]]]:
+    """The ORM's converters of each column that has any, once per database."""
+    conn = connections[alias]
+    found = []
+    for index, field in enumerate(Action._meta.concrete_fields):
+        col = field.get_col(Action._meta.db_table)
+        field_converters = field.get_db_converters(conn)  # type: ignore[attr-defined]
+        converters = [*conn.ops.get_db_converters(col), *field_converters]
+        if converters:
+            found.append((index, col, converters))
+    return found
+
+
+def _copy_fields(source: Action, target: Action) -> None:
+    """Give ``target`` the stored fields of ``source`` (a refresh without a query)."""
+    for field in Action._meta.concrete_fields:
+        value = getattr(source, field.attname)
+        changed = field.is_relation and getattr(target, field.attname) != value
+        if changed and field.is_cached(target):  # type: ignore[attr-defined]
+            field.delete_cached_value(target)  # type: ignore[attr-defined]
+        setattr(target, field.attname, value)

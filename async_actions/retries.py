@@ -62,7 +62,6 @@ def retry_later(
         publisher,
         run_after=run_after,
         note=note,
-        concurrency_key=action.concurrency_key,
         retry_for=float(action_settings.STALE_AFTER),
     )
     if not written:

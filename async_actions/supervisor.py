@@ -72,7 +72,6 @@ class _Running:
 
     ctx: ActionContext
     publisher: Publisher
-    concurrency_key: str = ""
     #: The thread that runs the handler (named in the log when it is abandoned).
     thread: threading.Thread = field(default_factory=threading.current_thread)
     #: Set while the handler runs under a time limit; None once it returned.
@@ -91,10 +90,10 @@ class Supervisor:
         self._last_cancel_poll = 0.0
 
     # -- called by the executor, in the thread that runs the handler -------------------
-    def register(self, ctx: ActionContext, publisher: Publisher, concurrency_key: str = "") -> None:
+    def register(self, ctx: ActionContext, publisher: Publisher) -> None:
         """Serve the action from now until :meth:`unregister` (after its final write)."""
         with self._lock:
-            self._running[ctx.action_id] = _Running(ctx, publisher, concurrency_key)
+            self._running[ctx.action_id] = _Running(ctx, publisher)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="async-actions-supervisor", daemon=True
@@ -272,7 +271,6 @@ class Supervisor:
             entry.publisher,
             Action.Status.FAILED,
             error=time_limit_error(clock.limit),
-            concurrency_key=entry.concurrency_key,
             on_written=abandon,
         )
         if written:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The statuses an action ends in (Action.TERMINAL_STATUSES, without importing Django).
@@ -25,9 +26,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> str:
+    """The machine line; with the load average, since a shared machine skews timings."""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return (
         f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"
+        f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}{load}"
     )
 
 
@@ -76,10 +79,50 @@ def stop(process: subprocess.Popen, timeout: float = 10) -> None:
             process.wait()
 
 
+def verdict(met: bool) -> str:
+    """The summary table's word for a target: "met" or "MISSED"."""
+    return "met" if met else "MISSED"
+
+
+def collecting_runner() -> Any:
+    """A runner that only keeps what is dispatched, so a benchmark runs each action
+    itself, in its own thread (``executor.execute``), and profiles exactly that."""
+    from async_actions.runners.base import BaseRunner
+
+    class Collecting(BaseRunner):
+        runs_in_process = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.ids: list[Any] = []
+
+        def dispatch(self, action_id: Any) -> None:
+            self.ids.append(action_id)
+
+    return Collecting()
+
+
+def top_entries(profile: Any, count: int = 25) -> str:
+    """The top ``count`` entries of a cProfile run by cumulative time, as pstats prints
+    them (the table only), for a docs/performance.md section."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).strip_dirs().sort_stats("cumulative").print_stats(count)
+    lines = out.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("ncalls"))
+    return "\n".join(line.rstrip() for line in lines[start:] if line.strip())
+
+
 def record(name: str, rows: list[dict]) -> None:
     """Leave this benchmark's headline figures for bench/run_all.py's summary table.
 
-    Each row: figure, ours, peer, ratio, target, verdict (strings, already formatted).
+    Writes ``<BENCH_RESULTS>/<name>.json``: a list of rows, each a dict of strings,
+    already formatted: ``figure``, ``ours``, ``peer`` (what we compare with, "" for an
+    absolute target), ``ratio``, ``target``, and ``verdict`` (:func:`verdict`; "" where
+    no target applies). Missing keys print empty. Any benchmark, run by run_all, adds
+    its rows this way; run_all prints them and writes the summary section.
     """
     import json
 

@@ -27,16 +27,20 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import (
     ROOT,
+    collecting_runner,
     free_port,
     machine,
     percentile,
     record,
     stop,
+    top_entries,
+    verdict,
     wait_port,
     write_section,
 )
@@ -51,6 +55,8 @@ ENV = {
     "PYTHONPATH": str(ROOT),
 }
 TARGET_P50_MS = 10.0
+TARGET_THROUGHPUT_RATIO = 0.8
+TARGET_START_RATIO = 1.5
 
 
 def _admin(sql: str) -> None:
@@ -129,21 +135,95 @@ def _wait_finished(ids: list, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
-def _throughput(actions: int) -> float:
+def _throughput(actions: int) -> tuple[float, list[float]]:
+    """Actions per second from the first start to the last finish; and each
+    ``service.start()``'s cost in this process, ms."""
     from async_actions import service
     from async_actions.models import Action
 
-    ids = []
+    ids, costs = [], []
     t0 = time.perf_counter()
     for i in range(actions):
         # Many visitors: one owner's actions would wait for MAX_RUNNING_PER_OWNER.
+        before = time.perf_counter()
         result = service.start("demo.noop", {}, session_key=f"bench-{i}")
+        costs.append((time.perf_counter() - before) * 1000)
         assert result.ok, result
         ids.append(result.action.pk)
     _wait_finished(ids)
     elapsed = time.perf_counter() - t0
     assert Action.objects.filter(pk__in=ids, status="succeeded").count() == actions
-    return actions / elapsed
+    return actions / elapsed, costs
+
+
+def _peer_throughput(jobs: int) -> tuple[float, list[float]]:
+    """The same for a plain no-op task on the same backend and workers: jobs per second
+    from the first ``enqueue()`` to the last result, and each ``enqueue()``'s cost, ms."""
+    from django_tasks_db.models import DBTaskResult
+
+    from bench.tasks_peer import noop
+
+    ids, costs = [], []
+    t0 = time.perf_counter()
+    for _ in range(jobs):
+        before = time.perf_counter()
+        result = noop.enqueue()
+        costs.append((time.perf_counter() - before) * 1000)
+        ids.append(result.id)
+    deadline = time.monotonic() + 300
+    while DBTaskResult.objects.filter(id__in=ids, finished_at__isnull=True).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("peer tasks unfinished after 300s")
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    assert DBTaskResult.objects.filter(id__in=ids, status="SUCCESSFUL").count() == jobs
+    return jobs / elapsed, costs
+
+
+def _costs(actions: int) -> dict[str, Any]:
+    """What one start and one action cost in this process, against the peer's enqueue:
+    the SQL statements each sends (BEGIN and COMMIT included) and cProfile runs of
+    ``service.start`` and of ``executor.execute`` (the worker's part), top entries."""
+    import cProfile
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from async_actions import executor, runners, service
+    from bench.tasks_peer import noop
+
+    with CaptureQueriesContext(connection) as ours:
+        result = service.start("demo.noop", {}, session_key="bench-count")
+    with CaptureQueriesContext(connection) as peer:
+        noop.enqueue()
+    runner = collecting_runner()
+    previous, runners._runner = runners._runner, runner
+    try:
+        service.start("demo.noop", {}, session_key="bench-count-run")
+        with CaptureQueriesContext(connection) as worker:
+            executor.execute(runner.ids.pop(), runner=runner)
+        starts, runs = cProfile.Profile(), cProfile.Profile()
+        for i in range(actions):
+            starts.enable()
+            service.start("demo.noop", {}, session_key=f"bench-profile-{i}")
+            starts.disable()
+            runs.enable()
+            executor.execute(runner.ids.pop(), runner=runner)
+            runs.disable()
+    finally:
+        runners._runner = previous
+    assert result.ok
+    return {
+        "ours": [q["sql"] for q in ours.captured_queries],
+        "peer": [q["sql"] for q in peer.captured_queries],
+        "worker": [q["sql"] for q in worker.captured_queries],
+        "start_profile": top_entries(starts, 20),
+        "run_profile": top_entries(runs, 20),
+    }
+
+
+def _statements(sqls: list[str]) -> str:
+    return "\n".join(f"  {sql[:110]}{'…' if len(sql) > 110 else ''}" for sql in sqls)
 
 
 def _start_latency(samples: int) -> list[float]:
@@ -167,6 +247,7 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--starts", type=int, default=30)
+    parser.add_argument("--profile", type=int, default=100, help="actions profiled")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
@@ -188,6 +269,7 @@ def main() -> None:
         processes.append(daphne)
         wait_port(port, daphne)
         latency = asyncio.run(_latency(port, args.updates, args.warmup))
+        spent = _costs(args.profile)  # before the workers start: they would take the tasks
 
         worker = [sys.executable, "manage.py", "db_worker", "--no-reload"]
         worker += ["--interval", "0.05", "--no-startup-delay"]
@@ -196,7 +278,15 @@ def main() -> None:
                 subprocess.Popen(worker, cwd=ROOT, env=ENV, stdout=logs, stderr=subprocess.STDOUT)
             )
         _throughput(20)  # warm-up: both workers importing, connections open
-        rates = [_throughput(args.actions) for _ in range(args.repeat)]
+        _peer_throughput(20)
+        rates, peer_rates, costs, peer_costs = [], [], [], []
+        for _ in range(args.repeat):  # alternated, so both see the same machine
+            rate, cost = _throughput(args.actions)
+            peer_rate, peer_cost = _peer_throughput(args.actions)
+            rates.append(rate)
+            peer_rates.append(peer_rate)
+            costs += cost
+            peer_costs += peer_cost
         starts = _start_latency(args.starts)
         connection.close()
     finally:
@@ -204,8 +294,10 @@ def main() -> None:
             stop(process)
         _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
 
+    rate, peer_rate = statistics.median(rates), statistics.median(peer_rates)
+    cost, peer_cost = statistics.median(costs), statistics.median(peer_costs)
     p50 = percentile(latency, 50)
-    verdict = "met: meets the target" if p50 <= TARGET_P50_MS else "MISSED: misses the target"
+    verdict_text = "met: meets the target" if p50 <= TARGET_P50_MS else "MISSED: misses the target"
     body = f"""
 ## Scaled out: across processes through Redis, and 2 workers
 
@@ -220,18 +312,54 @@ separate daphne process receives (Redis, daphne, TCP on loopback included;
 | ---: | ---: | ---: | ---: | ---: | --- |
 | {len(latency)} | {p50:.2f} ms | {percentile(latency, 90):.2f} ms | \
 {percentile(latency, 99):.2f} ms | {max(latency):.2f} ms | \
-≤ {TARGET_P50_MS:.0f} ms: {verdict.split(": ")[1]} |
+≤ {TARGET_P50_MS:.0f} ms: {verdict_text.split(": ")[1]} |
 
 **Throughput** of a no-op handler with 2 `db_worker` processes (`--interval 0.05`), from
-the first `service.start` to the last finish, {args.actions} actions, {args.repeat} runs:
-median **{statistics.median(rates):.0f} actions/s** (runs: \
-{", ".join(f"{r:.0f}" for r in rates)}). The machine's 2 cores are shared by this
-process, both workers, PostgreSQL and Redis, and the work is CPU-bound: profiled in one
-process (cProfile around `executor.execute`), an action costs about 20 ms of our code, of
-which the claim (ORM compile, conditional `UPDATE`, commit, reload) is about 9 ms, the
-finish (result write, final push through Redis) about 5 ms, and a new database connection
-about 5 ms (`CONN_MAX_AGE` 0); django-tasks-db's poll, claim and result rows come on top.
-More workers on more cores scale it; the database backend's polling is the next limit.
+the first `service.start` to the last finish, {args.actions} actions, {args.repeat} runs,
+against the peer: a plain no-op Django task (`bench/tasks_peer.py`) on the same backend and
+workers, from the first `enqueue()` to the last result, run alternately with ours:
+
+| | median | runs | cost of one start in the caller, median / p90 |
+| --- | ---: | --- | --- |
+| ours, `TasksRunner` | **{rate:.0f}/s** | {", ".join(f"{r:.0f}" for r in rates)} | \
+{cost:.2f} / {percentile(costs, 90):.2f} ms (`service.start()`) |
+| django-tasks-db alone | **{peer_rate:.0f}/s** | {", ".join(f"{r:.0f}" for r in peer_rates)} | \
+{peer_cost:.2f} / {percentile(peer_costs, 90):.2f} ms (`enqueue()`) |
+| ratio | {rate / peer_rate:.2f}× (target ≥ {TARGET_THROUGHPUT_RATIO:g}×) | | \
+{cost / peer_cost:.2f}× (target ≤ {TARGET_START_RATIO:g}×) |
+
+The machine's 2 cores are shared by this process, both workers, PostgreSQL and Redis.
+Our start is an INSERT of the action, the owner's limits counted, and (after commit) the
+task enqueued with its fair priority and its id stored on the row; a worker's action is
+the task's claim and result rows plus our claim (one `UPDATE … RETURNING`), the handler
+and the final `UPDATE … RETURNING` with its push through Redis.
+
+What a start and an action cost in the caller and the worker: SQL statements sent (one
+start of ours, one `enqueue()` of the peer, one action's claim to finish in a worker;
+BEGIN and COMMIT included), then cProfile runs of {args.profile} `service.start()` and
+`executor.execute()` calls in one process (cumulative, top entries). On PostgreSQL each
+statement is a round trip, which is what the start ratio counts.
+
+```
+ours, service.start(): {len(spent["ours"])} statements
+{_statements(spent["ours"])}
+peer, enqueue(): {len(spent["peer"])} statements
+{_statements(spent["peer"])}
+ours, executor.execute() in a worker: {len(spent["worker"])} statements
+{_statements(spent["worker"])}
+```
+
+`service.start()`:
+
+```
+{spent["start_profile"]}
+```
+
+`executor.execute()` (claim, the no-op handler, finish):
+
+```
+{spent["run_profile"]}
+```
 
 **Start latency** with idle workers, `created_at` → `started_at`, {len(starts)} actions
 one at a time: p50 {percentile(starts, 50):.1f} ms, p90 {percentile(starts, 90):.1f} ms,
@@ -247,14 +375,24 @@ Machine: {machine()}; PostgreSQL and Redis on loopback.
                 "ours": f"{p50:.2f} ms",
                 "peer": "",
                 "ratio": "",
-                "target": f"≤ {TARGET_P50_MS:.0f} ms ({verdict.split(':')[0]})",
+                "target": f"≤ {TARGET_P50_MS:.0f} ms",
+                "verdict": verdict(p50 <= TARGET_P50_MS),
             },
             {
-                "figure": "no-op actions per second, 2 db_worker processes",
-                "ours": f"{statistics.median(rates):.0f}/s",
-                "peer": "",
-                "ratio": "",
-                "target": "",
+                "figure": "no-op throughput, TasksRunner / the same tasks-db alone, 2 workers",
+                "ours": f"{rate:.0f}/s",
+                "peer": f"{peer_rate:.0f}/s",
+                "ratio": f"{rate / peer_rate:.2f}×",
+                "target": f"≥ {TARGET_THROUGHPUT_RATIO:g}×",
+                "verdict": verdict(rate / peer_rate >= TARGET_THROUGHPUT_RATIO),
+            },
+            {
+                "figure": "service.start() cost / tasks-db enqueue(), in the caller, median",
+                "ours": f"{cost:.2f} ms",
+                "peer": f"{peer_cost:.2f} ms",
+                "ratio": f"{cost / peer_cost:.2f}×",
+                "target": f"≤ {TARGET_START_RATIO:g}×",
+                "verdict": verdict(cost / peer_cost <= TARGET_START_RATIO),
             },
         ],
     )

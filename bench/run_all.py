@@ -35,6 +35,7 @@ def _up(port: int) -> bool:
 
 #: name, script, needs (ports), full arguments, --quick arguments
 BENCHES = [
+    ("engine", "bench_engine.py", (), [], ["--actions", "150", "--starts", "40"]),
     ("progress", "bench_progress.py", (6379,), [], ["--repeat", "3"]),
     ("latency", "bench_latency.py", (), [], ["--updates", "500"]),
     ("vs_celery", "bench_vs_celery.py", (6379,), [], ["--repeat", "1", "--seconds", "4"]),
@@ -50,6 +51,20 @@ BENCHES = [
     ("load", "bench_load.py", (), [], ["--actions", "40", "--clients", "100"]),
     ("pickup", "bench_pickup.py", (), [], ["--starts", "10"]),
 ]
+
+
+COLUMNS = ("figure", "ours", "peer", "ratio", "target", "verdict")
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The summary rows as a Markdown table (each row as ``_common.record`` describes)."""
+    lines = [
+        "| figure | ours | peer | ratio | target | met? |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(key, "")) for key in COLUMNS) + " |")
+    return lines
 
 
 def main() -> None:
@@ -88,19 +103,16 @@ def main() -> None:
             f"`make bench` (`bench/run_all.py{' --quick' if args.quick else ''}`), one run on "
             f"{machine()}, {time.strftime('%Y-%m-%d')}; took "
             f"{(time.monotonic() - started) / 60:.0f} min. Ratios come from the same run. "
-            "Details and method in each section below.",
+            "Details and method in each section below. Peer: what the row compares with "
+            "(celery-progress for progress and status, Celery for starts, django-tasks-db "
+            "alone for the Tasks runner); empty for an absolute target.",
             "",
-            "| figure | ours | peer (celery-progress) | ratio | target |",
-            "| --- | ---: | ---: | ---: | --- |",
+            *table(rows),
         ]
-        for row in rows:
-            lines.append(
-                f"| {row['figure']} | {row['ours']} | {row['peer']} | {row['ratio']} | "
-                f"{row['target']} |"
-            )
         if notes:
             lines += ["", *(f"- {note}" for note in notes)]
         write_section("summary", "\n".join(lines))
+    print("\n".join(table(rows)))
     if notes:
         print("\n".join(notes), file=sys.stderr)
     sys.exit(1 if any("failed" in note for note in notes) else 0)

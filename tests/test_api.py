@@ -288,3 +288,27 @@ def test_field_errors_come_with_one_readable_detail(api: APIClient) -> None:
     assert body["detail"].startswith("Invalid body. handler: This field may not be null.")
     assert body["code"] == "invalid"
     assert set(body["errors"]) == {"handler"}
+
+
+@pytest.mark.django_db
+def test_the_serializer_built_once_gives_each_action_its_own_fields() -> None:
+    """ActionSerializer builds its fields from the model once and copies them: each use
+    still gets fresh fields bound to it, and the same output as a fresh build."""
+    from rest_framework import serializers
+
+    from async_actions.api.serializers import ActionSerializer
+
+    first = Action.objects.create(handler="tests.echo", message="one", percent=10)
+    second = Action.objects.create(handler="tests.echo", message="two", status="failed")
+    a, b = ActionSerializer(first), ActionSerializer(second)
+    assert (a.data["message"], b.data["message"]) == ("one", "two")
+    assert (a.data["status"], b.data["status"]) == ("pending", "failed")
+    assert a.fields["message"] is not b.fields["message"]
+    assert a.fields["message"].parent is a and b.fields["message"].parent is b
+
+    class Fresh(ActionSerializer):
+        def get_fields(self) -> dict[str, Any]:
+            return serializers.ModelSerializer.get_fields(self)
+
+    assert Fresh(first).data == ActionSerializer(first).data
+    assert list(ActionSerializer(first).fields) == ActionSerializer.Meta.fields

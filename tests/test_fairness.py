@@ -395,3 +395,34 @@ def test_every_end_of_a_running_action_starts_the_owners_next(end: Any) -> None:
         gate(name).set()
         reset_runner()
         override.disable()
+
+
+@pytest.mark.parametrize("kind", ["user", "address", "session"])
+def test_the_owners_sql_selects_the_rows_its_q_selects(kind: str) -> None:
+    """``Owner.sql`` (hand-written statements) and ``Owner.actions`` (the ORM) agree."""
+    from django.db import connection
+
+    from async_actions.fairness import Owner
+
+    user = get_user_model().objects.create_user("owner-sql")
+    other = get_user_model().objects.create_user("owner-sql-2")
+    rows = [
+        Action.objects.create(handler="tests.echo", **fields)
+        for fields in (
+            {"user": user, "client_address": "192.0.2.1", "session_key": "s1"},
+            {"user": other, "client_address": "192.0.2.1", "session_key": "s1"},
+            {"client_address": "192.0.2.1", "session_key": "s1"},
+            {"client_address": "192.0.2.1", "session_key": "s2"},
+            {"client_address": "", "session_key": "s1"},
+            {"client_address": "", "session_key": "s2"},
+        )
+    ]
+    value = {"user": user.pk, "address": "192.0.2.1", "session": "s1"}[kind]
+    owner = Owner(kind, value)
+    condition, params = owner.sql("a")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT a.id FROM async_actions_action a WHERE {condition}", params)
+        by_sql = {uuid.UUID(str(pk)) for (pk,) in cursor.fetchall()}
+    by_q = set(Action.objects.filter(owner.actions()).values_list("pk", flat=True))
+    assert by_sql == by_q and len(by_q) in (1, 2)
+    assert by_q <= {row.pk for row in rows}

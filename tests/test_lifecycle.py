@@ -9,6 +9,7 @@ release appears outside ``lifecycle.py``.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,33 @@ def _dotted(node: ast.AST) -> str:
     return ""
 
 
+#: Hand-written SQL that sets a status: ``UPDATE <table> SET ... status = ...`` (in the
+#: SET list, not a WHERE condition).
+SQL_STATUS_WRITE = re.compile(
+    r"\bUPDATE\b.*?\bSET\b(?:(?!\bWHERE\b).)*?\bstatus\s*=", re.IGNORECASE | re.DOTALL
+)
+
+
+def _text(node: ast.AST) -> str | None:
+    """The text of a string literal; an f-string's with ``{}`` for each placeholder."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(
+            part.value if isinstance(part, ast.Constant) else "{}" for part in node.values
+        )
+    return None
+
+
 def _transitions(tree: ast.AST) -> list[tuple[int, str]]:
     """Calls that change a status or announce the change: ``.update(status=...)``,
     ``.update(**{... "status": ...})``, ``action_finished.send(...)``,
-    ``concurrency.release(...)``."""
+    ``concurrency.release(...)``; and SQL text that updates a status."""
     found = []
     for node in ast.walk(tree):
+        text = _text(node)
+        if text is not None and SQL_STATUS_WRITE.search(text):
+            found.append((node.lineno, "an SQL UPDATE of status"))
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
         name = _dotted(node.func)
@@ -91,7 +113,12 @@ def test_status_changes_and_their_after_steps_live_in_lifecycle_only():
 def test_lifecycle_holds_every_kind_of_transition():
     """The scan above is not vacuous: it finds the transitions where they are."""
     kinds = {what for _, what in _transitions(ast.parse(LIFECYCLE.read_text()))}
-    assert kinds == {"an UPDATE of status", "action_finished.send", "concurrency.release"}
+    assert kinds == {
+        "an UPDATE of status",
+        "an SQL UPDATE of status",
+        "action_finished.send",
+        "concurrency.release",
+    }
 
 
 def test_the_scan_sees_a_status_write_in_any_spelling():
@@ -101,6 +128,9 @@ def test_the_scan_sees_a_status_write_in_any_spelling():
         "signals.action_finished.send(sender=None)\n"
         "async_actions.concurrency.release('k')\n"
         "qs.update(cancel_requested=True)\n"
+        "cursor.execute(f'UPDATE {table} SET seq = seq + 1, status = %s WHERE id = %s')\n"
+        "cursor.execute('update async_actions_action set\\n  status = 1')\n"
+        "cursor.execute(f'UPDATE {table} SET task_id = %s WHERE status = %s')\n"
     )
     found = [what for _, what in _transitions(ast.parse(source))]
     assert found == [
@@ -108,6 +138,8 @@ def test_the_scan_sees_a_status_write_in_any_spelling():
         "an UPDATE of status",
         "action_finished.send",
         "concurrency.release",
+        "an SQL UPDATE of status",
+        "an SQL UPDATE of status",
     ]
 
 
@@ -141,3 +173,67 @@ def test_a_claim_happens_once():
     second, waits = lifecycle.claim(pk)
     assert first is not None and first.status == "running" and first.attempt == 1
     assert (second, waits) == (None, False)
+
+
+def _stored(action: Action) -> dict[str, Any]:
+    return {f.attname: getattr(action, f.attname) for f in Action._meta.concrete_fields}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "sqlite-before-3.35"])
+def test_a_claim_returns_the_row_as_stored_without_reading_it_back(
+    returning: bool, monkeypatch: pytest.MonkeyPatch
+):
+    """The claim's UPDATE … RETURNING gives every field as the ORM would read it (and a
+    database without RETURNING gets the same row, read after the UPDATE)."""
+    monkeypatch.setattr(lifecycle, "_can_return", lambda conn: returning)
+    started = service.start("tests.echo", {"word": "é"}, session_key="s", client_address="::1")
+    claimed, _ = lifecycle.claim(started.action.pk)
+    assert claimed is not None and not claimed._state.adding
+    assert _stored(claimed) == _stored(Action.objects.get(pk=claimed.pk))
+    assert (claimed.status, claimed.attempt, claimed.seq) == ("running", 1, 1)
+    assert claimed.request == {"word": "é"} and claimed.started_at == claimed.heartbeat_at
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("end", ["finish", "requeue"])
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "sqlite-before-3.35"])
+def test_an_end_hands_the_row_as_written_to_its_receivers(
+    end: str, returning: bool, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(lifecycle, "_can_return", lambda conn: returning)
+    claimed, _ = lifecycle.claim(service.start("tests.echo", session_key="s").action.pk)
+    assert claimed is not None
+    publisher = Publisher(claimed)
+    publisher.update(40, "almost", {"k": [1, 2]})
+    seen: list[Action] = []
+
+    def receiver(sender: Any, action: Action, status: str, **kwargs: Any) -> None:
+        seen.append(action)
+
+    action_finished.connect(receiver)
+    try:
+        if end == "finish":
+            assert lifecycle.finish(publisher, "succeeded", response={"r": 1}, action=claimed)
+        else:
+            assert lifecycle.requeue(publisher, run_after=None, note="again")
+    finally:
+        action_finished.disconnect(receiver)
+    row = Action.objects.get(pk=claimed.pk)
+    if end == "finish":
+        assert seen == [claimed]  # the caller's object, given the written fields
+        assert _stored(claimed) == _stored(row)
+        assert (row.status, row.response, row.data, row.percent) == (
+            "succeeded",
+            {"r": 1},
+            {"k": [1, 2]},
+            100.0,
+        )
+    else:
+        assert seen == []
+        assert (row.status, row.percent, row.data, row.log[-1]["message"]) == (
+            "pending",
+            0.0,
+            None,
+            "again",
+        )

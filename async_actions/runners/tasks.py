@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from django.core import checks
-from django.db import DatabaseError
+from django.db import DatabaseError, connections, router
 
 from async_actions import executor, fairness, recovery
 from async_actions.conf import action_settings
@@ -58,12 +58,22 @@ _OUTCOME_WORDS: dict[str | None, str] = {
 
 
 def _remember_task(action_id: UUID, result: Any) -> None:
-    """Store the task's id on the still-pending row, for recovery to look it up."""
+    """Store the task's id on the still-pending row, for recovery to look it up.
+
+    Hand-written: it runs on every dispatch, and the ORM compiled it anew each time.
+    """
     ref = str(getattr(result, "id", "") or "")[:255]
     if not ref:
         return
+    conn = connections[router.db_for_write(Action)]
+    pk = Action._meta.pk.get_db_prep_value(action_id, conn)
+    table = conn.ops.quote_name(Action._meta.db_table)
     try:
-        Action.objects.filter(pk=action_id, status=Action.Status.PENDING).update(task_id=ref)
+        with conn.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET task_id = %s WHERE id = %s AND status = %s",
+                [ref, pk, str(Action.Status.PENDING)],
+            )
     except DatabaseError:  # only recovery's look-up is lost: it enqueues again, at worst
         logger.warning("Could not store task %s of action %s", ref, action_id)
 
