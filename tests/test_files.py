@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.checks import run_checks
@@ -101,7 +102,7 @@ def test_an_upload_is_read_by_run_and_goes_with_the_purge(media: Path, runner: A
 
 
 def test_a_refused_start_keeps_no_upload(media: Path, runner: Any) -> None:
-    with override_settings(ASYNC_ACTIONS={"MAX_ACTIVE_PER_OWNER": 1}):
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "MAX_ACTIVE_PER_OWNER": 1}):
         reset_runner()
         client = logged_in(user("alice"))
         gate_response = client.post(
@@ -122,7 +123,7 @@ def test_a_refused_start_keeps_no_upload(media: Path, runner: Any) -> None:
 
 
 def test_an_upload_over_the_size_or_count_limit_starts_nothing(media: Path) -> None:
-    with override_settings(ASYNC_ACTIONS={"MAX_FILE_BYTES": 4}):
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "MAX_FILE_BYTES": 4}):
         response = upload(Client(), content=b"12345")
     assert response.status_code == 413
     assert "MAX_FILE_BYTES" in response.content.decode()
@@ -131,7 +132,7 @@ def test_an_upload_over_the_size_or_count_limit_starts_nothing(media: Path) -> N
         "first": SimpleUploadedFile("1.txt", b"one"),
         "second": SimpleUploadedFile("2.txt", b"two"),
     }
-    with override_settings(ASYNC_ACTIONS={"MAX_FILES_PER_ACTION": 1}):
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "MAX_FILES_PER_ACTION": 1}):
         response = Client().post(reverse("pair_upload_view:initial"), pair)
     assert response.status_code == 413
     assert "MAX_FILES_PER_ACTION" in response.content.decode()
@@ -169,7 +170,9 @@ def test_a_missing_upload_fails_with_a_readable_error(media: Path, runner: Any) 
 
 
 def test_uploads_go_at_finish_when_asked_and_results_stay(media: Path, runner: Any) -> None:
-    with override_settings(ASYNC_ACTIONS={"DELETE_UPLOADS_AT_FINISH": True}):
+    with override_settings(
+        ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "DELETE_UPLOADS_AT_FINISH": True}
+    ):
         action = wait_finished(action_id(upload(Client())))
         assert action.status == "succeeded", action.traceback
         # action_finished comes right after the final write: wait for its receiver.
@@ -294,7 +297,7 @@ def test_a_local_storage_without_an_absolute_folder_is_warned_in_the_scaled_shap
 
 @pytest.mark.parametrize("name", ["nowhere", "no.such.Storage", "async_actions.models.Action"])
 def test_a_file_storage_that_names_no_storage_is_an_error(name: str) -> None:
-    with override_settings(ASYNC_ACTIONS={"FILE_STORAGE": name}):
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "FILE_STORAGE": name}):
         errors = [m for m in run_checks() if m.id == "async_actions.E090"]
     assert len(errors) == 1 and name in errors[0].msg
 
@@ -309,12 +312,12 @@ def test_file_storage_takes_a_storages_key_or_a_dotted_path(
             "OPTIONS": {"location": str(tmp_path / "by-key")},
         },
     }
-    with override_settings(ASYNC_ACTIONS={"FILE_STORAGE": "actions"}):
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "FILE_STORAGE": "actions"}):
         action = wait_finished(action_id(Client().post("/t/export/", {"file:a.txt": "A"})))
         assert (tmp_path / f"by-key/async_actions/{action.pk}/output/a.txt").read_text() == "A"
     settings.MEDIA_ROOT = str(tmp_path / "by-path")
     path = "django.core.files.storage.FileSystemStorage"
-    with override_settings(ASYNC_ACTIONS={"FILE_STORAGE": path}):
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "FILE_STORAGE": path}):
         action = wait_finished(action_id(Client().post("/t/export/", {"file:b.txt": "B"})))
         assert (tmp_path / f"by-path/async_actions/{action.pk}/output/b.txt").read_text() == "B"
 
@@ -413,14 +416,14 @@ def test_a_returned_file_is_kept_as_the_result_file(media: Path, runner: Any) ->
 def test_attaching_past_the_limits_fails_the_action_with_the_setting_named(
     media: Path, runner: Any
 ) -> None:
-    with override_settings(ASYNC_ACTIONS={"MAX_FILES_PER_ACTION": 1}):
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "MAX_FILES_PER_ACTION": 1}):
         action = wait_finished(
             action_id(Client().post("/t/export/", {"file:a.txt": "a", "file:b.txt": "b"}))
         )
     assert action.status == "failed"
     assert "MAX_FILES_PER_ACTION" in action.error
     assert stored(media) == [f"async_actions/{action.pk}/output/a.txt"]
-    with override_settings(ASYNC_ACTIONS={"MAX_FILE_BYTES": 2}):
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, "MAX_FILE_BYTES": 2}):
         action = wait_finished(action_id(Client().post("/t/export/", {"file:big.txt": "abc"})))
     assert action.status == "failed" and "MAX_FILE_BYTES" in action.error
 
