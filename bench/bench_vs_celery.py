@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
     ROOT,
+    cpu_seconds,
     django_with_user,
     free_port,
     http_get_loop,
@@ -68,8 +69,8 @@ TARGET_RATIO = 50.0
 
 
 class Site:
-    def __init__(self, port: int, token: str, session: str) -> None:
-        self.port, self.token, self.session = port, token, session
+    def __init__(self, port: int, token: str, session: str, pid: int = 0) -> None:
+        self.port, self.token, self.session, self.pid = port, token, session, pid
         self.base = f"http://127.0.0.1:{port}"
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
@@ -233,10 +234,44 @@ def _status_targets(site: Site) -> tuple[str, str]:
     return f"/reports/status/{action.pk}/", f"/celery-progress/{task_id}/"
 
 
-def _rps(site: Site, path: str, seconds: float, cookie: bool) -> float:
+def _rps(site: Site, path: str, seconds: float, cookie: bool, etag: str = "") -> float:
+    """Requests per second of daphne CPU (see ``_common.cpu_seconds``); wall rate logged."""
     headers = {"Cookie": f"sessionid={site.session}"} if cookie else {}
+    if etag:
+        headers["If-None-Match"] = etag
+    cpu = cpu_seconds(site.pid)
     done = asyncio.run(http_get_loop(site.port, path, headers, seconds, conns=8))
-    return done / seconds
+    used = max(1e-3, cpu_seconds(site.pid) - cpu)
+    print(f"{path} {'(304) ' if etag else ''}{done / seconds:.0f}/s wall, "
+          f"{done / used:.0f}/CPU-s", file=sys.stderr)  # fmt: skip
+    return done / used
+
+
+def _status_figures(site: Site, repeat: int, seconds: float) -> dict[str, list[float]]:
+    """Requests per second of our status JSON and the peer's view, alternating runs."""
+    ours_path, peer_path = _status_targets(site)
+    _rps(site, ours_path, 1, cookie=True)  # warm-up: connections, first queries
+    _rps(site, peer_path, 1, cookie=False)
+    request = urllib.request.Request(
+        f"{site.base}{ours_path}", headers={"Cookie": f"sessionid={site.session}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        etag = response.headers["ETag"]
+    if os.environ.get("BENCH_PROFILE"):  # py-spy of daphne serving our status JSON
+        spy = subprocess.Popen(
+            ["py-spy", "record", "-p", str(site.pid), "-o", os.environ["BENCH_PROFILE"],
+             "--format", "raw", "-r", "200", "-d", str(int(seconds))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1)
+        _rps(site, ours_path, seconds, cookie=True)
+        spy.wait()
+    out: dict[str, list[float]] = {"ours": [], "ours_304": [], "peer": []}
+    for _ in range(repeat):
+        out["ours"].append(_rps(site, ours_path, seconds, cookie=True))
+        out["ours_304"].append(_rps(site, ours_path, seconds, cookie=True, etag=etag))
+        out["peer"].append(_rps(site, peer_path, seconds, cookie=False))
+    return out
 
 
 def main() -> None:
@@ -246,6 +281,9 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=30)
     parser.add_argument("--rps-seconds", type=float, default=5.0)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--status-only", action="store_true", help="only the status endpoint figure (prints)"
+    )
     args = parser.parse_args()
 
     token, session = django_with_user(ENV)
@@ -268,7 +306,10 @@ def main() -> None:
             subprocess.Popen(worker, cwd=ROOT, env=ENV, stdout=logs, stderr=subprocess.STDOUT)
         )
         wait_port(port, daphne)
-        site = Site(port, token, session)
+        site = Site(port, token, session, daphne.pid)
+        if args.status_only:
+            print(json.dumps(_status_figures(site, args.repeat, args.rps_seconds)))
+            return
         _peer_start(3)  # warm-up: worker ready, connections open
         _ours_start_api(site, 3)
 
@@ -282,11 +323,8 @@ def main() -> None:
         ours_api = _ours_start_api(site, args.starts)
         ours_inproc = _ours_start_inprocess(args.starts)
         peer_start = _peer_start(args.starts)
-        ours_path, peer_path = _status_targets(site)
-        ours_rps, peer_rps = [], []
-        for _ in range(args.repeat):
-            ours_rps.append(_rps(site, ours_path, args.rps_seconds, cookie=True))
-            peer_rps.append(_rps(site, peer_path, args.rps_seconds, cookie=False))
+        status = _status_figures(site, args.repeat, args.rps_seconds)
+        ours_rps, peer_rps = status["ours"], status["peer"]
     finally:
         for process in processes:
             stop(process)
