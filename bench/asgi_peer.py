@@ -1,6 +1,9 @@
 """The demo's ASGI application plus the fan-out peer's WebSocket route (``ws/peer/<pk>/``),
 so both are served by one daphne with the same settings (bench/bench_fanout.py)."""
 
+# isort: skip_file
+from example_project.asgi import django_asgi_app  # first: sets Django up
+
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls import path, re_path
@@ -8,7 +11,6 @@ from django.urls import path, re_path
 from async_actions.origins import SameOriginValidator
 from async_actions.routing import websocket_not_found, websocket_urlpatterns
 from bench.peer_consumers import GroupConsumer
-from example_project.asgi import django_asgi_app  # first: sets Django up
 
 application = ProtocolTypeRouter(
     {

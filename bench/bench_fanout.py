@@ -83,7 +83,7 @@ def _spawn_clients(port: int, session: str, paths: list[str], procs: int) -> lis
                 stdout=subprocess.PIPE,
                 text=True,
                 cwd=ROOT,
-            )  # fmt: skip
+            )
         )
     return out
 
@@ -188,7 +188,8 @@ def main() -> None:
              f"{percentile(peer['latencies'], 99):.1f} ms", "",
              f"p99 ≤ {TARGET_P99_MS:.0f} ms ({'met' if p99 <= TARGET_P99_MS else 'MISSED'})"),
         _row("fan-out: final states lost", str(lost),
-             "" if peer is None else str(peer["lost"]), "", f"0 ({'met' if lost == 0 else 'MISSED'})"),
+             "" if peer is None else str(peer["lost"]), "",
+             f"0 ({'met' if lost == 0 else 'MISSED'})"),
         _row("fan-out: daphne RSS per connection", f"{per_conn:.0f} KB", "", "",
              f"≤ {TARGET_KB:.0f} KB ({'met' if per_conn <= TARGET_KB else 'MISSED'})"),
     ]  # fmt: skip
@@ -230,9 +231,10 @@ action, newest-state coalescing); "peer" is plain Channels groups as celery-prog
 WebSocket mode uses them (bench/peer_consumers.py: each socket joins the action's group
 and forwards every message). Same daphne settings, same tickers, same run, one after the
 other. Frames per daphne CPU-second is the load-independent figure (the machine is shared);
-daphne's CPU includes the 100 ticking handlers, the same for both.
+daphne's CPU includes the {args.actions} ticking handlers, the same for both.
 
-| side | p50 | p90 | p99 | frames/s | frames per daphne CPU-s | daphne CPU | clients CPU | final states lost | connect |
+| side | p50 | p90 | p99 | frames/s | frames per daphne CPU-s | daphne CPU | clients CPU \
+| final states lost | connect |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {peer_lines}
 Ours: daphne RSS per connection {per_conn:.0f} KB ({ours["rss"]["before"] / 1024:.0f} → \
