@@ -55,6 +55,10 @@ class Pusher:
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._layer_cache: tuple[str | None, Any] | None = None
+        #: Pushes from other threads waiting for their loop to start them.
+        self._queued: dict[
+            asyncio.AbstractEventLoop, list[Callable[[], Coroutine[Any, Any, Any]]]
+        ] = {}
         #: Pushes whose layer call failed (after ``LAYER_TRIES``), since the process started.
         self.failures = 0
 
@@ -117,11 +121,26 @@ class Pusher:
             task = loop.create_task(coro_factory())
             task.add_done_callback(self._done)
             return
+        # From another thread: queue it, and wake the loop only if nothing was queued yet,
+        # so a burst of pushes (100 handlers at 10 Hz) costs the loop one wake-up, not one
+        # each. The loop starts them in the order they were pushed.
+        with self._lock:
+            queued = self._queued.setdefault(loop, [])
+            queued.append(coro_factory)
+            if len(queued) > 1 and not loop.is_closed():
+                return  # a wake-up is on its way
         try:
-            future = asyncio.run_coroutine_threadsafe(coro_factory(), loop)
-        except RuntimeError:  # loop closed between the check and the call
-            return
-        future.add_done_callback(self._done)
+            loop.call_soon_threadsafe(self._start_queued, loop)
+        except RuntimeError:  # the loop closed: nobody is left to hear these events
+            with self._lock:
+                self._queued.pop(loop, None)
+
+    def _start_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``: start every push queued for it by other threads."""
+        with self._lock:
+            queued = self._queued.pop(loop, [])
+        for coro_factory in queued:
+            loop.create_task(coro_factory()).add_done_callback(self._done)
 
     def _done(self, future: asyncio.Future[Any] | Future[Any]) -> None:
         if future.cancelled():

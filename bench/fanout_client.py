@@ -21,6 +21,7 @@ import resource
 import struct
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 FINAL = (b'"succeeded"', b'"failed"', b'"cancelled"')
@@ -35,6 +36,7 @@ class Tally:
         self.last_at = 0.0
         self.errors: list[str] = []
         self.handshakes = 0
+        self.closes: Counter[int] = Counter()  # close codes of sockets the server closed
 
 
 async def _handshake(port: int, path: str, cookie: str, origin: str) -> tuple[Any, Any]:
@@ -59,10 +61,14 @@ def _masked(opcode: int, payload: bytes) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
-async def _frames(reader: Any, writer: Any) -> Any:
-    """Yield each text frame's payload; answer pings; stop at close."""
+async def _frames(reader: Any, writer: Any, tally: Tally, idle: float) -> Any:
+    """Yield each text frame's payload; answer pings; stop at close, or after ``idle``
+    seconds without a frame once the actions tick (``tally.first_at``)."""
     while True:
-        head = await reader.readexactly(2)
+        try:
+            head = await asyncio.wait_for(reader.readexactly(2), idle if tally.first_at else None)
+        except TimeoutError:
+            return  # the final state never came: counted as lost
         opcode, length = head[0] & 0x0F, head[1] & 0x7F
         if length == 126:
             length = struct.unpack("!H", await reader.readexactly(2))[0]
@@ -70,6 +76,7 @@ async def _frames(reader: Any, writer: Any) -> Any:
             length = struct.unpack("!Q", await reader.readexactly(8))[0]
         payload = await reader.readexactly(length) if length else b""
         if opcode == 0x8:
+            tally.closes[struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005] += 1
             return
         if opcode == 0x9:
             writer.write(_masked(0xA, payload))
@@ -85,7 +92,7 @@ async def _watch(job: dict, path: str, tally: Tally, connected: asyncio.Semaphor
     finally:
         tally.handshakes += 1
     try:
-        async for payload in _frames(reader, writer):
+        async for payload in _frames(reader, writer, tally, job.get("idle", 20.0)):
             now = time.time()
             tally.frames += 1
             if b'"t": ' in payload and b'"running"' in payload:
@@ -119,6 +126,7 @@ async def _main(job: dict) -> dict:
         "errors": tally.errors[:5],
         "error_count": len(tally.errors),
         "cpu_s": usage.ru_utime + usage.ru_stime,
+        "closes": dict(tally.closes),
     }
 
 
