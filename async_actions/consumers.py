@@ -115,7 +115,10 @@ class ActionConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
         alias = action_settings.CHANNEL_LAYER
         layer = get_channel_layer(alias) if alias else None
         self.subscriber = Subscriber(
-            self._send_text, refresh=self._snapshot, on_lost=self._layer_lost
+            self._send_text,
+            refresh=self._snapshot,
+            on_lost=self._layer_lost,
+            send_frame=self._send_frame,
         )
         group = group_name(action_id)
         try:
@@ -150,6 +153,10 @@ class ActionConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
+
+    async def _send_frame(self, frame: dict[str, Any]) -> None:
+        """Write a ``websocket.send`` message the hub made once for every tab."""
+        await self.base_send(frame)
 
     async def _layer_lost(self) -> None:
         """The hub lost the channel layer and dropped this tab: the page polls instead."""
