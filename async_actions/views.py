@@ -255,7 +255,7 @@ class BaseAsyncView(View):
         if unchanged is not None:
             for header, value in headers.items():
                 unchanged[header] = value
-            return unchanged  # type: ignore[return-value]  # a 304 (or 412) HttpResponse
+            return unchanged  # a 304 (or a 412 for If-Match)
         return JsonResponse(self.status_json(action), headers=headers)
 
     def status_etag(self, action: Action) -> str:
