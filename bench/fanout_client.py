@@ -109,7 +109,7 @@ async def _watch(job: dict, path: str, tally: Tally, connected: asyncio.Semaphor
 
 async def _main(job: dict) -> dict:
     tally = Tally()
-    connected = asyncio.Semaphore(20)  # handshakes at a time
+    connected = asyncio.Semaphore(10)  # handshakes at a time, per process
     tasks = [asyncio.create_task(_watch(job, path, tally, connected)) for path in job["paths"]]
     while tally.handshakes < len(tasks):  # every handshake done (or failed)
         await asyncio.sleep(0.05)

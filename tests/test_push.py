@@ -161,4 +161,4 @@ async def test_a_burst_of_pushes_from_threads_arrives_whole_and_in_order_per_thr
         action_id.hex: list(range(1, per_thread + 1)) for action_id in ids
     }
     assert fresh.failures == 0
-    assert not fresh._queued  # nothing left waiting for a wake-up
+    assert not any(fresh._queued.values())  # nothing left waiting for a wake-up
