@@ -73,9 +73,14 @@ def _start(port: int, token: str, seconds: float, go_file: str = "") -> str:
         return json.loads(response.read())["id"]
 
 
-def _spawn_clients(port: int, session: str, paths: list[str], procs: int) -> list:
+def _spawn_clients(port: int, session: str, paths: list[str], procs: int, limit: float) -> list:
     """``procs`` load-generator processes (bench/fanout_client.py) sharing ``paths``."""
-    job = {"port": port, "cookie": f"sessionid={session}", "origin": f"http://127.0.0.1:{port}"}
+    job = {
+        "port": port,
+        "cookie": f"sessionid={session}",
+        "origin": f"http://127.0.0.1:{port}",
+        "limit": limit,
+    }
     out = []
     for i in range(procs):
         mine = {**job, "paths": paths[i::procs]}
@@ -109,7 +114,7 @@ def run_side(side: str, args: argparse.Namespace, token: str, session: str) -> d
         route = "/ws/async-actions/{}/" if side == "ours" else "/ws/peer/{}/"
         paths = [route.format(ids[i % len(ids)]) for i in range(args.clients)]
         connect_started = time.monotonic()
-        clients = _spawn_clients(port, session, paths, args.client_procs)
+        clients = _spawn_clients(port, session, paths, args.client_procs, args.seconds + 60)
         for process in clients:
             line = process.stdout.readline()
             if line.strip() != "connected":
@@ -136,6 +141,8 @@ def run_side(side: str, args: argparse.Namespace, token: str, session: str) -> d
     last = max((r["last_at"] for r in results), default=0.0)
     steady = max(1e-9, last - first)
     for r in results:
+        if r["given_up"]:
+            print(f"{side}: {r['given_up']} sockets still waiting were given up", file=sys.stderr)
         if r["closes"]:
             print(f"{side}: sockets closed by the server: {r['closes']}", file=sys.stderr)
         if r["error_count"]:

@@ -36,6 +36,7 @@ class Tally:
         self.last_at = 0.0
         self.errors: list[str] = []
         self.handshakes = 0
+        self.given_up = 0
         self.closes: Counter[int] = Counter()  # close codes of sockets the server closed
 
 
@@ -113,9 +114,19 @@ async def _main(job: dict) -> dict:
     tasks = [asyncio.create_task(_watch(job, path, tally, connected)) for path in job["paths"]]
     while tally.handshakes < len(tasks):  # every handshake done (or failed)
         await asyncio.sleep(0.05)
-    print("connected", flush=True)
+    print("connected", flush=True)  # the benchmark lets the actions tick now
+    # A socket whose final state never comes (the peer drops messages when a socket's
+    # channel is full) is given up after the run's length plus a margin.
+    _done, late = await asyncio.wait(tasks, timeout=job["limit"])
+    for task in late:
+        task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    tally.errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    tally.errors = [
+        repr(r)
+        for r in results
+        if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+    ]
+    tally.given_up = len(late)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "latencies": tally.latencies,
@@ -127,6 +138,7 @@ async def _main(job: dict) -> dict:
         "error_count": len(tally.errors),
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "closes": dict(tally.closes),
+        "given_up": tally.given_up,
     }
 
 
