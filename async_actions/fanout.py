@@ -40,6 +40,8 @@ __all__ = ["Hub", "Subscriber", "hub_for"]
 #: Frames written between two reads of the layer, so the hub channel never fills up.
 SENDS_PER_YIELD = 32
 TERMINAL = frozenset(str(status) for status in Action.TERMINAL_STATUSES)
+#: Where an event keeps its ready-made ASGI frame (added in this process, never sent on).
+FRAME_KEY = "_asgi_frame"
 #: The message a hub sends itself to learn that its group memberships still hold.
 PROBE_TYPE = "async_actions.hub_probe"
 #: Seconds a rejoin may take before the layer counts as gone (a partitioned Redis may
@@ -65,8 +67,12 @@ class Subscriber:
         *,
         refresh: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
         on_lost: Callable[[], Awaitable[None]] | None = None,
+        send_frame: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self.send = send
+        #: Writes a ready ASGI ``websocket.send`` message (the consumer's ``base_send``):
+        #: the hub builds it once per event, not once per tab. ``send`` is used without it.
+        self.send_frame = send_frame
         self.refresh = refresh
         self.on_lost = on_lost
         self.last_seq = -1
@@ -98,7 +104,19 @@ class Subscriber:
             return  # the tab already has this state (from the snapshot or a refresh)
         self.last_seq = max(self.last_seq, seq)
         self.finished = self.finished or final
-        await self.send(event["text"])
+        if self.send_frame is not None:
+            await self.send_frame(frame_of(event))
+        else:
+            await self.send(event["text"])
+
+
+def frame_of(event: dict[str, Any]) -> dict[str, Any]:
+    """The ASGI message that writes ``event``'s text: made once, shared by every tab
+    (the server only reads it)."""
+    frame = event.get(FRAME_KEY)
+    if frame is None:
+        frame = event[FRAME_KEY] = {"type": "websocket.send", "text": event["text"]}
+    return frame
 
 
 class Hub:

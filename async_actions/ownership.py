@@ -38,6 +38,7 @@ __all__ = [
     "may_see_tracebacks",
     "new_owner",
     "owned_actions",
+    "visible_action",
     "visible_actions",
 ]
 
@@ -96,6 +97,33 @@ def may_see_tracebacks(user: Any) -> bool:
 def visible_actions(user: Any, session: Any) -> ActionQuerySet:
     """Actions the visitor may see; anything else is answered as if it did not exist."""
     return Action.objects.all() if may_see_all(user) else owned_actions(user, session)
+
+
+def visible_action(
+    user: Any, session: Any, pk: Any, *, defer: tuple[str, ...] = (), **filters: Any
+) -> Action | None:
+    """The action ``pk`` (matching ``filters``) if the visitor may see it, else None.
+
+    The same rule as :func:`visible_actions`, decided in the other order: the row is read
+    first, and the permission queries run only when it is not the visitor's own, so an
+    owner polling their action costs one read instead of three.
+    """
+    queryset = Action.objects.filter(pk=pk, **filters)
+    action = (queryset.defer(*defer) if defer else queryset).first()
+    if action is None:
+        return None
+    if _is_owner(action, user, session) or may_see_all(user):
+        return action
+    return None
+
+
+def _is_owner(action: Action, user: Any, session: Any) -> bool:
+    """Whether ``action`` is among :func:`owned_actions` of the visitor (without a query)."""
+    if _authenticated(user):
+        return action.user_id is not None and action.user_id == user.pk
+    if action.user_id is not None or not action.session_key:
+        return False
+    return action.session_key == issued_session_key(session)
 
 
 def controllable_actions(user: Any, session: Any) -> ActionQuerySet:

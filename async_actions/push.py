@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,12 @@ class Pusher:
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._layer_cache: tuple[str | None, Any] | None = None
+        #: Pushes from other threads waiting for their loop to start them, and whether a
+        #: wake-up of that loop is on its way.
+        self._queued: dict[
+            asyncio.AbstractEventLoop, deque[Callable[[], Coroutine[Any, Any, Any]]]
+        ] = {}
+        self._waking: dict[asyncio.AbstractEventLoop, bool] = {}
         #: Pushes whose layer call failed (after ``LAYER_TRIES``), since the process started.
         self.failures = 0
 
@@ -117,11 +124,32 @@ class Pusher:
             task = loop.create_task(coro_factory())
             task.add_done_callback(self._done)
             return
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro_factory(), loop)
-        except RuntimeError:  # loop closed between the check and the call
+        # From another thread: queue it, and wake the loop only if no wake-up is pending,
+        # so a burst of pushes (100 handlers at 10 Hz) costs the loop one wake-up, not one
+        # each. No lock: with 100 threads a lock held across a GIL switch makes a convoy
+        # that the loop, which drains the queue, waits behind. deque.append and the flag
+        # are single steps under the GIL; the drain clears the flag before it takes, so an
+        # item is always taken by the drain its pusher saw pending or by one it scheduled.
+        queue = self._queued.get(loop)
+        if queue is None:
+            queue = self._queued.setdefault(loop, deque())
+        queue.append(coro_factory)
+        if self._waking.get(loop):
             return
-        future.add_done_callback(self._done)
+        self._waking[loop] = True
+        try:
+            loop.call_soon_threadsafe(self._start_queued, loop)
+        except RuntimeError:  # the loop closed: nobody is left to hear these events
+            self._queued.pop(loop, None)
+            self._waking.pop(loop, None)
+
+    def _start_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``: start every push queued for it by other threads, in order."""
+        self._waking[loop] = False
+        queue = self._queued.get(loop)
+        while queue:
+            coro_factory = queue.popleft()
+            loop.create_task(coro_factory()).add_done_callback(self._done)
 
     def _done(self, future: asyncio.Future[Any] | Future[Any]) -> None:
         if future.cancelled():

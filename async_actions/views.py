@@ -24,6 +24,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.cache import get_conditional_response
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy as _lazy
@@ -181,7 +182,16 @@ class BaseAsyncView(View):
         return getattr(self.request, "user", None), getattr(self.request, "session", None)
 
     def get_action(self, pk: uuid.UUID) -> Action:
-        action = self.get_queryset().filter(pk=pk).first()
+        if type(self).get_queryset is BaseAsyncView.get_queryset:
+            # The default rule: read the row, then ask for permissions only if it is
+            # someone else's (ownership.visible_action), and skip the columns the page
+            # does not show.
+            defer = self.action_page.deferred_fields if self.action_page is not None else ()
+            action = ownership.visible_action(
+                *self._visitor, pk, defer=defer, handler=self.handler_name()
+            )
+        else:
+            action = self.get_queryset().filter(pk=pk).first()
         if action is None:
             raise Http404(_("No such action."))
         return service.live(action)
@@ -254,8 +264,37 @@ class BaseAsyncView(View):
         return self.render(self.result_template_name, response=action.response, **context)
 
     def status_page(self, action: Action) -> HttpResponse:
-        """The status JSON the progress element polls when it has no WebSocket."""
-        return JsonResponse(self.status_json(action), headers={"Cache-Control": "no-store"})
+        """The status JSON the progress element polls when it has no WebSocket.
+
+        Conditional: the response carries :meth:`status_etag`, and a poll that sends it
+        back in ``If-None-Match`` while nothing changed gets an empty 304. Reached only
+        after the visitor was allowed to see the action (``get_action``).
+        """
+        headers = {"Cache-Control": "no-store", "ETag": self.status_etag(action)}
+        unchanged = get_conditional_response(self.request, etag=headers["ETag"])
+        if unchanged is not None:
+            for header, value in headers.items():
+                unchanged[header] = value
+            return unchanged  # a 304 (or a 412 for If-Match)
+        return JsonResponse(self.status_json(action), headers=headers)
+
+    def status_etag(self, action: Action) -> str:
+        """The status JSON's validator: it changes whenever the JSON can change.
+
+        Every progress update and transition bumps ``seq``; a cancel request on a running
+        action does not, so ``cancel_requested`` is part of it, and so is whether the
+        visitor sees tracebacks. Override it with :meth:`status_json` if you add fields
+        that change without these.
+        """
+        parts = (
+            action.pk.hex if isinstance(action.pk, uuid.UUID) else str(action.pk),
+            str(action.seq),
+            str(action.status),
+            str(action.attempt),
+            "c" if action.cancel_requested else "",
+            "t" if self.shows_tracebacks else "",
+        )
+        return f'W/"{"-".join(parts)}"'
 
     def status_json(self, action: Action) -> dict[str, Any]:
         snapshot = action.snapshot()
@@ -526,6 +565,8 @@ class ActionPageMixin(View):
 
     #: The name of the page in the view's URL namespace.
     name: ClassVar[str] = ""
+    #: Columns the page never shows, left unread by the default lookup.
+    deferred_fields: ClassVar[tuple[str, ...]] = ()
     view_class: type[BaseAsyncView] | None = None
     view_initkwargs: dict[str, Any] | None = None
 
@@ -584,6 +625,7 @@ class StatusPage(ActionPageMixin):
 
     name = "status"
     http_method_names = ["get", "head"]
+    deferred_fields = ("request", "response", "log")
 
     def answer(self, view: BaseAsyncView, action: Action) -> HttpResponse:
         return view.status_page(action)

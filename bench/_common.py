@@ -113,6 +113,14 @@ def top_entries(profile: Any, count: int = 25) -> str:
     lines = out.getvalue().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("ncalls"))
     return "\n".join(line.rstrip() for line in lines[start:] if line.strip())
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process ``pid`` has used so far (Linux /proc).
+
+    On a shared machine wall-clock rates swing with the neighbours' load; the server's
+    own CPU per request or per frame does not, so the benches report both.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def record(name: str, rows: list[dict]) -> None:
@@ -152,7 +160,7 @@ async def http_get_loop(port: int, path: str, headers: dict, duration: float, co
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = head.split(b" ", 2)[1]
-                if status != b"200":
+                if status not in (b"200", b"304"):
                     raise SystemExit(f"{path} answered {status.decode()}")
                 length = 0
                 for line in head.split(b"\r\n"):

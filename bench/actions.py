@@ -30,7 +30,7 @@ def ticker(ctx: ActionContext) -> dict[str, Any]:
     jitter = bool(ctx.request.get("jitter", False))
     go_file = ctx.request.get("go_file")
     while go_file and not os.path.exists(go_file):
-        if ctx.wait_cancelled(0.02):
+        if ctx.wait_cancelled(0.1):  # 100 of these wait beside the server: poll gently
             ctx.raise_if_cancelled()
     count = int(hz * seconds)
     start = time.monotonic()

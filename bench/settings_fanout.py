@@ -9,4 +9,7 @@ ASYNC_ACTIONS = {
     "MAX_ACTIVE_PER_OWNER": None,
     "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None,
     "MAX_RUNNING_PER_OWNER": None,
+    # ... and watches every action from 1,000 sockets (the defaults refuse past 100).
+    "MAX_SOCKETS_PER_OWNER": None,
+    "MAX_SOCKETS_PER_OWNER_ACTION": None,
 }

@@ -110,3 +110,41 @@ async def test_a_layer_that_cannot_join_leaves_no_subscription_behind() -> None:
     with pytest.raises(ConnectionError):
         await hub.subscribe(group_name(ACTION_ID), tab)
     assert hub._subscribers == {} and hub._joined == {}
+
+
+async def test_every_tab_is_written_the_one_frame_the_hub_made_for_the_event() -> None:
+    """Serialised once per event and wrapped once per process: each tab's write is the
+    same ASGI message, whose text is the event's, in ``seq`` order, with the final state."""
+    layer = InMemoryChannelLayer()
+    hub = Hub(layer)
+    written: list[list[dict[str, Any]]] = [[] for _ in range(5)]
+
+    def tab(frames: list[dict[str, Any]]) -> Subscriber:
+        async def send_frame(frame: dict[str, Any]) -> None:
+            frames.append(frame)
+
+        async def send(text: str) -> None:  # pragma: no cover - send_frame is given
+            raise AssertionError("the text path is for subscribers without send_frame")
+
+        return Subscriber(send, send_frame=send_frame)
+
+    group = group_name(ACTION_ID)
+    tabs = [tab(frames) for frames in written]
+    for subscriber in tabs:
+        await hub.subscribe(group, subscriber)
+        hub.mark_ready(subscriber)
+    for seq in (1, 2, 3):
+        await layer.group_send(group, event_for(snapshot(seq)))
+        await asyncio.sleep(0.05)
+    await layer.group_send(group, event_for(snapshot(4, "succeeded")))
+    for _ in range(100):
+        if all(frames and '"succeeded"' in frames[-1]["text"] for frames in written):
+            break
+        await asyncio.sleep(0.01)
+    for frames in written:
+        assert [json.loads(f["text"])["action"]["seq"] for f in frames] == [1, 2, 3, 4]
+        assert all(f["type"] == "websocket.send" for f in frames)
+    for index in range(4):  # one object per event, shared by the five tabs
+        assert len({id(frames[index]) for frames in written}) == 1
+    for subscriber in tabs:
+        await hub.unsubscribe(group, subscriber)

@@ -21,7 +21,7 @@ from channels.layers import channel_layers, get_channel_layer
 from async_actions import push
 from async_actions.events import event_for, group_name
 from async_actions.fanout import Subscriber, hub_for
-from async_actions.layers import InMemoryChannelLayer
+from async_actions.layers import HUB_CHANNEL_PREFIX, InMemoryChannelLayer
 
 TIMEOUT = 5.0
 
@@ -128,3 +128,38 @@ def test_no_layer_configured_means_no_push(fresh: push.Pusher, settings: Any) ->
 def test_attach_loop_outside_a_loop_names_nothing(fresh: push.Pusher) -> None:
     assert push.attach_loop() is False
     assert fresh.server_loop is None
+
+
+async def test_a_burst_of_pushes_from_threads_arrives_whole_and_in_order_per_thread(
+    fresh: push.Pusher,
+) -> None:
+    """Pushes from other threads are queued and started by one wake-up of the server's
+    loop per burst: none may be lost or reordered on the way (the hub keeps the newest
+    by ``seq``, but a listener of the user's sees every event)."""
+    loop = asyncio.get_running_loop()
+    push.attach_loop(loop)
+    layer = get_channel_layer()
+    ids = [uuid4() for _ in range(4)]
+    member = await layer.new_channel(prefix=HUB_CHANNEL_PREFIX)  # room for the whole burst
+    for action_id in ids:
+        await layer.group_add(group_name(action_id), member)
+    per_thread = 150
+    failures = fresh.failures  # counted since the process started (earlier tests too)
+
+    def burst(action_id: Any) -> None:
+        for seq in range(1, per_thread + 1):
+            push.pusher.push(action_id, state(action_id, seq))
+
+    threads = [threading.Thread(target=burst, args=(action_id,)) for action_id in ids]
+    for thread in threads:
+        thread.start()
+    received: dict[str, list[int]] = {action_id.hex: [] for action_id in ids}
+    for _ in range(per_thread * len(ids)):
+        message = await asyncio.wait_for(layer.receive(member), TIMEOUT)
+        received[message["group"].rsplit(".", 1)[1]].append(message["seq"])
+    await asyncio.to_thread(lambda: [thread.join(TIMEOUT) for thread in threads])
+    assert received == {
+        action_id.hex: list(range(1, per_thread + 1)) for action_id in ids
+    }
+    assert fresh.failures == failures
+    assert not any(fresh._queued.values())  # nothing left waiting for a wake-up

@@ -141,8 +141,11 @@
       if (this.polling || this.done || !this.statusUrl) return;
       var self = this;
       var poll = function () {
+        var headers = { Accept: "application/json" };
+        // The server answers 304 without a body while the state is the one we hold.
+        if (self.etag) headers["If-None-Match"] = self.etag;
         fetch(self.statusUrl, {
-          headers: { Accept: "application/json" },
+          headers: headers,
           credentials: "same-origin",
           cache: "no-store"
         }).then(function (response) {
@@ -151,7 +154,12 @@
             self.stop();
             return null;
           }
+          if (response.status === 304) {
+            if (!self.socket) self.notice("");
+            return null;
+          }
           if (!response.ok) throw new Error("HTTP " + response.status);
+          self.etag = response.headers.get("ETag") || "";
           return response.json();
         }).then(function (action) {
           if (action) {
