@@ -112,9 +112,15 @@ def _redispatch_lost(report: SweepReport, now: datetime, dry_run: bool) -> None:
             unkeyed.append(pk)
     # Waiting behind busy workers is not lost: only what no live queue holds goes again.
     held = dispatcher.current().holds(unkeyed) if unkeyed else set()
-    for pk in unkeyed:
-        if pk in held:
-            continue
+    candidates = [pk for pk in unkeyed if pk not in held]
+    if candidates:
+        # The rows were read before the queue was asked: one a thread took and finished
+        # in between is held nowhere yet no longer pending. Ask the rows again.
+        still = set(
+            Action.objects.filter(lost_pending(now), pk__in=candidates).values_list("pk", flat=True)
+        )
+        candidates = [pk for pk in candidates if pk in still]
+    for pk in candidates:
         report.redispatched.append(pk)
         if not dry_run:
             dispatcher.current().dispatch(pk)

@@ -224,3 +224,22 @@ def test_tasks_sweep_enqueues_again_only_what_the_backend_no_longer_holds() -> N
             action = Action.objects.get(pk=pk)
             assert (action.status, action.attempt) == ("succeeded", 1)
     reset_runner()
+
+
+def test_an_action_that_ends_while_the_sweep_asks_the_queue_is_not_dispatched_again(
+    recording: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep reads the pending rows, then asks the queue what it holds. An action a
+    thread takes and finishes in between is held nowhere and no longer pending: it must
+    not be dispatched again (restart recovery counted one too many under load)."""
+    old = timezone.now() - timedelta(seconds=60)
+    pending = Action.objects.create(handler="tests.echo", request={"x": 1})
+    Action.objects.filter(pk=pending.pk).update(created_at=old)
+
+    def finished_meanwhile(action_ids: Any) -> set[Any]:
+        Action.objects.filter(pk=pending.pk).update(status=Action.Status.SUCCEEDED)
+        return set()
+
+    monkeypatch.setattr(recording, "holds", finished_meanwhile)
+    assert recovery.sweep().redispatched == []
+    assert recording.dispatched == []
