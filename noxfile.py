@@ -107,7 +107,7 @@ def package(session: nox.Session) -> None:
     session.install(f"{wheel}[dev]")
     # Run the tests from a copy without the source package, so the wheel is what imports.
     work = pathlib.Path(tempfile.mkdtemp(prefix="aa-wheel-tests-"))
-    for item in ("tests", "example_project", "docs", "manage.py", "pyproject.toml"):
+    for item in ("tests", "example_project", "docs", "README.md", "manage.py", "pyproject.toml"):
         source = pathlib.Path(item)
         if source.is_dir():
             shutil.copytree(source, work / item)
