@@ -105,6 +105,8 @@ def package(session: nox.Session) -> None:
         if not any(name.startswith(needed) for name in names):
             session.error(f"{needed} is missing from {wheel.name}")
     session.install(f"{wheel}[dev]")
+    # A reused venv already has this version: replace it with the wheel just built.
+    session.install("--force-reinstall", "--no-deps", str(wheel))
     # Run the tests from a copy without the source package, so the wheel is what imports.
     work = pathlib.Path(tempfile.mkdtemp(prefix="aa-wheel-tests-"))
     for item in ("tests", "example_project", "docs", "README.md", "manage.py", "pyproject.toml"):
