@@ -8,12 +8,13 @@ imports); processes a test starts live in tests/servers.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -99,6 +100,27 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, launched through Playwright for one module or test.
+
+    Playwright is imported here, not at the top: the wheel's test session runs without it
+    and skips the browser tests before they get this far.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 TIMEOUT_MS = 30_000
 
 # -- the Tasks framework runner -----------------------------------------------------------

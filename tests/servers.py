@@ -6,17 +6,21 @@ instead of each writing its own subprocess plumbing.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,3 +130,101 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+# -- PostgreSQL databases and API clients of the multi-process tests ------------------------
+
+
+def pg(sql: str, *params: object, dbname: str = "postgres") -> list[tuple]:
+    """One statement on the local PostgreSQL, autocommit: its rows (empty for DDL)."""
+    import psycopg  # only the PostgreSQL tests get here; the wheel's session may lack it
+
+    host = os.environ.get("AA_PG_HOST", "127.0.0.1")
+    user = os.environ.get("AA_PG_USER", "postgres")
+    with psycopg.connect(host=host, user=user, dbname=dbname, autocommit=True) as conn:
+        cursor = conn.execute(sql, params or None)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one module's processes; dropped after, even
+    with connections still open (a killed worker's)."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    pg(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: A ``manage.py shell -c`` script: user "ops" with an API token and a logged-in session;
+#: it prints the token and the session key.
+OPS_USER = """
+from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+from rest_framework.authtoken.models import Token
+user = get_user_model().objects.create_user('ops', password='pw')
+session = SessionStore()
+session[SESSION_KEY] = str(user.pk)
+session[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'
+session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+session.create()
+print(Token.objects.create(user=user).key, session.session_key)
+"""
+
+
+class ApiUser:
+    """The REST API as the "ops" user of ``OPS_USER`` sees it, on any server of a site."""
+
+    def __init__(self, env: dict, tmp: Path, token: str, session: str) -> None:
+        self.env, self.tmp, self.token, self.session = env, tmp, token, session
+
+    def call(self, base: str, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{base}/api/actions/{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Token {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def start_at(self, base: str, handler: str, **request: object) -> str:
+        status, body = self.call(base, "POST", "", {"handler": handler, "request": request})
+        assert status == 201, body
+        return body["id"]
+
+    def get_at(self, base: str, pk: str) -> dict:
+        status, body = self.call(base, "GET", f"{pk}/")
+        assert status == 200, body
+        return body
+
+    def wait_at(self, base: str, pk: str, predicate: Any, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            action = self.get_at(base, pk)
+            if predicate(action):
+                return action
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{pk} did not get there in {timeout}s: {action}\n{self.diagnosis()}"
+                )
+            time.sleep(0.05)
+
+    def diagnosis(self) -> str:
+        """What a failed wait adds to its message (a worker's log, say)."""
+        return ""
+
+    def runs(self) -> list[tuple[str, int, int]]:
+        """(action id, attempt, pid) of every run the handlers logged to ``AA_RUN_LOG``."""
+        path = Path(self.env["AA_RUN_LOG"])
+        if not path.exists():
+            return []
+        return [
+            (pk, int(attempt), int(pid))
+            for pk, attempt, pid in (line.split() for line in path.read_text().splitlines())
+        ]

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from async_actions import service
 from async_actions.models import Action
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db
 

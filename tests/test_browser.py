@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path, need
+from tests.helpers import TIMEOUT_MS, chromium, chromium_path, need
 from tests.servers import daphne, sqlite_env
 
 pytestmark = pytest.mark.browser
@@ -32,14 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(server: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
-        )
+    with chromium() as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -41,7 +39,7 @@ from async_actions.runners.celery import HARD_KILL_MARGIN, TASK_NAME, CeleryRunn
 from async_actions.tasks import start_action
 from example_project.celery import app as celery_app  # noqa: F401  (a project's __init__ does this)
 from tests.helpers import need, postgres_available, redis_available, wait_for
-from tests.servers import ROOT, Server, daphne, manage
+from tests.servers import OPS_USER, ROOT, ApiUser, Server, daphne, manage, pg, scratch_database
 
 CELERY_RUNNER = {
     "RUNNER": "async_actions.runners.celery.CeleryRunner",
@@ -283,36 +281,15 @@ MIGRATE = """
 from django.core.management import call_command
 call_command('migrate', interactive=False, verbosity=0)
 """
-SETUP = """
-from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
-from django.contrib.sessions.backends.db import SessionStore
-from rest_framework.authtoken.models import Token
-user = get_user_model().objects.create_user('ops', password='pw')
-session = SessionStore()
-session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'
-session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-session.create()
-print(Token.objects.create(user=user).key, session.session_key)
-"""
 #: A Redis database of its own; each run also has its own queue and key prefix.
 BROKER_URL = os.environ.get("AA_CELERY_TEST_BROKER_URL", "redis://127.0.0.1:6379/13")
 
 
-def _pg(sql: str, *params: Any, dbname: str = "postgres") -> list[tuple[Any, ...]]:
-    import psycopg
-
-    host = os.environ.get("AA_PG_HOST", "127.0.0.1")
-    with psycopg.connect(host=host, user="postgres", dbname=dbname, autocommit=True) as conn:
-        cursor = conn.execute(sql, params or None)
-        return cursor.fetchall() if cursor.description else []
-
-
-class Site:
+class Site(ApiUser):
     """daphne, the Celery worker, and what the tests need to talk to them."""
 
     def __init__(self, env: dict, tmp: Path, token: str, session: str) -> None:
-        self.env, self.tmp, self.token, self.session = env, tmp, token, session
+        super().__init__(env, tmp, token, session)
         self.server: Server | None = None
         self.worker: subprocess.Popen | None = None
         self.worker_logs: list[Path] = []
@@ -357,58 +334,33 @@ class Site:
     def worker_log(self) -> str:
         return "".join(path.read_text(errors="replace") for path in self.worker_logs)
 
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def diagnosis(self) -> str:
+        return self.worker_log()[-3000:]
+
+    @property
+    def base(self) -> str:
         assert self.server is not None
-        request = urllib.request.Request(
-            f"{self.server.base}/api/actions/{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Token {self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
+        return self.server.base
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return self.call(self.base, method, path, body)
 
     def start(self, handler: str, **request: Any) -> str:
-        status, body = self.api("POST", "", {"handler": handler, "request": request})
-        assert status == 201, body
-        return body["id"]
+        return self.start_at(self.base, handler, **request)
 
     def get(self, pk: str) -> dict:
-        status, body = self.api("GET", f"{pk}/")
-        assert status == 200, body
-        return body
+        return self.get_at(self.base, pk)
 
     def wait(self, pk: str, predicate: Any, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            action = self.get(pk)
-            if predicate(action):
-                return action
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{pk} did not get there in {timeout}s: {action}\n{self.worker_log()[-3000:]}"
-                )
-            time.sleep(0.05)
+        return self.wait_at(self.base, pk, predicate, timeout)
 
     def task_id(self, pk: str) -> str:
-        [(task_id,)] = _pg(
+        [(task_id,)] = pg(
             "SELECT task_id FROM async_actions_action WHERE id = %s",
             pk,
             dbname=self.env["AA_SCALED_DB"],
         )
         return str(task_id)
-
-    def runs(self) -> list[tuple[str, int, int]]:
-        path = Path(self.env["AA_RUN_LOG"])
-        if not path.exists():
-            return []
-        return [
-            (pk, int(attempt), int(pid))
-            for pk, attempt, pid in (line.split() for line in path.read_text().splitlines())
-        ]
 
     def running_pid(self, pk: str) -> int:
         for run_pk, _attempt, pid in reversed(self.runs()):
@@ -422,8 +374,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     need(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
     need(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     tmp = tmp_path_factory.mktemp("celery")
-    name = f"aa_celery_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    _pg(f'CREATE DATABASE "{name}"')
+    with scratch_database("aa_celery") as name:
+        yield from _site(tmp, name)
+
+
+def _site(tmp: Path, name: str) -> Iterator[Site]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_celery",
@@ -435,23 +390,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "AA_RUN_LOG": str(tmp / "runs.log"),
         "PYTHONPATH": str(ROOT),
     }
-    try:
-        # One Django start-up for both (the machine may be busy: each costs seconds).
-        token, session = manage(env, "shell", "-c", MIGRATE + SETUP).split()[-2:]
-        site = Site(env, tmp, token, session)
-        site.spawn_worker()  # starts while daphne does
-        with daphne(env, tmp / "daphne.log", migrate=False) as server:
-            site.server = server
-            site.wait_worker()
-            try:
-                yield site
-            finally:
-                site.kill_worker()  # nothing of it is needed any more
-                site.client.connection_for_write().default_channel.queue_purge(
-                    env["AA_CELERY_QUEUE"]
-                )
-    finally:
-        _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    # One Django start-up for both (the machine may be busy: each costs seconds).
+    token, session = manage(env, "shell", "-c", MIGRATE + OPS_USER).split()[-2:]
+    site = Site(env, tmp, token, session)
+    site.spawn_worker()  # starts while daphne does
+    with daphne(env, tmp / "daphne.log", migrate=False) as server:
+        site.server = server
+        site.wait_worker()
+        try:
+            yield site
+        finally:
+            site.kill_worker()  # nothing of it is needed any more
+            site.client.connection_for_write().default_channel.queue_purge(env["AA_CELERY_QUEUE"])
 
 
 async def _watch(site: Site, pk: str) -> list[dict]:
@@ -588,7 +538,7 @@ def _alive(pid: int) -> bool:
 
 def _rows(site: Site, where: str) -> list[tuple[Any, ...]]:
     """Ids and handlers of the actions matching ``where``, read from the database."""
-    return _pg(
+    return pg(
         f"SELECT id, handler FROM async_actions_action WHERE {where}",
         dbname=site.env["AA_SCALED_DB"],
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path, need
+from tests.helpers import TIMEOUT_MS, chromium, chromium_path, need
 from tests.servers import daphne, manage, sqlite_env
 
 pytestmark = pytest.mark.browser
@@ -32,12 +32,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def page(site: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
-        )
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1000, "height": 720})
         context.set_default_timeout(TIMEOUT_MS)
         page = context.new_page()
@@ -47,7 +42,6 @@ def page(site: str) -> Iterator[Any]:
         page.click("button[type=submit]")
         page.wait_for_url(f"{site}/")
         yield page
-        browser.close()
 
 
 def shot(page: Any, name: str) -> None:

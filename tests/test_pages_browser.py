@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import chromium_path, need
-from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS
+from tests.helpers import TIMEOUT_MS, chromium, chromium_path, need
 from tests.servers import Server, daphne, manage, sqlite_env
 
 pytestmark = pytest.mark.browser
@@ -28,14 +27,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser(server: Server) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
-        )
+    with chromium() as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture

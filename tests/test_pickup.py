@@ -32,7 +32,7 @@ from async_actions.models import Action
 from async_actions.runners import get_runner, pickup, reset_runner
 from async_actions.runners.thread import ThreadRunner
 from tests.helpers import need, postgres_available, wait_finished, wait_for
-from tests.servers import ROOT, daphne, manage, sqlite_env
+from tests.servers import ROOT, daphne, manage, pg, scratch_database, sqlite_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -161,13 +161,10 @@ def _rows(env: dict[str, str], pk: str) -> dict[str, Any] | None:
         run_after = datetime.fromisoformat(row[3]) if row[3] else None
         return {"status": row[0], "response": json.loads(row[1] or "null"),
                 "started_at": started, "run_after": run_after}  # fmt: skip
-    import psycopg  # only with PostgreSQL, which the test needs then
-
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=env["AA_PG_NAME"]) as conn:
-        found = conn.execute(query + "%s", [pk]).fetchone()
-    if found is None:
+    rows = pg(query + "%s", pk, dbname=env["AA_PG_NAME"])
+    if not rows:
         return None
-    return dict(zip(["status", "response", "started_at", "run_after"], found, strict=True))
+    return dict(zip(["status", "response", "started_at", "run_after"], rows[0], strict=True))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -178,19 +175,10 @@ def shape(request: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
         yield sqlite_env(tmp_path, "tests.settings", AA_PICKUP_POLL_INTERVAL="0.2")
         return
     need(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
-    import psycopg  # only with PostgreSQL, which this leg needs
-
-    name = f"aa_pickup_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(host="127.0.0.1", user="postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    # An hour between polls: only a NOTIFY can bring the action in time.
-    env = {**sqlite_env(tmp_path, "tests.settings"), "AA_TEST_DB": "postgres",
-           "AA_PG_NAME": name, "AA_PICKUP_POLL_INTERVAL": "3600"}  # fmt: skip
-    try:
-        yield env
-    finally:
-        with psycopg.connect(host="127.0.0.1", user="postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database("aa_pickup") as name:
+        # An hour between polls: only a NOTIFY can bring the action in time.
+        yield {**sqlite_env(tmp_path, "tests.settings"), "AA_TEST_DB": "postgres",
+               "AA_PG_NAME": name, "AA_PICKUP_POLL_INTERVAL": "3600"}  # fmt: skip
 
 
 def script(env: dict[str, str], *args: str) -> str:

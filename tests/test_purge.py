@@ -78,7 +78,7 @@ def test_a_retry_outlives_its_purged_original() -> None:
 
 def test_every_terminal_path_sets_expires_at(runner: Any) -> None:
     from async_actions import service
-    from tests.conftest import wait_for
+    from tests.helpers import wait_for
 
     done = service.start("tests.echo").action
     failed = service.start("tests.boom").action

@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -27,37 +25,14 @@ from typing import Any
 import pytest
 
 from tests.helpers import need, postgres_available, redis_available
-from tests.servers import ROOT, Server, daphne, manage, stop
+from tests.servers import OPS_USER, ROOT, ApiUser, Server, daphne, manage, scratch_database, stop
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
-SETUP = """
-from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
-from django.contrib.sessions.backends.db import SessionStore
-from rest_framework.authtoken.models import Token
-user = get_user_model().objects.create_user('ops', password='pw')
-session = SessionStore()
-session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'
-session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-session.create()
-print(Token.objects.create(user=user).key, session.session_key)
-"""
 
-
-def _pg_admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(
-        host=os.environ.get("AA_PG_HOST", "127.0.0.1"), user="postgres", dbname="postgres"
-    ) as conn:
-        conn.autocommit = True
-        conn.execute(sql)
-
-
-class Cluster:
+class Cluster(ApiUser):
     def __init__(self, env: dict, tmp: Path, token: str, session: str) -> None:
-        self.env, self.tmp, self.token, self.session = env, tmp, token, session
+        super().__init__(env, tmp, token, session)
         self.servers: list[Server] = []
         self.workers: list[subprocess.Popen] = []
 
@@ -82,46 +57,16 @@ class Cluster:
         return worker
 
     def api(self, server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            f"{server.base}/api/actions/{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Token {self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
+        return self.call(server.base, method, path, body)
 
     def start(self, server: Server, handler: str, **request: Any) -> str:
-        status, body = self.api(server, "POST", "", {"handler": handler, "request": request})
-        assert status == 201, body
-        return body["id"]
+        return self.start_at(server.base, handler, **request)
 
     def get(self, pk: str) -> dict:
-        status, body = self.api(self.servers[0], "GET", f"{pk}/")
-        assert status == 200, body
-        return body
+        return self.get_at(self.servers[0].base, pk)
 
     def wait(self, pk: str, predicate: Any, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            action = self.get(pk)
-            if predicate(action):
-                return action
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{pk} did not get there in {timeout}s: {action}")
-            time.sleep(0.05)
-
-    def runs(self) -> list[tuple[str, int, int]]:
-        path = Path(self.env["AA_RUN_LOG"])
-        if not path.exists():
-            return []
-        return [
-            (pk, int(attempt), int(pid))
-            for pk, attempt, pid in (line.split() for line in path.read_text().splitlines())
-        ]
+        return self.wait_at(self.servers[0].base, pk, predicate, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +74,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     need(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     need(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
     tmp = tmp_path_factory.mktemp("scaled")
-    name = f"aa_scaled_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
+    with scratch_database("aa_scaled") as name:
+        yield from _cluster(tmp, name)
+
+
+def _cluster(tmp: Path, name: str) -> Iterator[Cluster]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_scaled",
@@ -140,24 +88,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "AA_GATE_DIR": str(tmp),  # tests.scaled_lockstep
         "PYTHONPATH": str(ROOT),
     }
-    try:
-        manage(env, "migrate", "--noinput", "-v0")
-        token, session = manage(env, "shell", "-c", SETUP).split()[-2:]
-        cluster = Cluster(env, tmp, token, session)
-        with ExitStack() as stack:
-            for letter in "ab":
-                cluster.servers.append(
-                    stack.enter_context(daphne(env, tmp / f"daphne-{letter}.log", migrate=False))
-                )
-            for _ in range(2):
-                cluster.start_worker()
-            try:
-                yield cluster
-            finally:
-                for worker in cluster.workers:
-                    stop(worker)
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    manage(env, "migrate", "--noinput", "-v0")
+    token, session = manage(env, "shell", "-c", OPS_USER).split()[-2:]
+    cluster = Cluster(env, tmp, token, session)
+    with ExitStack() as stack:
+        for letter in "ab":
+            cluster.servers.append(
+                stack.enter_context(daphne(env, tmp / f"daphne-{letter}.log", migrate=False))
+            )
+        for _ in range(2):
+            cluster.start_worker()
+        try:
+            yield cluster
+        finally:
+            for worker in cluster.workers:
+                stop(worker)
 
 
 async def _watch_in_lockstep(cluster: Cluster, server: Server, pk: str, steps: int) -> list[dict]:

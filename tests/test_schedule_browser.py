@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path, need
+from tests.helpers import TIMEOUT_MS, chromium, chromium_path, need
 from tests.servers import daphne, sqlite_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -28,16 +28,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def tokyo(server: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
-        )
+    with chromium() as browser:
         context = browser.new_context(timezone_id="Asia/Tokyo", locale="en-US")
         context.set_default_timeout(TIMEOUT_MS)
         yield context
-        browser.close()
 
 
 def test_the_pending_page_says_when_in_the_viewers_zone_then_shows_the_result(

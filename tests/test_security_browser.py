@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path, need
+from tests.helpers import TIMEOUT_MS, chromium_path, need
+from tests.helpers import chromium as launch_chromium
 from tests.servers import daphne, sqlite_env
 
 pytestmark = pytest.mark.browser
@@ -28,14 +29,8 @@ def test_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def chromium(test_server: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
-        )
+    with launch_chromium() as instance:
         yield instance
-        instance.close()
 
 
 def test_html_in_progress_message_and_result_is_shown_as_text(

@@ -29,9 +29,11 @@ from async_actions.testing import (
     progress_of,
     run_captured,
     run_inline,
+    run_threaded,
     wait_finished,
 )
 from tests.actions import gate
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,7 +173,7 @@ def test_the_pytest_plugin_gives_its_fixtures(tmp_path: Path):
             """
             import pytest
             from async_actions import service
-            from async_actions.testing import assert_progress_seen, assert_succeeded
+            from async_actions.testing import assert_progress_seen, assert_succeeded, wait_finished
 
             @pytest.mark.django_db
             def test_inline(actions_inline):
@@ -185,10 +187,26 @@ def test_the_pytest_plugin_gives_its_fixtures(tmp_path: Path):
                 result = service.start("tests.echo")
                 assert service.get(result.action).status == "pending"
                 assert [s.status for s in actions_captured.run_captured()] == ["succeeded"]
+
+            def test_threaded(actions_threaded):
+                result = service.start("tests.echo", {"x": 1})
+                assert wait_finished(result).response == {"echo": {"x": 1}}
+
+            @pytest.mark.django_db(transaction=True)
+            def test_without_a_server_the_thread_runner_leaves_it_pending():
+                result = service.start("tests.echo")
+                with pytest.raises(AssertionError, match="still pending"):
+                    wait_finished(result, timeout=1)
             """
         )
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    # As a site's settings are: the test process is not the server (no startup()).
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "AA_RUN_WITHOUT_STARTUP": "0",
+    }
     done = subprocess.run(
         [
             sys.executable,
@@ -208,7 +226,25 @@ def test_the_pytest_plugin_gives_its_fixtures(tmp_path: Path):
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 passed" in done.stdout
+    assert "4 passed" in done.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_threaded_runs_on_a_thread_of_its_own_and_cancels_what_outlives_the_block(
+    settings: Any,
+) -> None:
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "RUN_WITHOUT_STARTUP": False}
+    with run_threaded(shutdown_timeout=0.2) as runner:
+        assert isinstance(runner, ThreadRunner)
+        done = service.start("tests.echo", {"x": 2})
+        assert wait_finished(done).response == {"echo": {"x": 2}}
+        left = service.start("tests.wait", {"gate": "never-opened-threaded"})
+        wait_for(lambda: service.get(left.action).status == "running")
+    assert service.get(left.action).status == "cancelled"
+    # Outside the block the site's own settings hold again: nothing runs here.
+    after = service.start("tests.echo")
+    with pytest.raises(AssertionError, match="still pending"):
+        wait_finished(after, timeout=0.5)
 
 
 # -- unittest style: Django's TestCase and TransactionTestCase ------------------------

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import need, postgres_available
-from tests.servers import ROOT, manage, stop
+from tests.servers import ROOT, manage, pg, scratch_database, stop
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -46,18 +45,6 @@ print(timezone.now().isoformat(), " ".join(ids))
 """
 
 
-def _pg(dbname: str = "postgres") -> Any:
-    import psycopg
-
-    conn = psycopg.connect(
-        host=os.environ.get("AA_PG_HOST", "127.0.0.1"),
-        user=os.environ.get("AA_PG_USER", "postgres"),
-        dbname=dbname,
-    )
-    conn.autocommit = True
-    return conn
-
-
 @dataclass
 class Site:
     env: dict[str, str]
@@ -72,14 +59,14 @@ class Site:
         return datetime.fromisoformat(queued), ids
 
     def rows(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        with _pg(self.db) as conn:
-            cursor = conn.execute(
-                "SELECT id::text, status, attempt, error, created_at, started_at, finished_at "
-                "FROM async_actions_action WHERE id = ANY(%s::uuid[])",
-                (ids,),
-            )
-            names = [c.name for c in cursor.description]
-            return {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
+        names = ("id", "status", "attempt", "error", "created_at", "started_at", "finished_at")
+        found = pg(
+            f"SELECT id::text, {', '.join(names[1:])} FROM async_actions_action "
+            "WHERE id = ANY(%s::uuid[])",
+            ids,
+            dbname=self.db,
+        )
+        return {row[0]: dict(zip(names, row, strict=True)) for row in found}
 
     def wait(self, ids: list[str], predicate: Any, timeout: float) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -157,21 +144,15 @@ def _wait_polling(proc: subprocess.Popen[bytes], log_path: Path, loops: int) -> 
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     need(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     tmp = tmp_path_factory.mktemp("workers")
-    name = f"aa_workers_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with _pg() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings_workers",
-        "AA_WORKERS_DB": name,
-        "PYTHONPATH": str(ROOT),
-    }
-    try:
+    with scratch_database("aa_workers") as name:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings_workers",
+            "AA_WORKERS_DB": name,
+            "PYTHONPATH": str(ROOT),
+        }
         manage(env, "migrate", "--noinput", "-v0")
         yield Site(env, tmp, name)
-    finally:
-        with _pg() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_two_workers_of_25_run_fifty_five_second_actions_within_ten_seconds(site: Site) -> None:

@@ -30,6 +30,7 @@ from async_actions.context import ActionContext, progress_observers
 from async_actions.models import Action
 from async_actions.runners import get_runner
 from async_actions.runners.base import BaseRunner
+from async_actions.runners.thread import ThreadRunner
 from async_actions.signals import action_finished
 from async_actions.state import ActionState
 
@@ -45,6 +46,7 @@ __all__ = [
     "progress_of",
     "run_captured",
     "run_inline",
+    "run_threaded",
     "wait_finished",
 ]
 
@@ -218,6 +220,33 @@ def capture_actions(
         yield runner
 
 
+@contextlib.contextmanager
+def run_threaded(*, shutdown_timeout: float = 5.0) -> Iterator[ThreadRunner]:
+    """Within the block, this process runs started actions on the thread runner, as the
+    server would: for end-to-end tests (pytest-django's ``live_server``, a browser, a
+    WebSocket) that need real concurrency.
+
+    A test process never calls ``async_actions.startup()``, so without this the thread
+    runner leaves what a test starts pending for a server that never comes. The actions
+    run on their own threads and database connections after the start commits: use a
+    test whose transactions commit (``TransactionTestCase``, ``LiveServerTestCase``,
+    pytest-django's ``transactional_db`` or ``live_server``). Leaving the block waits up
+    to ``shutdown_timeout`` seconds for what still runs, then cancels it, so no handler
+    outlives its test.
+    """
+    current = dict(getattr(settings, "ASYNC_ACTIONS", None) or {})
+    path = f"{ThreadRunner.__module__}.{ThreadRunner.__qualname__}"
+    threaded = {**current, "RUNNER": path, "RUN_WITHOUT_STARTUP": True}
+    with override_settings(ASYNC_ACTIONS=threaded):
+        runner = get_runner()
+        if not isinstance(runner, ThreadRunner):  # pragma: no cover - a site's settings hook
+            raise RuntimeError(f"The runner is {type(runner).__name__}, not ThreadRunner.")
+        try:
+            yield runner
+        finally:
+            runner.shutdown(timeout=shutdown_timeout)
+
+
 #: The runner of the latest ``run_inline()`` / ``capture_actions()`` block: its records
 #: stay readable after the block, where assertions usually are.
 _latest: _RecordingRunner | None = None
@@ -357,6 +386,11 @@ class ActionsTestMixin:
 
     def capture_actions(self, **options: Any) -> contextlib.AbstractContextManager[CaptureRunner]:
         return capture_actions(**options)
+
+    def run_actions_threaded(
+        self, **options: Any
+    ) -> contextlib.AbstractContextManager[ThreadRunner]:
+        return run_threaded(**options)
 
     def assertActionSucceeded(self, action: Any, response: Any = _ANY) -> ActionState:
         return assert_succeeded(action, response)
