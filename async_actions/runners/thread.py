@@ -18,6 +18,7 @@ from uuid import UUID
 
 from django.core import checks
 from django.db import DatabaseError, connections
+from django.utils.translation import gettext, gettext_noop
 
 from async_actions import lifecycle, recovery
 from async_actions.conf import action_settings
@@ -29,9 +30,9 @@ from async_actions.supervisor import supervisor
 
 logger = logging.getLogger("async_actions")
 
-SHUTDOWN_ERROR = "The server shut down while the action was running."
+SHUTDOWN_ERROR = gettext_noop("The server shut down while the action was running.")
 #: The cancel reason at shutdown, stored as the cancelled action's error.
-SHUTDOWN_CANCEL = (
+SHUTDOWN_CANCEL = gettext_noop(
     "Cancelled because the process running it (pid {pid}) stopped before the action "
     "finished. Start actions from a server process (one that called "
     "async_actions.startup()), or use a worker runner, for work that must outlive the "
@@ -248,12 +249,12 @@ class ThreadRunner(BaseRunner):
             logger.warning("Shutdown: asking %d running actions to cancel", self.active_count)
             for ctx in supervisor.contexts():
                 if ctx.action_id in self._active:
-                    ctx.cancel("shutdown", error=SHUTDOWN_CANCEL.format(pid=os.getpid()))
+                    ctx.cancel("shutdown", error=gettext(SHUTDOWN_CANCEL).format(pid=os.getpid()))
             self.wait_idle(float(action_settings.SHUTDOWN_GRACE))
         with self._lock:
             left = list(self._active)
         if left:
-            _mark_failed(left, SHUTDOWN_ERROR)
+            _mark_failed(left, gettext(SHUTDOWN_ERROR))
         for _ in self._threads:
             self._queue.put(None)
 
