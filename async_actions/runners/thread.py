@@ -16,6 +16,8 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.db import DatabaseError, connections
 from django.utils.translation import gettext, gettext_noop
@@ -267,6 +269,27 @@ class ThreadRunner(BaseRunner):
             yield checks.Error(
                 "ASYNC_ACTIONS['MAX_WORKERS'] must be at least 1.", id="async_actions.E010"
             )
+        if not action_settings.RUN_WITHOUT_STARTUP and not _serves_asgi():
+            # The only other sign of it is an INFO line per action: a WSGI site (plain
+            # runserver, gunicorn) never imports asgi.py, so startup() never runs here.
+            yield checks.Warning(
+                "The thread runner runs actions only in a process that called "
+                "async_actions.startup() (your asgi.py), and this site names no ASGI "
+                "server: 'daphne' is not in INSTALLED_APPS and ASGI_APPLICATION is unset. "
+                "Served over WSGI (runserver without daphne, gunicorn), every action "
+                "stays pending.",
+                hint="Serve the site over ASGI as docs/quickstart.md does ('daphne' first "
+                "in INSTALLED_APPS, ASGI_APPLICATION, startup() at the end of asgi.py), or "
+                "use a worker runner (docs/deploy.md). Served by uvicorn or hypercorn "
+                "through such an asgi.py already? Set ASGI_APPLICATION to it, or add "
+                "'async_actions.W011' to SILENCED_SYSTEM_CHECKS.",
+                id="async_actions.W011",
+            )
+
+
+def _serves_asgi() -> bool:
+    """Whether the settings name an ASGI server: daphne's runserver, or an ASGI app."""
+    return apps.is_installed("daphne") or bool(getattr(settings, "ASGI_APPLICATION", None))
 
 
 def _mark_failed(ids: list[UUID], error: str) -> None:
