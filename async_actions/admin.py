@@ -496,7 +496,7 @@ class ActionAdmin(_ModelAdmin):
     ) -> HttpResponse:
         if any("\x00" in text for item in request.GET.lists() for text in (item[0], *item[1])):
             # A filter or search with a NUL character is a 500 on PostgreSQL: refuse it.
-            return HttpResponseBadRequest("A query parameter holds a NUL character.")
+            return HttpResponseBadRequest(str(_("A query parameter holds a NUL character.")))
         extra_context = {
             **(extra_context or {}),
             "aa_purge_url": reverse("admin:async_actions_action_purge"),

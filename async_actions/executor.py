@@ -18,6 +18,7 @@ from uuid import UUID
 from django.core.files.base import File
 from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop
 
 from async_actions import dispatcher, lifecycle
 from async_actions.conf import action_settings
@@ -38,8 +39,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("async_actions")
 
-UNEXPECTED_ERROR = "The action failed because of an unexpected error."
-BASE_EXCEPTION_ERROR = "The action failed: its handler raised {name}."
+#: Stored errors are English msgids, translated (into the active language, the site's
+#: LANGUAGE_CODE in a worker) when they are written: see docs/i18n.md.
+UNEXPECTED_ERROR = gettext_noop("The action failed because of an unexpected error.")
+BASE_EXCEPTION_ERROR = gettext_noop("The action failed: its handler raised {name}.")
 
 
 def claim(action_id: UUID | str) -> Action | None:
@@ -157,7 +160,10 @@ def run_claimed(
         action_started.send(sender=Action, action=action)
         handler = get_handler(action.handler)
         if handler is None:
-            raise ActionError(f"No handler named {action.handler!r} is available in this worker.")
+            raise ActionError(
+                gettext("No handler named %(name)s is available in this worker.")
+                % {"name": repr(action.handler)}
+            )
         supervisor.start_clock(action.pk, handler.get_time_limit(), on_abandon=on_abandon)
         response = _checked_response(_kept(action, _call(handler, ctx, publisher)))
     except ActionCancelled:
@@ -241,11 +247,11 @@ def _failure(exc: Exception, action: Action) -> tuple[Action.Status, str, str]:
     """Status, user-facing error and (staff-only) traceback for an exception."""
     trace = "".join(tb.format_exception(exc))
     if isinstance(exc, ActionError):  # clean_text: a str() that raises gives a placeholder
-        return Action.Status.FAILED, clean_text(exc) or UNEXPECTED_ERROR, trace
+        return Action.Status.FAILED, clean_text(exc) or gettext(UNEXPECTED_ERROR), trace
     if isinstance(exc, ProgressError):
         return Action.Status.FAILED, clean_text(exc), trace
     logger.error("Action %s (%s) failed", action.pk, action.handler, exc_info=exc)
-    return Action.Status.FAILED, UNEXPECTED_ERROR, trace
+    return Action.Status.FAILED, gettext(UNEXPECTED_ERROR), trace
 
 
 def _base_failure(exc: BaseException, action: Action) -> tuple[Action.Status, str, str]:
@@ -254,7 +260,7 @@ def _base_failure(exc: BaseException, action: Action) -> tuple[Action.Status, st
     logger.error(
         "Action %s (%s) failed: %s was raised", action.pk, action.handler, name, exc_info=exc
     )
-    error = BASE_EXCEPTION_ERROR.format(name=name)
+    error = gettext(BASE_EXCEPTION_ERROR).format(name=name)
     return Action.Status.FAILED, error, "".join(tb.format_exception(exc))
 
 

@@ -34,6 +34,7 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 from django.utils.text import get_valid_filename
+from django.utils.translation import gettext
 
 from async_actions.conf import action_settings
 from async_actions.exceptions import FileLimitError, FileMissing
@@ -280,10 +281,13 @@ class StoredFile:
             return get_storage().open(self.path, mode)
         except FileNotFoundError:
             raise FileMissing(
-                f"The uploaded file “{self.name}” is no longer in storage: it was removed, "
-                "or this worker cannot reach the storage it was saved to."
+                gettext(
+                    "The uploaded file “%(name)s” is no longer in storage: it was removed, "
+                    "or this worker cannot reach the storage it was saved to."
+                )
+                % {"name": self.name}
                 if self.kind == ActionFile.Kind.INPUT
-                else f"The file “{self.name}” is no longer in storage."
+                else gettext("The file “%(name)s” is no longer in storage.") % {"name": self.name}
             ) from None
 
     def read(self) -> bytes:

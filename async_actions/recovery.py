@@ -23,6 +23,7 @@ from uuid import UUID
 from django.db import DatabaseError, close_old_connections
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop
 
 from async_actions import dispatcher, lifecycle
 from async_actions.conf import action_settings
@@ -31,7 +32,7 @@ from async_actions.models import Action
 
 logger = logging.getLogger("async_actions")
 
-WORKER_LOST = "The worker running this action stopped responding (worker lost)."
+WORKER_LOST = gettext_noop("The worker running this action stopped responding (worker lost).")
 
 
 @dataclass
@@ -92,11 +93,14 @@ def _recover_stale(report: SweepReport, now: datetime, dry_run: bool) -> None:
             continue
         if retry:
             assert handler is not None  # retry is only True for a found handler
-            note = f"Attempt {attempt} of {handler.max_attempts} lost its worker; trying again."
+            note = gettext("Attempt %(attempt)s of %(max)s lost its worker; trying again.") % {
+                "attempt": attempt,
+                "max": handler.max_attempts,
+            }
             if lifecycle.requeue_lost(pk, stale_running(now), note):
                 report.requeued.append(pk)
                 dispatcher.current().dispatch(pk)
-        elif lifecycle.fail_lost(pk, stale_running(now), WORKER_LOST, now):
+        elif lifecycle.fail_lost(pk, stale_running(now), gettext(WORKER_LOST), now):
             report.failed.append(pk)
 
 

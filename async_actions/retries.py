@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from async_actions import dispatcher, lifecycle
 from async_actions.conf import action_settings
@@ -54,10 +55,14 @@ def retry_later(
         exc_info=exc,
     )
     # Only the exception's class: its text may hold details meant for staff only.
-    note = (
-        f"Attempt {action.attempt} of {handler.max_attempts} failed "
-        f"({type(exc).__name__}); retrying in {delay:g} s."
-    )
+    note = gettext(
+        "Attempt %(attempt)s of %(max)s failed (%(error)s); retrying in %(delay)s s."
+    ) % {
+        "attempt": action.attempt,
+        "max": handler.max_attempts,
+        "error": type(exc).__name__,
+        "delay": f"{delay:g}",
+    }
     written = lifecycle.requeue(
         publisher,
         run_after=run_after,

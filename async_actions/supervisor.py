@@ -30,6 +30,7 @@ from django.db.backends.signals import connection_created
 from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from async_actions import lifecycle
 from async_actions.conf import action_settings
@@ -52,7 +53,9 @@ LOCK_WAIT = 0.25
 
 
 def time_limit_error(limit: float) -> str:
-    return f"Time limit exceeded: the action ran longer than {limit:g} seconds."
+    return gettext("Time limit exceeded: the action ran longer than %(seconds)s seconds.") % {
+        "seconds": f"{limit:g}"
+    }
 
 
 @dataclass

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.checks import run_checks
 from django.db import connection
 from django.test import override_settings
@@ -347,6 +348,36 @@ def test_invalid_settings_are_reported_by_system_checks(overrides: dict[str, Any
 
 def test_the_default_settings_pass_the_checks() -> None:
     assert _check_ids() == set()
+
+
+WITHOUT_DAPHNE = [app for app in settings.INSTALLED_APPS if app != "daphne"]
+TASKS_RUNNER_PATH = "async_actions.runners.tasks.TasksRunner"
+
+
+@pytest.mark.parametrize(
+    ("site", "warned"),
+    [
+        ({"INSTALLED_APPS": WITHOUT_DAPHNE, "ASGI_APPLICATION": None}, True),  # plain WSGI
+        ({"INSTALLED_APPS": WITHOUT_DAPHNE}, False),  # uvicorn & co. with ASGI_APPLICATION
+        ({"ASGI_APPLICATION": None}, False),  # runserver with daphne
+        ({"INSTALLED_APPS": WITHOUT_DAPHNE, "ASGI_APPLICATION": None, "RUN": True}, False),
+        ({"INSTALLED_APPS": WITHOUT_DAPHNE, "ASGI_APPLICATION": None, "RUNNER": 1}, False),
+    ],
+    ids=["wsgi", "asgi-app", "daphne", "run-without-startup", "tasks-runner"],
+)
+def test_a_thread_runner_site_that_no_asgi_server_serves_is_warned_about(
+    site: dict[str, Any], warned: bool
+) -> None:
+    """W011: over WSGI nothing calls startup(), so the thread runner never runs an action."""
+    site = dict(site)
+    extra: dict[str, Any] = {"RUN_WITHOUT_STARTUP": bool(site.pop("RUN", False))}
+    if site.pop("RUNNER", None):
+        extra["RUNNER"] = TASKS_RUNNER_PATH
+    with override_settings(**site, ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, **extra}):
+        messages = [m for m in run_checks() if m.id == "async_actions.W011"]
+    assert bool(messages) is warned
+    if warned:
+        assert "SILENCED_SYSTEM_CHECKS" in (messages[0].hint or "")
 
 
 def test_model_indexes_cover_the_queries_the_engine_makes() -> None:

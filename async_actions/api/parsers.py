@@ -12,6 +12,7 @@ import io
 from typing import Any
 
 from django.conf import settings
+from django.utils.translation import gettext
 from rest_framework import parsers, status
 from rest_framework.exceptions import APIException, ParseError
 
@@ -57,8 +58,11 @@ class JSONParser(parsers.JSONParser):
         except PayloadError:
             raise ParseError(
                 {
-                    "detail": f"The body is nested too deeply: its request may nest lists "
-                    f"and objects at most {depth} levels (ASYNC_ACTIONS['MAX_JSON_DEPTH']).",
+                    "detail": gettext(
+                        "The body is nested too deeply: its request may nest lists and objects "
+                        "at most %(depth)s levels (ASYNC_ACTIONS['MAX_JSON_DEPTH'])."
+                    )
+                    % {"depth": depth},
                     "code": "too_deep",
                 }
             ) from None

@@ -15,6 +15,7 @@ from django.db import DatabaseError
 from django.db.models import QuerySet
 from django.http import Http404
 from django.http.response import HttpResponseBase
+from django.utils.translation import gettext as _
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -98,7 +99,7 @@ class ActionViewSet(
         if any("\x00" in text for item in params.lists() for text in (item[0], *item[1])):
             # PostgreSQL cannot compare with a NUL character: refuse it, do not 503.
             raise ValidationError(
-                {"detail": "A query parameter holds a NUL character.", "code": "invalid_filter"}
+                {"detail": _("A query parameter holds a NUL character."), "code": "invalid_filter"}
             )
         wanted = params.get("status")
         if wanted:
@@ -108,8 +109,8 @@ class ActionViewSet(
             if unknown:
                 raise ValidationError(
                     {
-                        "detail": f"Unknown status {', '.join(unknown)!s}; "
-                        f"use one of {', '.join(sorted(known))}.",
+                        "detail": _("Unknown status %(unknown)s; use one of %(known)s.")
+                        % {"unknown": ", ".join(unknown), "known": ", ".join(sorted(known))},
                         "code": "invalid_filter",
                     }
                 )
@@ -333,16 +334,20 @@ def _readable(errors: dict[str, Any]) -> dict[str, Any]:
     for name, messages in errors.items():
         text = " ".join(str(m) for m in messages) if isinstance(messages, list) else str(messages)
         parts.append(f"{name}: {text}")
-    return {"detail": "Invalid body. " + "; ".join(parts), "code": "invalid", "errors": errors}
+    return {
+        "detail": _("Invalid body.") + " " + "; ".join(parts),
+        "code": "invalid",
+        "errors": errors,
+    }
 
 
 def _start_refused(outcome: OpStatus, handler: str) -> APIException:
     """The HTTP error for a start the service did not accept."""
     if outcome is OpStatus.NO_HANDLER:
         detail = (
-            f"No public handler is named {handler!r}."
+            _("No public handler is named %(name)s.") % {"name": repr(handler)}
             if handler
-            else "No handler accepts this request; name one in 'handler'."
+            else _("No handler accepts this request; name one in “handler”.")
         )
         return ValidationError({"detail": detail, "code": "no_handler"})
     return Refused(outcome)

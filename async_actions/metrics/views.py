@@ -13,6 +13,7 @@ from functools import wraps
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.utils.crypto import constant_time_compare
+from django.utils.translation import gettext
 from django.views.decorators.http import require_GET
 
 try:
@@ -62,7 +63,7 @@ def bearer_token_required(token: str) -> Callable[[View], View]:
         def wrapped(request: HttpRequest) -> HttpResponse:
             given = request.headers.get("Authorization", "")
             if not constant_time_compare(given, expected):
-                response = HttpResponse("Authentication required.", status=401)
+                response = HttpResponse(gettext("Authentication required."), status=401)
                 response["WWW-Authenticate"] = 'Bearer realm="metrics"'
                 return response
             return view(request)

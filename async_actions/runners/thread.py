@@ -16,8 +16,11 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.db import DatabaseError, connections
+from django.utils.translation import gettext, gettext_noop
 
 from async_actions import lifecycle, recovery
 from async_actions.conf import action_settings
@@ -29,9 +32,9 @@ from async_actions.supervisor import supervisor
 
 logger = logging.getLogger("async_actions")
 
-SHUTDOWN_ERROR = "The server shut down while the action was running."
+SHUTDOWN_ERROR = gettext_noop("The server shut down while the action was running.")
 #: The cancel reason at shutdown, stored as the cancelled action's error.
-SHUTDOWN_CANCEL = (
+SHUTDOWN_CANCEL = gettext_noop(
     "Cancelled because the process running it (pid {pid}) stopped before the action "
     "finished. Start actions from a server process (one that called "
     "async_actions.startup()), or use a worker runner, for work that must outlive the "
@@ -248,12 +251,12 @@ class ThreadRunner(BaseRunner):
             logger.warning("Shutdown: asking %d running actions to cancel", self.active_count)
             for ctx in supervisor.contexts():
                 if ctx.action_id in self._active:
-                    ctx.cancel("shutdown", error=SHUTDOWN_CANCEL.format(pid=os.getpid()))
+                    ctx.cancel("shutdown", error=gettext(SHUTDOWN_CANCEL).format(pid=os.getpid()))
             self.wait_idle(float(action_settings.SHUTDOWN_GRACE))
         with self._lock:
             left = list(self._active)
         if left:
-            _mark_failed(left, SHUTDOWN_ERROR)
+            _mark_failed(left, gettext(SHUTDOWN_ERROR))
         for _ in self._threads:
             self._queue.put(None)
 
@@ -266,6 +269,27 @@ class ThreadRunner(BaseRunner):
             yield checks.Error(
                 "ASYNC_ACTIONS['MAX_WORKERS'] must be at least 1.", id="async_actions.E010"
             )
+        if not action_settings.RUN_WITHOUT_STARTUP and not _serves_asgi():
+            # The only other sign of it is an INFO line per action: a WSGI site (plain
+            # runserver, gunicorn) never imports asgi.py, so startup() never runs here.
+            yield checks.Warning(
+                "The thread runner runs actions only in a process that called "
+                "async_actions.startup() (your asgi.py), and this site names no ASGI "
+                "server: 'daphne' is not in INSTALLED_APPS and ASGI_APPLICATION is unset. "
+                "Served over WSGI (runserver without daphne, gunicorn), every action "
+                "stays pending.",
+                hint="Serve the site over ASGI as docs/quickstart.md does ('daphne' first "
+                "in INSTALLED_APPS, ASGI_APPLICATION, startup() at the end of asgi.py), or "
+                "use a worker runner (docs/deploy.md). Served by uvicorn or hypercorn "
+                "through such an asgi.py already? Set ASGI_APPLICATION to it, or add "
+                "'async_actions.W011' to SILENCED_SYSTEM_CHECKS.",
+                id="async_actions.W011",
+            )
+
+
+def _serves_asgi() -> bool:
+    """Whether the settings name an ASGI server: daphne's runserver, or an ASGI app."""
+    return apps.is_installed("daphne") or bool(getattr(settings, "ASGI_APPLICATION", None))
 
 
 def _mark_failed(ids: list[UUID], error: str) -> None:

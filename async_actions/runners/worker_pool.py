@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connections
+from django.utils.translation import gettext, gettext_noop
 from django_tasks_db.management.commands.db_worker import Worker
 
 from async_actions import lifecycle
@@ -36,7 +37,7 @@ from async_actions.supervisor import supervisor
 
 logger = logging.getLogger("async_actions")
 
-SHUTDOWN_ERROR = "The worker shut down while the action was running."
+SHUTDOWN_ERROR = gettext_noop("The worker shut down while the action was running.")
 
 #: django-tasks-db refuses worker ids of 64 characters or more.
 _WORKER_ID_LENGTH = 63
@@ -143,7 +144,7 @@ class WorkerPool:
             return
         for pk in supervisor.running_ids():
             try:
-                lifecycle.end(pk, Action.Status.FAILED, error=SHUTDOWN_ERROR)
+                lifecycle.end(pk, Action.Status.FAILED, error=gettext(SHUTDOWN_ERROR))
             except DatabaseError:
                 logger.error("Shutdown: could not mark action %s failed", pk)
         connections.close_all()

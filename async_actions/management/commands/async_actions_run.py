@@ -15,23 +15,34 @@ import sys
 import time
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, close_old_connections
 
 from async_actions import service
+from async_actions.management import starting
+from async_actions.management.starting import (  # the exit codes, named here too
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_STARTED,
+    EXIT_SUCCEEDED,
+    EXIT_USAGE,
+)
 from async_actions.models import Action
-from async_actions.payloads import PayloadError, loads
 from async_actions.runners import get_runner
 from async_actions.runners.thread import ThreadRunner
 from async_actions.supervisor import supervisor
 
-EXIT_SUCCEEDED = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 3
-EXIT_NOT_STARTED = 4
-EXIT_INTERRUPTED = 130
+__all__ = [
+    "EXIT_CANCELLED",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_STARTED",
+    "EXIT_SUCCEEDED",
+    "EXIT_USAGE",
+    "Command",
+    "ProgressLine",
+]
 
 #: Bounds on the bar's width in cells; it takes what the terminal line leaves.
 MIN_CELLS = 10
@@ -46,11 +57,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("handler", help="Handler name, e.g. reports.build")
-        parser.add_argument(
-            "--request", default="{}", help="The action's request as JSON (default {})"
-        )
-        parser.add_argument("--user", help="Username that owns the action")
+        starting.add_start_arguments(parser, request_option="--request")
         parser.add_argument(
             "--idempotency-key", help="Return the running action with this key, if any"
         )
@@ -62,35 +69,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            request = loads(options["request"], "--request")
-        except PayloadError as exc:  # not JSON, or nested deeper than MAX_JSON_DEPTH
-            raise CommandError(str(exc), returncode=EXIT_USAGE) from None
-        user = None
-        if options["user"]:
-            User = get_user_model()
-            try:
-                user = User.objects.get(**{User.USERNAME_FIELD: options["user"]})
-            except User.DoesNotExist:
-                raise CommandError(f"No user {options['user']!r}.", returncode=EXIT_USAGE) from None
-        try:
-            result = service.start(
-                options["handler"],
-                request,
-                user=user,
-                idempotency_key=options["idempotency_key"],
-            )
-        except (TypeError, ValueError) as exc:
-            raise CommandError(str(exc), returncode=EXIT_USAGE) from None
-        if result.status is service.OpStatus.NO_HANDLER:
-            raise CommandError(
-                f"No handler named {options['handler']!r}.", returncode=EXIT_NOT_STARTED
-            )
-        if not result.ok or result.action is None:
-            raise CommandError(
-                f"The action could not start: {result.status.name}.", returncode=EXIT_NOT_STARTED
-            )
+        request = starting.read_request(options["request"], "--request")
+        user = starting.read_user(options["user"])
+        result = starting.start(
+            options["handler"], request, user=user, idempotency_key=options["idempotency_key"]
+        )
         action = result.action
+        assert action is not None  # starting.start() answers only a started action
         if options["detach"]:  # the server (or a worker) runs it; see async_actions_start
             self.stdout.write(str(action.pk))
             return

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
-from async_actions import service
-from async_actions.management.commands.async_actions_run import EXIT_NOT_STARTED, EXIT_USAGE
+from async_actions.management import starting
+from async_actions.management.starting import EXIT_NOT_STARTED, EXIT_USAGE
 from async_actions.models import Action
-from async_actions.payloads import PayloadError, loads
 from async_actions.schedule import parse_run_after
 
 
@@ -31,13 +29,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("handler", help="Handler name, e.g. reports.build")
-        parser.add_argument(
-            "--json",
-            dest="request",
-            default="{}",
-            help="The action's request as JSON (default {})",
-        )
+        starting.add_start_arguments(parser, request_option="--json")
         parser.add_argument(
             "--run-after",
             help="Do not start before this time: ISO 8601 (2030-01-31T06:00:00+01:00; "
@@ -49,41 +41,24 @@ class Command(BaseCommand):
             "(TIME_ZONE), e.g. 'nightly-report-%%Y-%%m-%%d'; if an action with the key "
             "exists, its id is printed and nothing starts",
         )
-        parser.add_argument("--user", help="Username that owns the action")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        request = self._request(options["request"])
+        request = starting.read_request(options["request"], "--json")
         run_after = self._run_after(options["run_after"])
         key = self._key(options["idempotency_key"])
-        user = self._user(options["user"])
+        user = starting.read_user(options["user"])
         existing = self._existing(options["handler"], key, user)
         if existing is not None:
             self.stderr.write(f"Already started with idempotency key {key!r}.")
             self.stdout.write(str(existing.pk))
             return
-        try:
-            result = service.start(
-                options["handler"], request, user=user, idempotency_key=key, run_after=run_after
-            )
-        except (TypeError, ValueError) as exc:
-            raise CommandError(str(exc), returncode=EXIT_USAGE) from None
-        if result.status is service.OpStatus.NO_HANDLER:
-            raise CommandError(
-                f"No handler named {options['handler']!r}.", returncode=EXIT_NOT_STARTED
-            )
-        if not result.ok or result.action is None:
-            raise CommandError(
-                f"The action could not start: {result.status.name}.", returncode=EXIT_NOT_STARTED
-            )
+        result = starting.start(
+            options["handler"], request, user=user, idempotency_key=key, run_after=run_after
+        )
+        assert result.action is not None  # starting.start() answers only a started action
         if not result.created:
             self.stderr.write(f"Already started with idempotency key {key!r}.")
         self.stdout.write(str(result.action.pk))
-
-    def _request(self, text: str) -> Any:
-        try:
-            return loads(text, "--json")
-        except PayloadError as exc:  # not JSON, or nested deeper than MAX_JSON_DEPTH
-            raise CommandError(str(exc), returncode=EXIT_USAGE) from None
 
     def _run_after(self, text: str | None) -> Any:
         if text is None:
@@ -103,15 +78,6 @@ class Command(BaseCommand):
                 "--idempotency-key: the key is over 255 characters.", returncode=EXIT_USAGE
             )
         return key
-
-    def _user(self, username: str | None) -> Any:
-        if not username:
-            return None
-        User = get_user_model()
-        try:
-            return User.objects.get(**{User.USERNAME_FIELD: username})
-        except User.DoesNotExist:
-            raise CommandError(f"No user {username!r}.", returncode=EXIT_USAGE) from None
 
     def _existing(self, handler: str, key: str | None, user: Any) -> Action | None:
         """An action this command started with the key before, finished or not.
