@@ -129,6 +129,7 @@ def test_the_quickstart_project_scales_out_as_deploy_md_says(tmp_path: Path) -> 
             f"WHERE id = '{action_id}'"
         ).split("|")  # fmt: skip
         assert (status, attempt) == ("succeeded", "1")
+        assert task_id, "no task carried the action: a web process ran it"
         # A worker process took the action's task: its row names the worker, and the
         # worker's log (not a web process's) shows it.
         task = psql(
