@@ -7,12 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from async_actions.management.commands import async_actions_run
 from async_actions.models import Action
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,3 +258,36 @@ def test_bar_in_a_real_terminal_shows_the_whole_message(tmp_path):
     last = redraws[-1].rstrip()
     assert last.endswith("Importing the customers, step 3"), screen
     assert len(last) <= 79
+
+
+def test_an_action_no_worker_takes_gets_one_line_saying_so(recording, monkeypatch):
+    """A worker runner with no worker running: the bar would say "pending" forever."""
+    monkeypatch.setattr(async_actions_run, "PENDING_HINT_AFTER", 0.0)
+    out = io.StringIO()
+
+    real_sleep, me, looks = time.sleep, threading.get_ident(), []
+
+    def sleep(seconds: float) -> None:  # the command's clock: the user gives up at once
+        if threading.get_ident() != me:  # other threads of the process keep real time
+            real_sleep(seconds)
+            return
+        looks.append(seconds)
+        if len(looks) == 3:
+            Action.objects.update(status=Action.Status.CANCELLED)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    with pytest.raises(SystemExit) as exited:
+        call_command("async_actions_run", "tests.echo", stdout=out)
+    assert exited.value.code == 3
+    assert Action.objects.get().started_at is None  # queued for a worker, never run
+    lines = out.getvalue().splitlines()
+    hints = [line for line in lines if line.startswith("No worker has taken the action")]
+    assert len(hints) == 1, lines
+    assert "manage.py async_actions_worker" in hints[0]
+
+
+def test_an_action_run_in_the_foreground_gets_no_worker_hint(runner, monkeypatch):
+    monkeypatch.setattr(async_actions_run, "PENDING_HINT_AFTER", 0.0)
+    out = io.StringIO()
+    call_command("async_actions_run", "tests.progress", request='{"steps": 5}', stdout=out)
+    assert "No worker" not in out.getvalue()

@@ -11,66 +11,41 @@ Each code block names its file and whether it replaces the file or is appended t
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.doc_steps import (
+    QUICKSTART,
+    assert_static_served,
+    follow_quickstart,
+    project_env,
+    run,
+    shell_blocks,
+)
 from tests.helpers import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path, need
-from tests.servers import ROOT, free_port, wait_http
+from tests.servers import free_port, wait_http
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-DOC = ROOT / "docs" / "quickstart.md"
-FILE_BLOCK = re.compile(r"```python[^\n]*\n# file: (\S+) \((replace|append)\)\n(.*?)```", re.S)
-SHELL_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
-
-
-def _run(command: str, cwd: Path, env: dict) -> None:
-    done = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{command}\n{done.stdout}{done.stderr}"
 
 
 def test_the_quickstart_gives_a_working_processing_page(tmp_path: Path) -> None:
     need(chromium_path() is not None, "Chromium is not installed")
-    text = DOC.read_text()
-    shells = [block.strip().splitlines() for block in SHELL_BLOCK.findall(text)]
-    setup, serve = shells[0], shells[-1]
-    assert setup[0].startswith("pip install django-async-actions")
+    text = QUICKSTART.read_text()
+    serve = shell_blocks(text)[-1]
     assert serve == ["python manage.py migrate", "python manage.py runserver"]
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")
-    }
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    # The package under test (this checkout), as `pip install` would leave it importable.
-    env["PYTHONPATH"] = str(ROOT)
-    cwd = tmp_path
-    for command in setup[1:]:
-        if command.startswith("cd "):
-            cwd = cwd / command[3:].strip()
-            continue
-        _run(command.replace("python ", f"{sys.executable} ", 1), cwd, env)
-    for path, mode, body in FILE_BLOCK.findall(text):
-        target = cwd / path
-        assert target.exists(), f"the quickstart edits {path}, which startproject made"
-        if mode == "replace":
-            target.write_text(body)
-        else:
-            target.write_text(target.read_text() + "\n" + body)
+    env = project_env()
+    cwd = follow_quickstart(tmp_path, env)
     # Item 5: an override where the quickstart says overrides go wins over the app's.
     assert "reports/templates/async_actions/" in text
     override = cwd / "reports" / "templates" / "async_actions" / "result.html"
     override.parent.mkdir(parents=True)
     override.write_text(OVERRIDE)
-    _run(f"{sys.executable} manage.py migrate", cwd, env)
+    run("python manage.py migrate", cwd, env)
     port = free_port()
     log_file = open(tmp_path / "server.log", "w")  # noqa: SIM115 - the server writes it
     server = subprocess.Popen(
@@ -136,16 +111,3 @@ def test_the_quickstart_gives_a_working_processing_page(tmp_path: Path) -> None:
 OVERRIDE = """{% extends "async_actions/result.html" %}
 {% block aa_result %}<p data-testid="override">From reports.</p>{{ block.super }}{% endblock %}
 """
-
-STATIC = {
-    "async_actions/progress.js": "customElements",
-    "async_actions/progress.css": ".aa-progress",
-}
-
-
-def assert_static_served(base: str) -> None:
-    """The processing page's script and stylesheet answer 200 with their content."""
-    for name, marker in STATIC.items():
-        with urllib.request.urlopen(f"{base}/static/{name}", timeout=10) as response:
-            assert response.status == 200, name
-            assert marker in response.read().decode(), name

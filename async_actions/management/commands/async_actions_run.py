@@ -44,6 +44,10 @@ __all__ = [
     "ProgressLine",
 ]
 
+#: Seconds an action may stay pending on a worker runner before the command says that no
+#: worker took it: without a running worker the bar would sit at "pending" in silence.
+PENDING_HINT_AFTER = 10.0
+
 #: Bounds on the bar's width in cells; it takes what the terminal line leaves.
 MIN_CELLS = 10
 MAX_CELLS = 40
@@ -86,11 +90,15 @@ class Command(BaseCommand):
             runner.run_here(action.pk)
         self.stdout.write(f"Action {action.pk} ({action.handler})")
         with _TracebackOnce(action):
-            final = self._follow(action, options["interval"])
+            final = self._follow(action, options["interval"], hint=not runner.runs_in_process)
         self._exit(final)
 
-    def _follow(self, action: Action, interval: float) -> Action:
+    def _follow(self, action: Action, interval: float, *, hint: bool) -> Action:
+        """Show the action's state until it ends. With ``hint`` (a runner whose workers
+        are other processes), an action still pending after ``PENDING_HINT_AFTER``
+        seconds, and not delayed on purpose, gets one line saying no worker took it."""
         interrupts = 0
+        since = time.monotonic()
 
         def on_interrupt(signum: int, frame: Any) -> None:
             nonlocal interrupts
@@ -111,6 +119,18 @@ class Command(BaseCommand):
                     bar.show(state)
                     if state["status"] in Action.TERMINAL_STATUSES:
                         break
+                    if (
+                        hint
+                        and state["status"] == Action.Status.PENDING
+                        and action.run_after is None
+                        and time.monotonic() - since >= PENDING_HINT_AFTER
+                    ):
+                        hint = False
+                        bar.note(
+                            f"No worker has taken the action after {PENDING_HINT_AFTER:g} s. "
+                            "Is a worker running (manage.py async_actions_worker, or "
+                            "celery worker for the CeleryRunner) on this database and queue?"
+                        )
                 time.sleep(interval)
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -186,6 +206,13 @@ class ProgressLine:
             self.out.flush()
         else:
             self.out.write(line)
+
+    def note(self, text: str) -> None:
+        """A line of its own under the bar; the bar is drawn again below it."""
+        if self.tty:
+            self.out.write("")  # end the bar's line
+        self.out.write(text)
+        self.last = None
 
     def render(self, percent: float, message: str, status: str) -> str:
         width = shutil.get_terminal_size((80, 20)).columns
