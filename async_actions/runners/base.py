@@ -82,6 +82,25 @@ class BaseRunner(ABC):
         else:
             transaction.on_commit(partial(self.dispatch_at, action_id, when))
 
+    def enqueues_in_start(self) -> bool:
+        """Whether ``service.start`` may hand the action over inside its own transaction
+        (:meth:`enqueue_in_start`) instead of after commit (:meth:`dispatch_after_commit`).
+
+        Only a queue that writes to the actions' database can: its message commits or
+        rolls back with the action, so no worker sees one without the other, and the
+        start costs no statement after its commit. The default: no.
+        """
+        return False
+
+    def enqueue_in_start(self, action_id: UUID, when: datetime | None, backlog: int) -> str:
+        """Queue the action not yet inserted, inside the start's transaction; the id of
+        the message, stored in the action's INSERT (``task_id``).
+
+        Called only when :meth:`enqueues_in_start` said yes, with the owner's other
+        unfinished actions (``backlog``, for the priority) counted by the start.
+        """
+        raise NotImplementedError
+
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
         """Dispatch once ``when`` has come (a delayed start, a retry's backoff).
 
