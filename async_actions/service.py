@@ -307,6 +307,8 @@ def _create(
             if refuse and concurrency.busy(concurrency_key):
                 raise _KeyBusy
             task_id = runner.enqueue_in_start(pk, run_after, backlog)
+        else:
+            task_id = runner.message_id_for_start()
         action = Action.objects.create(
             id=pk,
             handler=found.name,
@@ -327,7 +329,7 @@ def _create(
         if not inline and refuse and concurrency.busy(concurrency_key, exclude=action.pk):
             raise _KeyBusy
     if not inline:
-        runner.dispatch_after_commit(action.pk, run_after)
+        runner.dispatch_after_commit(action.pk, run_after, action)
     return StartResult(OpStatus.OK, action, created=True)
 
 

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from datetime import datetime
 from functools import partial
+from typing import Any
 from uuid import UUID
 
 from django.core.checks import CheckMessage
@@ -69,13 +70,22 @@ class BaseRunner(ABC):
     def dispatch(self, action_id: UUID) -> None:
         """Arrange for ``executor.execute(action_id)`` to run; called after commit."""
 
-    def dispatch_after_commit(self, action_id: UUID, when: datetime | None = None) -> None:
+    def message_id_for_start(self) -> str:
+        """The id of the message a start will send, stored in the action's INSERT
+        (``task_id``) so the dispatch after commit need not write it; "" when the queue
+        chooses its ids itself (the default)."""
+        return ""
+
+    def dispatch_after_commit(
+        self, action_id: UUID, when: datetime | None = None, action: Any = None
+    ) -> None:
         """Dispatch a new action once the transaction that created it commits (at
         ``when`` for a delayed start).
 
-        ``service.start`` calls it after its INSERT; a handler never races the
-        transaction that made its data. (The testing runners override it: a test's own
-        transaction never commits.)
+        ``service.start`` calls it after its INSERT, with the ``action`` it inserted (a
+        runner may send what it knows from it instead of reading the row again); a
+        handler never races the transaction that made its data. (The testing runners
+        override it: a test's own transaction never commits.)
         """
         if when is None:
             transaction.on_commit(partial(self.dispatch, action_id))
