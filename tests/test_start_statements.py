@@ -151,6 +151,23 @@ def test_a_worker_claims_and_finishes_in_a_fixed_number_of_statements(
     assert _kinds(sql) == ["BEGIN", "UPDATE", "COMMIT", "UPDATE"]
 
 
+def test_a_capped_owners_claim_reads_and_locks_its_owner_in_one_statement(
+    limited_runner: Any,
+) -> None:
+    started = service.start("tests.echo", **OWNER)
+    status, sql = _statements(lambda: executor.execute(started.action.pk))
+    assert status == "succeeded"
+    # PostgreSQL: the owner read and its advisory lock are one SELECT inside the claim's
+    # transaction; SQLite reads the owner before it (its write lock needs no advisory
+    # one). Then the finish, and the look-up of the owner's next waiting action.
+    claim = (
+        ["BEGIN", "SELECT", "UPDATE", "COMMIT"]
+        if connection.vendor == "postgresql"
+        else ["SELECT", "BEGIN", "UPDATE", "COMMIT"]
+    )
+    assert _kinds(sql) == [*claim, "UPDATE", "SELECT"]
+
+
 def test_a_polling_worker_never_finds_a_task_without_its_action(tasks_runner: Any) -> None:
     """PostgreSQL: starts in one connection, a poller in another reading every task that
     exists and the actions they carry, in one snapshot."""
