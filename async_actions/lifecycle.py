@@ -85,24 +85,29 @@ def claim(action_id: UUID | str) -> tuple[Action | None, bool]:
     """
     conn = _connection()
     pk = Action._meta.pk.get_db_prep_value(UUID(str(action_id)), conn)
-    # Read before the transaction: on SQLite with deferred transactions a read before
-    # the UPDATE would pin a snapshot that a concurrent commit makes unwritable.
-    owner, cap = _capped_owner(conn, pk)
+    cap = fairness.running_cap()
+    # PostgreSQL reads the owner and takes its lock in one statement, in the transaction.
+    in_one = cap is not None and conn.vendor == "postgresql"
+    # Elsewhere read before the transaction: on SQLite with deferred transactions a read
+    # before the UPDATE would pin a snapshot that a concurrent commit makes unwritable.
+    owner = _capped_owner(conn, pk) if cap is not None and not in_one else None
     try:
         with transaction.atomic(using=conn.alias):
-            if owner is not None:
-                # Before the UPDATE takes its snapshot: a concurrent claim for the same
-                # owner on PostgreSQL waits here, then counts this one as running.
+            # Before the UPDATE takes its snapshot: a concurrent claim for the same
+            # owner on PostgreSQL waits here, then counts this one as running.
+            if in_one:
+                owner = fairness.lock_owner_of_pending(pk)
+            elif owner is not None:
                 owner.lock()
             # Read the clock inside the transaction: on SQLite (IMMEDIATE) that is after
             # the write lock is ours, so started_at follows the order claims happen in.
             now = _db_datetime(timezone.now(), conn)
-            sql = _claim_sql(conn.vendor, owner.kind if owner is not None else "", cap)
+            sql = _claim_sql(conn.vendor, owner.kind if owner is not None else "", cap or 0)
             params: list[Any] = [RUNNING, now, now, pk, PENDING, now, now]
             if owner is not None:
                 params += owner.sql("r")[1]
             row = _returning(conn, sql, params, pk)
-            if row is None and owner is not None and fairness.at_cap(owner, cap):
+            if row is None and owner is not None and cap and fairness.at_cap(owner, cap):
                 logger.debug("Action %s waits: its owner runs %d actions", action_id, cap)
                 return None, True
     except IntegrityError:
@@ -111,13 +116,10 @@ def claim(action_id: UUID | str) -> tuple[Action | None, bool]:
     return row, False
 
 
-def _capped_owner(conn: BaseDatabaseWrapper, pk: Any) -> tuple[fairness.Owner | None, int]:
-    """The pending action's owner under ``MAX_RUNNING_PER_OWNER`` (None: not capped), and
-    the cap. Should the owner change in between (a login taking over a session's
-    actions), this one claim is counted against the old owner."""
-    cap = fairness.running_cap()
-    if cap is None:
-        return None, 0
+def _capped_owner(conn: BaseDatabaseWrapper, pk: Any) -> fairness.Owner | None:
+    """The pending action's owner under ``MAX_RUNNING_PER_OWNER`` (None: none). Should
+    the owner change in between (a login taking over a session's actions), this one
+    claim is counted against the old owner."""
     with conn.cursor() as cursor:
         cursor.execute(
             f"SELECT {', '.join(fairness.OWNER_FIELDS)} "
@@ -125,7 +127,7 @@ def _capped_owner(conn: BaseDatabaseWrapper, pk: Any) -> tuple[fairness.Owner | 
             [pk, PENDING],
         )
         row = cursor.fetchone()
-    return (fairness.owner_of(*row) if row is not None else None), cap
+    return fairness.owner_of(*row) if row is not None else None
 
 
 @functools.cache

@@ -66,6 +66,9 @@ __all__ = [
 
 logger = logging.getLogger("async_actions")
 
+#: The actions table's alias in the start's hand-written counts (``fairness.Owner.sql``).
+_ALIAS = "a"
+
 
 class OpStatus(enum.Enum):
     """The outcome of a service operation."""
@@ -281,6 +284,11 @@ def _create(
     Raises ``_LimitReached`` or ``_KeyBusy`` (rolling the INSERT back), or the
     database's error."""
     refuse = bool(concurrency_key) and found.on_busy == "refuse"
+    # django-tasks-db on the actions' database: the task is inserted in this transaction,
+    # before the action whose INSERT carries its id (one commit, no dispatch after it).
+    inline = runner.enqueues_in_start()
+    pk = action_id or uuid4()
+    task_id = ""
     with transaction.atomic():
         if key:
             existing = owned.active().filter(idempotency_key=key).first()
@@ -289,8 +297,20 @@ def _create(
         _lock_owner(user, session_key, address)
         if refuse:
             concurrency.lock(concurrency_key)
+        if inline:
+            # The write lock is held from the transaction's start here (see
+            # ``enqueues_in_start``), so counting before the INSERTs is as safe as after.
+            fair = run_after is None and runner.supports_priority
+            over, backlog = _counts(getattr(user, "pk", None), session_key, address, pk, fair)
+            if over:
+                raise _LimitReached
+            if refuse and concurrency.busy(concurrency_key):
+                raise _KeyBusy
+            task_id = runner.enqueue_in_start(pk, run_after, backlog)
+        else:
+            task_id = runner.message_id_for_start()
         action = Action.objects.create(
-            id=action_id or uuid4(),
+            id=pk,
             handler=found.name,
             request=request,
             user=user,
@@ -301,13 +321,15 @@ def _create(
             concurrency_key=concurrency_key,
             page=page,
             run_after=run_after,
+            task_id=task_id,
         )
         # Checked after the INSERT, which (on SQLite) holds the write lock.
-        if _over_limit(action):
+        if not inline and _over_limit(action):
             raise _LimitReached
-        if refuse and concurrency.busy(concurrency_key, exclude=action.pk):
+        if not inline and refuse and concurrency.busy(concurrency_key, exclude=action.pk):
             raise _KeyBusy
-    runner.dispatch_after_commit(action.pk, run_after)
+    if not inline:
+        runner.dispatch_after_commit(action.pk, run_after, action)
     return StartResult(OpStatus.OK, action, created=True)
 
 
@@ -337,36 +359,58 @@ def _over_limit(action: Action) -> bool:
     """Whether the owner, or (anonymous) the client address, already had its fill of
     active actions before ``action``.
 
-    Counted after the INSERT so that on SQLite the count runs under the write lock, in
-    one hand-written query (every start runs it; the ORM compiled each count anew).
+    Counted after the INSERT so that on SQLite the count runs under the write lock.
+    """
+    over, _backlog = _counts(
+        action.user_id, action.session_key, action.client_address, action.pk, fair=False
+    )
+    return over
+
+
+def _counts(user_id: Any, session_key: str, address: str, pk: UUID, fair: bool) -> tuple[bool, int]:
+    """Whether the owner (or the anonymous client address) is at its limit of active
+    actions, and with ``fair`` how many unfinished actions the owner has for the task's
+    priority (``fairness.backlog``'s count), the action ``pk`` left out of both.
+
+    One hand-written query, or none when nothing is limited or counted (every start
+    runs it; the ORM compiled each count anew).
     """
     per_owner = action_settings.MAX_ACTIVE_PER_OWNER
     per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS
-    limits: list[tuple[str, Any, int]] = []  # condition, its parameter, the limit
-    if per_owner is not None and action.user_id is not None:
-        limits.append(("user_id = %s", action.user_id, int(per_owner)))
-    elif per_owner is not None and action.session_key:
-        limits.append(("user_id IS NULL AND session_key = %s", action.session_key, int(per_owner)))
-    if per_address is not None and action.user_id is None and action.client_address:
-        limits.append(
-            ("user_id IS NULL AND client_address = %s", action.client_address, int(per_address))
-        )
-    if not limits:
-        return False
+    conditions: list[tuple[str, list[Any]]] = []  # one COUNT's condition and parameters
+    limits: list[int] = []
+    if per_owner is not None and user_id is not None:
+        conditions.append(("a.user_id = %s", [user_id]))
+        limits.append(int(per_owner))
+    elif per_owner is not None and session_key:
+        conditions.append(("a.user_id IS NULL AND a.session_key = %s", [session_key]))
+        limits.append(int(per_owner))
+    if per_address is not None and user_id is None and address:
+        conditions.append(("a.user_id IS NULL AND a.client_address = %s", [address]))
+        limits.append(int(per_address))
+    owner = fairness.owner_of(user_id, address, session_key) if fair else None
+    if owner is not None and fairness.running_cap() is not None:
+        condition, params = owner.sql(_ALIAS)
+        conditions.append((condition, params))
+    if not conditions:
+        return False, 0
     conn = connections[router.db_for_write(Action)]
     table = conn.ops.quote_name(Action._meta.db_table)
-    pk = Action._meta.pk.get_db_prep_value(action.pk, conn)
+    db_pk = Action._meta.pk.get_db_prep_value(pk, conn)
     active = [str(status) for status in Action.ACTIVE_STATUSES]
     counts = ", ".join(
-        f"(SELECT COUNT(*) FROM {table} WHERE {condition} AND status IN (%s, %s) AND id <> %s)"
-        for condition, _param, _limit in limits
+        f"(SELECT COUNT(*) FROM {table} {_ALIAS} WHERE {condition} "
+        f"AND {_ALIAS}.status IN (%s, %s) AND {_ALIAS}.id <> %s)"
+        for condition, _params in conditions
     )
     with conn.cursor() as cursor:
         cursor.execute(
-            f"SELECT {counts}", [v for _c, param, _l in limits for v in (param, *active, pk)]
+            f"SELECT {counts}", [v for _c, params in conditions for v in (*params, *active, db_pk)]
         )
         found = cursor.fetchone()
-    return any(count >= limit for count, (_c, _p, limit) in zip(found, limits, strict=True))
+    over = any(count >= limit for count, limit in zip(found, limits, strict=False))
+    backlog = int(found[len(limits)]) if len(found) > len(limits) else 0
+    return over, backlog
 
 
 def _pk(action_id: Any) -> UUID | None:

@@ -258,8 +258,8 @@ task whose body pushes its time to a Redis list. Same machine, same run, interle
 Throughput runs: ours {", ".join(f"{r:.0f}" for r in ours)}; plain \
 {", ".join(f"{r:.0f}" for r in plain)}. Start latency is the time just before the call
 to the body starting (ours: `started_at`, written by the claim). Caller cost is the time
-the starting process spends in `service.start` (the INSERT and its commit, then the
-dispatch: a read of the handler and `run_after`, the `task_id` write, the send) against
+the starting process spends in `service.start` (the INSERT, which stores the message's
+id, and its commit, then the send with the handler and `run_after` the start knows) against
 `send_task` alone. What an action adds on the worker: the claim (a conditional
 `UPDATE`), the supervisor's registration, the final write and the final push through the
 channel layer; the plain task does one Redis `RPUSH`.

@@ -329,8 +329,9 @@ workers, from the first `enqueue()` to the last result, run alternately with our
 {cost / peer_cost:.2f}× (target ≤ {TARGET_START_RATIO:g}×) |
 
 The machine's 2 cores are shared by this process, both workers, PostgreSQL and Redis.
-Our start is an INSERT of the action, the owner's limits counted, and (after commit) the
-task enqueued with its fair priority and its id stored on the row; a worker's action is
+Our start is one transaction: the owner's limits and backlog counted, the task's INSERT
+(its priority from that count), and the action's INSERT carrying the task's id; a
+worker's action is
 the task's claim and result rows plus our claim (one `UPDATE … RETURNING`), the handler
 and the final `UPDATE … RETURNING` with its push through Redis.
 

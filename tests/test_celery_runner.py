@@ -27,7 +27,9 @@ import pytest
 from celery import Celery, current_app
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import before_task_publish
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from async_actions import service
@@ -92,6 +94,22 @@ def test_start_sends_one_message_naming_the_action_and_stores_its_id(
     assert action.task_id == message["headers"]["id"]
     assert message["headers"]["eta"] is None
     assert message["headers"]["timelimit"] == [None, None]  # no limit without time_limit
+
+
+def test_start_sends_what_it_inserted_without_reading_or_writing_the_row_again(
+    celery_runner: CeleryRunner, published: list[dict[str, Any]]
+) -> None:
+    """The message id goes into the action's INSERT, and the handler and ``run_after``
+    the start knows go on the message: nothing after the commit (issue 18)."""
+    with CaptureQueriesContext(connection) as captured:
+        started = service.start("tests.echo", run_after=timedelta(hours=1))
+    assert started.ok
+    kinds = [q["sql"].split()[0].upper() for q in captured.captured_queries]
+    assert kinds == ["BEGIN", "INSERT", "COMMIT"]
+    [message] = published
+    assert message["headers"]["id"] == Action.objects.get(pk=started.action.pk).task_id
+    assert message["body"][1] == {"handler": "tests.echo"}
+    assert message["headers"]["eta"] == started.action.run_after.isoformat()
 
 
 def test_start_inside_a_rolled_back_transaction_sends_nothing(

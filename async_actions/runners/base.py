@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from datetime import datetime
 from functools import partial
+from typing import Any
 from uuid import UUID
 
 from django.core.checks import CheckMessage
@@ -69,18 +70,46 @@ class BaseRunner(ABC):
     def dispatch(self, action_id: UUID) -> None:
         """Arrange for ``executor.execute(action_id)`` to run; called after commit."""
 
-    def dispatch_after_commit(self, action_id: UUID, when: datetime | None = None) -> None:
+    def message_id_for_start(self) -> str:
+        """The id of the message a start will send, stored in the action's INSERT
+        (``task_id``) so the dispatch after commit need not write it; "" when the queue
+        chooses its ids itself (the default)."""
+        return ""
+
+    def dispatch_after_commit(
+        self, action_id: UUID, when: datetime | None = None, action: Any = None
+    ) -> None:
         """Dispatch a new action once the transaction that created it commits (at
         ``when`` for a delayed start).
 
-        ``service.start`` calls it after its INSERT; a handler never races the
-        transaction that made its data. (The testing runners override it: a test's own
-        transaction never commits.)
+        ``service.start`` calls it after its INSERT, with the ``action`` it inserted (a
+        runner may send what it knows from it instead of reading the row again); a
+        handler never races the transaction that made its data. (The testing runners
+        override it: a test's own transaction never commits.)
         """
         if when is None:
             transaction.on_commit(partial(self.dispatch, action_id))
         else:
             transaction.on_commit(partial(self.dispatch_at, action_id, when))
+
+    def enqueues_in_start(self) -> bool:
+        """Whether ``service.start`` may hand the action over inside its own transaction
+        (:meth:`enqueue_in_start`) instead of after commit (:meth:`dispatch_after_commit`).
+
+        Only a queue that writes to the actions' database can: its message commits or
+        rolls back with the action, so no worker sees one without the other, and the
+        start costs no statement after its commit. The default: no.
+        """
+        return False
+
+    def enqueue_in_start(self, action_id: UUID, when: datetime | None, backlog: int) -> str:
+        """Queue the action not yet inserted, inside the start's transaction; the id of
+        the message, stored in the action's INSERT (``task_id``).
+
+        Called only when :meth:`enqueues_in_start` said yes, with the owner's other
+        unfinished actions (``backlog``, for the priority) counted by the start.
+        """
+        raise NotImplementedError
 
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
         """Dispatch once ``when`` has come (a delayed start, a retry's backoff).

@@ -26,6 +26,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -33,7 +34,7 @@ from celery import Task, current_app, shared_task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_ready
 from django.core import checks
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -154,11 +155,27 @@ class CeleryRunner(BaseRunner):
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
         self._send(action_id, when)
 
+    def message_id_for_start(self) -> str:
+        """Chosen before the start's INSERT, which stores it: the row names the message
+        before it is sent, so a worker that takes it at once finds it."""
+        return str(uuid.uuid4())
+
+    def dispatch_after_commit(
+        self, action_id: UUID, when: datetime | None = None, action: Any = None
+    ) -> None:
+        """Send what the start just inserted (its handler, ``run_after`` and message id)
+        once it commits, without reading the row again or writing the id after it."""
+        if action is None or not action.task_id:
+            super().dispatch_after_commit(action_id, when, action)
+            return
+        eta_from = when or action.run_after
+        transaction.on_commit(
+            partial(self._publish, action_id, action.handler, action.task_id, eta_from)
+        )
+
     def _send(self, action_id: UUID, when: datetime | None) -> None:
         if not self.accepting:
             return
-        # Without ``async_actions.startup()`` this process sweeps from its first dispatch.
-        recovery.start_periodic()
         try:
             row = (
                 Action.objects.filter(pk=action_id, status=PENDING)
@@ -167,7 +184,6 @@ class CeleryRunner(BaseRunner):
             )
             if row is None:
                 return  # ended or claimed meanwhile: nothing to run
-            options = self.message_options(row["handler"], _eta(when, row["run_after"]))
             task_id = str(uuid.uuid4())
             # Stored before the send, so a worker that takes the message at once finds it.
             Action.objects.filter(pk=action_id, status=PENDING).update(task_id=task_id)
@@ -175,9 +191,21 @@ class CeleryRunner(BaseRunner):
             logger.exception("Could not dispatch action %s; recovery will retry", action_id)
             close_old_connections()
             return
+        self._publish(action_id, row["handler"], task_id, _eta(when, row["run_after"]))
+
+    def _publish(
+        self, action_id: UUID, handler: str, task_id: str, eta_from: datetime | None
+    ) -> None:
+        """Send the message ``task_id``, which the pending row already names."""
+        if not self.accepting:
+            _forget_message(str(action_id), task_id)  # not sent: recovery sends it
+            return
+        # Without ``async_actions.startup()`` this process sweeps from its first dispatch.
+        recovery.start_periodic()
+        options = self.message_options(handler, _eta(eta_from, None))
         try:
             run_action.apply_async(
-                (str(action_id),), {"handler": row["handler"]}, task_id=task_id, **options
+                (str(action_id),), {"handler": handler}, task_id=task_id, **options
             )
         except Exception:
             # The row stays pending and names no message; recovery sends it again.

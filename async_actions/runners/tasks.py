@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from django.apps import apps
 from django.core import checks
 from django.db import DatabaseError, connections, router
 
@@ -57,12 +58,17 @@ _OUTCOME_WORDS: dict[str | None, str] = {
 }
 
 
+def _task_ref(result: Any) -> str:
+    """The id of an enqueued task as the row's ``task_id`` holds it."""
+    return str(getattr(result, "id", "") or "")[:255]
+
+
 def _remember_task(action_id: UUID, result: Any) -> None:
     """Store the task's id on the still-pending row, for recovery to look it up.
 
     Hand-written: it runs on every dispatch, and the ORM compiled it anew each time.
     """
-    ref = str(getattr(result, "id", "") or "")[:255]
+    ref = _task_ref(result)
     if not ref:
         return
     conn = connections[router.db_for_write(Action)]
@@ -121,6 +127,45 @@ class TasksRunner(BaseRunner):
             return
         _remember_task(action_id, result)
 
+    def enqueues_in_start(self) -> bool:
+        """Yes for django-tasks-db writing its tasks to the actions' database, where the
+        start's transaction holds the write lock from its first statement (PostgreSQL's
+        advisory locks; SQLite only in ``transaction_mode`` IMMEDIATE, else a start that
+        counts before it writes can fail on a busy database instead of waiting).
+        """
+        backend = self._backend()
+        if not self.accepting or type(backend).__module__.split(".")[0] != "django_tasks_db":
+            return False
+        try:
+            model = apps.get_model("django_tasks_database", "DBTaskResult")
+        except LookupError:
+            return False
+        alias = router.db_for_write(Action)
+        if router.db_for_write(model) != alias:
+            return False
+        conn = connections[alias]
+        options = conn.settings_dict.get("OPTIONS") or {}
+        return conn.vendor == "postgresql" or (
+            conn.vendor == "sqlite" and str(options.get("transaction_mode", "")) == "IMMEDIATE"
+        )
+
+    def enqueue_in_start(self, action_id: UUID, when: datetime | None, backlog: int) -> str:
+        """One INSERT into django-tasks-db's table, in the start's transaction.
+
+        A failure other than the database's is logged and the start goes on without a
+        task, as :meth:`dispatch` does (recovery enqueues it); the database's own error
+        aborts the start, whose transaction is no longer usable anyway.
+        """
+        recovery.start_periodic()  # as dispatch does
+        options = {"run_after": when} if when is not None else self._priority(backlog)
+        try:
+            return _task_ref(self._task(**options).enqueue(str(action_id)))
+        except DatabaseError:
+            raise
+        except Exception:
+            logger.exception("Could not enqueue action %s; recovery will retry", action_id)
+            return ""
+
     def dispatch_at(self, action_id: UUID, when: datetime) -> None:
         recovery.start_periodic()  # as dispatch does, for a process that only delays
         if not self.supports_defer:
@@ -176,8 +221,13 @@ class TasksRunner(BaseRunner):
         actions an owner has, the lower the task's priority (see ``fairness``)."""
         if not self.supports_priority:
             return {}
-        waiting = fairness.backlog(action_id)
-        return {"priority": max(LOWEST_PRIORITY, -waiting)} if waiting else {}
+        return self._priority(fairness.backlog(action_id))
+
+    def _priority(self, waiting: int) -> dict[str, int]:
+        """The task's priority for an owner with ``waiting`` other unfinished actions."""
+        if not waiting or not self.supports_priority:
+            return {}
+        return {"priority": max(LOWEST_PRIORITY, -waiting)}
 
     def _backend(self) -> Any:
         try:

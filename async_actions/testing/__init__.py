@@ -99,9 +99,11 @@ class _RecordingRunner(BaseRunner):
     def start(self) -> None:
         """Nothing to start: no recovery sweeper or shutdown hook in a test."""
 
-    def dispatch_after_commit(self, action_id: UUID, when: datetime | None = None) -> None:
+    def dispatch_after_commit(
+        self, action_id: UUID, when: datetime | None = None, action: Any = None
+    ) -> None:
         if not _only_test_transactions():
-            super().dispatch_after_commit(action_id, when)
+            super().dispatch_after_commit(action_id, when, action)
         elif when is None:
             self.dispatch(action_id)
         else:
