@@ -17,8 +17,9 @@ import re
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core import signals
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http.response import HttpResponseBase
 from django.urls import Resolver404, path, re_path, resolve, set_script_prefix
@@ -115,10 +116,21 @@ class StatusPollRouter:
     A request goes the one-hop way only if it is a ``GET`` whose path the site's root
     URLconf resolves to a status page (:class:`async_actions.views.StatusPage`, wherever
     the site mounted the views); everything else, ``HEAD`` included, goes to ``app``
-    unchanged. Either way Django's whole middleware chain and the view answer it.
+    unchanged. Either way Django's whole middleware chain and the view answer it. ``app``
+    must be Django's own ASGI handler (optionally in ``ASGIStaticFilesHandler``): an ASGI
+    middleware in between would be skipped for status polls, so it is refused.
     """
 
     def __init__(self, app: Any) -> None:
+        inner = app.application if isinstance(app, ASGIStaticFilesHandler) else app
+        if not isinstance(inner, ASGIHandler):
+            # Whatever ASGI middleware sits between this router and Django would not see
+            # the status polls: refuse, rather than skip a site's check silently.
+            raise ImproperlyConfigured(
+                "StatusPollRouter must wrap Django's ASGI application (get_asgi_application(),"
+                f" optionally in ASGIStaticFilesHandler), not {type(app).__qualname__}; put"
+                " other ASGI middleware outside it."
+            )
         self.app = app
         self.handler = StatusPollHandler()
 

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
@@ -185,3 +187,12 @@ def test_the_handler_runs_the_whole_middleware_chain_in_sync_mode() -> None:
     handler = StatusPollHandler()
     assert handler._middleware_chain is not None
     assert not asyncio.iscoroutinefunction(handler._middleware_chain)
+
+
+def test_the_router_refuses_to_skip_an_asgi_middleware_around_django() -> None:
+    async def site_check(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+        await ASGIHandler()(scope, receive, send)
+
+    with pytest.raises(ImproperlyConfigured, match="must wrap Django's ASGI application"):
+        StatusPollRouter(site_check)
+    StatusPollRouter(ASGIStaticFilesHandler(ASGIHandler()))  # static files around it: fine
