@@ -14,6 +14,9 @@ Wrap them in ``AuthMiddlewareStack`` (ownership needs the user and session) and
 from __future__ import annotations
 
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -21,6 +24,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core import signals
 from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import connections
 from django.http.response import HttpResponseBase
 from django.urls import Resolver404, path, re_path, resolve, set_script_prefix
 
@@ -74,6 +78,14 @@ class StatusPollHandler(ASGIHandler):
     the site is skipped; the answer is the one the plain handler gives.
     """
 
+    def __init__(self, *, threads: int = 4, conn_max_age: float | None = None) -> None:
+        super().__init__()
+        #: Its own bounded pool, as a WSGI server's threads: each thread holds at most
+        #: one database connection per alias, so ``threads`` bounds them.
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="async-actions-poll")
+        self.threads = threads
+        self.conn_max_age = conn_max_age
+
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
 
@@ -82,10 +94,10 @@ class StatusPollHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        # One hop on the loop's shared pool, as a WSGI worker thread serves a request:
-        # each thread keeps its own database connection, and request_started/_finished
-        # run there (close_old_connections applies CONN_MAX_AGE).
-        response = await sync_to_async(self._serve, thread_sensitive=False)(scope, body_file)
+        # One hop, as a WSGI worker thread serves a request: request_started/_finished
+        # run on that thread (close_old_connections applies CONN_MAX_AGE there).
+        serve = sync_to_async(self._serve, thread_sensitive=False, executor=self.executor)
+        response = await serve(scope, body_file)
         try:
             await self.send_response(response, send)
         finally:
@@ -96,14 +108,46 @@ class StatusPollHandler(ASGIHandler):
     def _serve(self, scope: dict[str, Any], body_file: Any) -> HttpResponseBase:
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
+        opened = {conn.alias for conn in connections.all(initialized_only=True) if conn.connection}
         request, response = self.create_request(scope, body_file)
         if request is not None:
             response = self.get_response(request)
             response._handler_class = self.__class__  # type: ignore[attr-defined]
         assert response is not None
+        self._keep_new_connections(opened)
         if not response.streaming:
             response.close()  # request_finished; the content is already in memory
         return response
+
+    def _keep_new_connections(self, opened_before: set[str]) -> None:
+        """Give connections this request opened ``conn_max_age`` seconds of life.
+
+        Django keeps a connection for ``CONN_MAX_AGE`` (``close_at``, checked by
+        ``close_old_connections`` at the start and end of each request); 0, the usual
+        setting under ASGI, where each request has a new thread, closes it after every
+        request. This pool's threads live on, so a connection can serve their next
+        polls; broken ones are still closed (``close_if_unusable_or_obsolete``).
+        """
+        if self.conn_max_age is None:
+            return
+        until = time.monotonic() + self.conn_max_age
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is None or conn.alias in opened_before:
+                continue
+            if conn.close_at is not None and conn.close_at < until:
+                conn.close_at = until
+
+    def close_connections(self) -> None:
+        """Close the pool threads' database connections (tests, shutdown)."""
+        threads = self.threads  # one call per thread: each waits until all threads ran one
+        barrier = threading.Barrier(threads)
+
+        def close() -> None:
+            connections.close_all()
+            barrier.wait(timeout=10)  # hold this thread, so the others take the rest
+
+        for future in [self.executor.submit(close) for _ in range(threads)]:
+            future.result()
 
 
 class StatusPollRouter:
@@ -119,9 +163,13 @@ class StatusPollRouter:
     unchanged. Either way Django's whole middleware chain and the view answer it. ``app``
     must be Django's own ASGI handler (optionally in ``ASGIStaticFilesHandler``): an ASGI
     middleware in between would be skipped for status polls, so it is refused.
+
+    ``threads`` bounds the pool the polls run on. ``conn_max_age`` (seconds; None: the
+    site's ``CONN_MAX_AGE``) lets a connection a poll opened serve that thread's next
+    polls for that long, as ``CONN_MAX_AGE`` does under WSGI.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, threads: int = 4, conn_max_age: float | None = None) -> None:
         inner = app.application if isinstance(app, ASGIStaticFilesHandler) else app
         if not isinstance(inner, ASGIHandler):
             # Whatever ASGI middleware sits between this router and Django would not see
@@ -132,7 +180,7 @@ class StatusPollRouter:
                 " other ASGI middleware outside it."
             )
         self.app = app
-        self.handler = StatusPollHandler()
+        self.handler = StatusPollHandler(threads=threads, conn_max_age=conn_max_age)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and self.is_status_poll(scope):

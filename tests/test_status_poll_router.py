@@ -18,6 +18,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
+from django.db.backends.signals import connection_created
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -196,3 +197,29 @@ def test_the_router_refuses_to_skip_an_asgi_middleware_around_django() -> None:
     with pytest.raises(ImproperlyConfigured, match="must wrap Django's ASGI application"):
         StatusPollRouter(site_check)
     StatusPollRouter(ASGIStaticFilesHandler(ASGIHandler()))  # static files around it: fine
+
+
+@pytest.mark.parametrize(("conn_max_age", "opened"), [(None, 3), (60, 1)])
+def test_conn_max_age_lets_a_poll_thread_keep_its_connection(
+    conn_max_age: float | None, opened: int
+) -> None:
+    """Under CONN_MAX_AGE = 0 every poll opens a connection; with conn_max_age, one does."""
+    owner_client, key = _anonymous_owner()
+    url = _url(_running(session_key=key))
+    router = StatusPollRouter(ASGIHandler(), threads=1, conn_max_age=conn_max_age)
+    created: list[Any] = []
+
+    def count(sender: Any, connection: Any, **kwargs: Any) -> None:
+        created.append(connection)
+
+    connection_created.connect(count)
+    try:
+
+        async def polls() -> list[int]:
+            return [(await _call(router, _scope(url, _cookie(owner_client))))[0] for _ in range(3)]
+
+        assert asyncio.run(polls()) == [200, 200, 200]
+    finally:
+        connection_created.disconnect(count)
+        router.handler.close_connections()
+    assert len(created) == opened
