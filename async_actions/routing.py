@@ -193,8 +193,8 @@ class StatusPollRouter:
         path = scope.get("path", "")
         if scope.get("method") != "GET" or not _STATUS_SHAPE.search(path):
             return False
-        root = scope.get("root_path", "")
-        path_info = path.removeprefix(root) if root and path.startswith(root) else path
+        # The path_info Django's ASGIRequest derives (root_path or FORCE_SCRIPT_NAME).
+        path_info = path.removeprefix(get_script_prefix(scope))
         try:
             match = resolve(path_info)
         except Resolver404:
