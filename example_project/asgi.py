@@ -15,14 +15,20 @@ from django.urls import re_path  # noqa: E402
 
 import async_actions  # noqa: E402
 from async_actions.origins import SameOriginValidator  # noqa: E402
-from async_actions.routing import websocket_not_found, websocket_urlpatterns  # noqa: E402
+from async_actions.routing import (  # noqa: E402
+    StatusPollRouter,
+    websocket_not_found,
+    websocket_urlpatterns,
+)
 
 if settings.DEBUG:  # `python -m daphne` serves static files itself only in the demo
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Status polls through Django in one thread hop, on 4 threads that keep their
+        # database connection for 60 s (docs/deploy.md).
+        "http": StatusPollRouter(django_asgi_app, conn_max_age=60),
         "websocket": SameOriginValidator(
             AuthMiddlewareStack(
                 URLRouter([*websocket_urlpatterns, re_path(r"", websocket_not_found)])
