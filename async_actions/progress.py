@@ -2,8 +2,10 @@
 
 A handler may call ``set_progress`` in a tight loop. Each call only updates memory and
 bumps ``seq``; the database is written at most every ``PROGRESS_DB_INTERVAL`` and the
-channel layer pushed at most every ``PUSH_INTERVAL``. The monitor thread flushes
-trailing changes, and the final state is always written and pushed.
+channel layer pushed at most every ``PUSH_INTERVAL``. The monitor (supervisor) thread
+flushes trailing changes and writes the progress of every action running in the process
+in one transaction per tick (:func:`store_progress`); the final state is always written
+and pushed.
 """
 
 from __future__ import annotations
