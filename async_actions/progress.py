@@ -2,8 +2,10 @@
 
 A handler may call ``set_progress`` in a tight loop. Each call only updates memory and
 bumps ``seq``; the database is written at most every ``PROGRESS_DB_INTERVAL`` and the
-channel layer pushed at most every ``PUSH_INTERVAL``. The monitor thread flushes
-trailing changes, and the final state is always written and pushed.
+channel layer pushed at most every ``PUSH_INTERVAL``. The monitor (supervisor) thread
+flushes trailing changes and writes the progress of every action running in the process
+in one transaction per tick (:func:`store_progress`); the final state is always written
+and pushed.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import math
 import numbers
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, close_old_connections, connections, router
+from django.db import DatabaseError, close_old_connections, connections, router, transaction
 from django.utils import timezone
 
 from async_actions import events
@@ -44,6 +47,7 @@ __all__ = [
     "push_action",
     "pusher",
     "retention",
+    "store_progress",
     "validate_data",
     "validate_percent",
 ]
@@ -249,12 +253,9 @@ class Publisher:
         """
         with self._lock:
             push_due = self._seq > self._pushed_seq and now - self._last_push >= self._push_interval
-            write_due = (self._seq > self._written_seq or self._log_dirty) and (
-                now - self._last_write >= self._db_interval
-            )
         if push_due:
             self.push()
-        if write_due and write:
+        if write and self.write_due(now):
             with self._write_lock:
                 self._write()
 
@@ -316,8 +317,34 @@ class Publisher:
         pusher.push(self.action_id, snapshot)
 
     def _write(self) -> None:
-        if self.closed:
+        taken = self.take_write()
+        if taken is not None:
+            self.store(*taken)
+
+    def store(self, fields: dict[str, Any], seq: int, log_dirty: bool) -> None:
+        """Write what :meth:`take_write` gave, on condition the row still runs."""
+        try:
+            updated = Action.objects.filter(pk=self.action_id, status="running").update(**fields)
+        except DatabaseError:
+            logger.warning("Progress of action %s not written; will retry", self.action_id)
+            close_old_connections()
+            self.write_failed(log_dirty)
             return
+        self.written(seq, updated=bool(updated))
+
+    def write_due(self, now: float) -> bool:
+        """Whether a change waits to be written and ``PROGRESS_DB_INTERVAL`` has passed."""
+        with self._lock:
+            return (self._seq > self._written_seq or self._log_dirty) and (
+                now - self._last_write >= self._db_interval
+            )
+
+    def take_write(self) -> tuple[dict[str, Any], int, bool] | None:
+        """The row fields to write now, the ``seq`` they carry and whether the log is in
+        them; None once closed. Call with :attr:`write_lock` held, then :meth:`written`
+        or :meth:`write_failed`."""
+        if self.closed:
+            return None
         with self._lock:
             self._last_write = time.monotonic()
             seq, log_dirty = self._seq, self._log_dirty
@@ -331,19 +358,21 @@ class Publisher:
             if log_dirty:
                 fields["log"] = list(self._log)
             self._log_dirty = False
-        try:
-            updated = Action.objects.filter(pk=self.action_id, status="running").update(**fields)
-        except DatabaseError:
-            logger.warning("Progress of action %s not written; will retry", self.action_id)
-            close_old_connections()
-            with self._lock:
-                self._log_dirty = self._log_dirty or log_dirty
-            return
+        return fields, seq, log_dirty
+
+    def written(self, seq: int, *, updated: bool) -> None:
+        """The fields :meth:`take_write` gave were written (``updated``: the row still
+        ran, so the condition matched)."""
         self.writes += 1
         with self._lock:
             self._written_seq = max(self._written_seq, seq)
         if not updated:
             self.lost = True
+
+    def write_failed(self, log_dirty: bool) -> None:
+        """The write did not happen: the log is written with the next one."""
+        with self._lock:
+            self._log_dirty = self._log_dirty or log_dirty
 
     # -- called by async_actions.lifecycle, which writes the status ---------------------
     @property
@@ -417,6 +446,59 @@ class Publisher:
         the supervisor must not push or write it meanwhile as a "running" state (a tab
         would see the last progress twice, the second time with the end's ``seq``)."""
         self._pushed_seq = self._written_seq = self._seq
+
+
+def store_progress(publishers: Iterable[Publisher], now: float) -> None:
+    """Write the due progress of many running actions: one transaction per database.
+
+    The supervisor calls this each tick for every action running in the process, so
+    the database sees one writer and one commit per interval, not one per action. With
+    a hundred handlers on SQLite, each handler thread writing its own row queued them
+    all on the database's single write lock (docs/performance.md, "Fan-out").
+
+    An action whose final state is being written (its :attr:`Publisher.write_lock`
+    held) is skipped: that write carries everything. If the one transaction fails (a
+    row another transaction locks past the supervisor's lock wait, say), each row is
+    tried on its own, so one action cannot hold up the others' progress.
+    """
+    held: list[Publisher] = []
+    batches: dict[str, list[tuple[Publisher, dict[str, Any], int, bool]]] = {}
+    try:
+        for publisher in publishers:
+            if not publisher.write_due(now) or not publisher.write_lock.acquire(blocking=False):
+                continue
+            held.append(publisher)
+            taken = publisher.take_write()
+            if taken is not None:
+                batches.setdefault(publisher._alias, []).append((publisher, *taken))
+        for alias, batch in batches.items():
+            _store_batch(alias, batch)
+    finally:
+        for publisher in held:
+            publisher.write_lock.release()
+
+
+def _store_batch(alias: str, batch: list[tuple[Publisher, dict[str, Any], int, bool]]) -> None:
+    rows = Action.objects.using(alias)
+    try:
+        with transaction.atomic(using=alias):
+            counts = [
+                rows.filter(pk=publisher.action_id, status="running").update(**fields)
+                for publisher, fields, _seq, _log_dirty in batch
+            ]
+    except DatabaseError:
+        close_old_connections()
+        if len(batch) == 1:
+            publisher, fields, seq, log_dirty = batch[0]
+            logger.warning("Progress of action %s not written; will retry", publisher.action_id)
+            publisher.write_failed(log_dirty)
+            return
+        logger.warning("Progress of %d actions not written together; writing each", len(batch))
+        for publisher, fields, seq, log_dirty in batch:
+            publisher.store(fields, seq, log_dirty)
+        return
+    for (publisher, _fields, seq, _log_dirty), count in zip(batch, counts, strict=True):
+        publisher.written(seq, updated=bool(count))
 
 
 def retention() -> timedelta:

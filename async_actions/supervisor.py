@@ -35,6 +35,7 @@ from django.utils.translation import gettext
 from async_actions import lifecycle
 from async_actions.conf import action_settings
 from async_actions.models import Action
+from async_actions.progress import store_progress
 
 if TYPE_CHECKING:
     from async_actions.context import ActionContext
@@ -95,6 +96,9 @@ class Supervisor:
     # -- called by the executor, in the thread that runs the handler -------------------
     def register(self, ctx: ActionContext, publisher: Publisher) -> None:
         """Serve the action from now until :meth:`unregister` (after its final write)."""
+        # From now on this thread writes the action's progress, with every other running
+        # action's in one transaction (progress.store_progress), not the handler's.
+        publisher.inline_writes = False
         with self._lock:
             self._running[ctx.action_id] = _Running(ctx, publisher)
             if self._thread is None or not self._thread.is_alive():
@@ -200,13 +204,7 @@ class Supervisor:
         writable = not any(
             e.publisher.on_sqlite and e.publisher.in_handler_transaction() for e in entries
         )
-        for entry in entries:
-            try:
-                entry.publisher.flush_due(now, write=writable)
-            except Exception:
-                logger.exception("Flushing progress of %s failed", entry.ctx.action_id)
-            if entry.publisher.lost:
-                entry.ctx.cancel("its row stopped running")
+        self._flush(entries, now, write=writable)
         for entry in entries:
             self._enforce_limit(entry, now)
         if now - self._last_cancel_poll >= float(action_settings.CANCEL_POLL_INTERVAL):
@@ -216,6 +214,22 @@ class Supervisor:
             self._last_heartbeat = now
             self._heartbeat([entry.ctx.action_id for entry in entries])
         time.sleep(max(0.005, min(float(action_settings.PUSH_INTERVAL), 0.25)))
+
+    def _flush(self, entries: list[_Running], now: float, *, write: bool) -> None:
+        """Push what no update pushed, then write every due action's progress at once."""
+        for entry in entries:
+            try:
+                entry.publisher.flush_due(now, write=False)
+            except Exception:
+                logger.exception("Pushing progress of %s failed", entry.ctx.action_id)
+        if write:
+            try:
+                store_progress((entry.publisher for entry in entries), now)
+            except Exception:
+                logger.exception("Writing progress of %d actions failed", len(entries))
+        for entry in entries:
+            if entry.publisher.lost:
+                entry.ctx.cancel("its row stopped running")
 
     def _poll_cancels(self, entries: list[_Running]) -> None:
         waiting = {e.ctx.action_id: e for e in entries if not e.ctx.cancelled}

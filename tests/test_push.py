@@ -158,8 +158,26 @@ async def test_a_burst_of_pushes_from_threads_arrives_whole_and_in_order_per_thr
         message = await asyncio.wait_for(layer.receive(member), TIMEOUT)
         received[message["group"].rsplit(".", 1)[1]].append(message["seq"])
     await asyncio.to_thread(lambda: [thread.join(TIMEOUT) for thread in threads])
-    assert received == {
-        action_id.hex: list(range(1, per_thread + 1)) for action_id in ids
-    }
+    assert received == {action_id.hex: list(range(1, per_thread + 1)) for action_id in ids}
     assert fresh.failures == failures
     assert not any(fresh._queued.values())  # nothing left waiting for a wake-up
+
+
+async def test_a_group_send_reaches_each_member_with_its_own_copy_and_skips_a_full_one() -> None:
+    """The layer puts a group message on each member's queue in turn (no task per
+    member): a full member misses it, the others still get it, in order, each a copy."""
+    layer = InMemoryChannelLayer(capacity=2)
+    full, first, second = [await layer.new_channel() for _ in range(3)]
+    for channel in (full, first, second):
+        await layer.group_add("g", channel)
+    await layer.send(full, {"type": "x", "n": -1})
+    await layer.send(full, {"type": "x", "n": 0})  # ``full`` is at capacity now
+    message = {"type": "x", "n": 1, "data": {"deep": [1]}}
+    await layer.group_send("g", message)
+    await layer.group_send("g", {"type": "x", "n": 2})
+    got = [await layer.receive(first), await layer.receive(first)]
+    assert [m["n"] for m in got] == [1, 2]
+    copy = await layer.receive(second)
+    assert copy == message and copy is not message and copy["data"] is not got[0]["data"]
+    assert [(await layer.receive(full))["n"] for _ in range(2)] == [-1, 0]
+    await layer.group_send("empty", {"type": "x"})  # no members: nothing happens
