@@ -35,6 +35,7 @@ from bench._common import (
     record,
     start_daphne,
     stop,
+    verdict,
     write_section,
 )
 
@@ -50,6 +51,8 @@ TARGET_P99_MS, TARGET_KB, TARGET_RATIO = 100.0, 100.0, 3.0
 #: A progress frame older than this when it arrives counts as delivered but not fresh.
 FRESH_MS = 1000.0
 ASGI_APP = "bench.asgi_peer:application"
+#: The venv's py-spy (its bin directory need not be on PATH).
+PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 HANDLER = os.environ.get("BENCH_FANOUT_HANDLER", "bench.ticker")
 
 
@@ -122,7 +125,7 @@ def run_side(side: str, args: argparse.Namespace, token: str, session: str) -> d
         print(f"{side}: connected {args.clients} in {connect_s:.1f}s", file=sys.stderr)
         if os.environ.get("BENCH_PROFILE") and side == "ours":  # py-spy of the server
             subprocess.Popen(
-                ["py-spy", "record", "-p", str(daphne.pid), "-o", os.environ["BENCH_PROFILE"],
+                [PY_SPY, "record", "-p", str(daphne.pid), "-o", os.environ["BENCH_PROFILE"],
                  "--format", "raw", "-r", "100", "-d", str(int(args.seconds))],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -162,14 +165,15 @@ def run_side(side: str, args: argparse.Namespace, token: str, session: str) -> d
     }
 
 
-def _row(figure: str, ours: str, peer: str, ratio: str, target: str, met: bool | None = None,
-         key: str = "") -> dict:  # fmt: skip
-    row = {"figure": figure, "ours": ours, "peer": peer, "ratio": ratio, "target": target}
-    if met is not None:
-        row["verdict"] = "met" if met else "MISSED"
-    if key:  # one of issue 18's rows; its profile: py-spy of the server (BENCH_PROFILE)
-        row.update(key=key, profile="py-spy")
-    return row
+def _row(figure: str, ours: str, peer: str, ratio: str, target: str, met: bool | None) -> dict:
+    return {
+        "figure": figure,
+        "ours": ours,
+        "peer": peer,
+        "ratio": ratio,
+        "target": target,
+        "verdict": "" if met is None else verdict(met),
+    }
 
 
 def main() -> None:
@@ -204,7 +208,7 @@ def main() -> None:
         _row(f"fan-out: {shape}, p50 / p99", f"{p50:.1f} / {p99:.1f} ms",
              "" if peer is None else f"{percentile(peer['latencies'], 50):.1f} / "
              f"{percentile(peer['latencies'], 99):.1f} ms", "",
-             f"p99 ≤ {TARGET_P99_MS:.0f} ms", p99 <= TARGET_P99_MS, "fanout_p99"),
+             f"p99 ≤ {TARGET_P99_MS:.0f} ms", p99 <= TARGET_P99_MS),
         _row("fan-out: final states lost", str(lost),
              "" if peer is None else str(peer["lost"]), "", "0", lost == 0),
         _row("fan-out: daphne RSS per connection", f"{per_conn:.0f} KB", "", "",
@@ -212,22 +216,30 @@ def main() -> None:
     ]  # fmt: skip
     peer_lines = ""
     if peer is not None:
+        # The issue's row ("frames/s / plain Channels groups, >= 3x") counts frames that
+        # arrive within FRESH_MS of the update: a frame 40 s late shows a tab nothing it
+        # can use, and the peer's backlog replays would otherwise count as delivery. All
+        # frames, and frames per daphne CPU-second, are reported beside it, untargeted.
         fresh_peer = peer["fresh_per_s"]
         ratio = ours["fresh_per_s"] / fresh_peer if fresh_peer >= 0.5 else float("inf")
         rows.append(
             _row(f"fan-out frames/s arriving ≤ {FRESH_MS / 1000:.0f} s after the update, "
-                 f"{args.clients} tabs (peer: plain Channels groups)",
+                 f"{shape} (peer: plain Channels groups, same daphne)",
                  f"{ours['fresh_per_s']:.0f}", f"{peer['fresh_per_s']:.0f}",
                  f"{ratio:.2f}×" if ratio != float("inf") else "∞ (the peer's are all late)",
-                 f"≥ {TARGET_RATIO:.0f}×", ratio >= TARGET_RATIO, "fanout_frames")
+                 f"≥ {TARGET_RATIO:.0f}×", ratio >= TARGET_RATIO)
         )  # fmt: skip
         rows.append(
             _row("fan-out frames/s, all (wall) / per daphne CPU-second",
                  f"{ours['frames_per_s']:.0f} / {ours['frames_per_cpu_s']:.0f}",
                  f"{peer['frames_per_s']:.0f} / {peer['frames_per_cpu_s']:.0f}",
                  f"{ours['frames_per_s'] / max(1e-9, peer['frames_per_s']):.2f}× / "
-                 f"{ours['frames_per_cpu_s'] / max(1e-9, peer['frames_per_cpu_s']):.2f}×", "")
+                 f"{ours['frames_per_cpu_s'] / max(1e-9, peer['frames_per_cpu_s']):.2f}×",
+                 "", None)
         )  # fmt: skip
+    for index, key in ((0, "fanout_p99"), (3, "fanout_frames")):  # issue 18's (run_all)
+        if index < len(rows):
+            rows[index].update(key=key, profile="py-spy")  # py-spy: BENCH_PROFILE above
     record("fanout", rows)
     for side, got in sides.items():
         lat = got["latencies"]
