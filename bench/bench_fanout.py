@@ -126,7 +126,7 @@ def run_side(side: str, args: argparse.Namespace, token: str, session: str) -> d
         if os.environ.get("BENCH_PROFILE") and side == "ours":  # py-spy of the server
             subprocess.Popen(
                 [PY_SPY, "record", "-p", str(daphne.pid), "-o", os.environ["BENCH_PROFILE"],
-                 "--format", "raw", "-r", "100", "-d", str(int(args.seconds))],
+                 "--format", "raw", "-r", "100", "--nonblocking", "-d", str(int(args.seconds))],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         cpu_at_go = cpu_seconds(daphne.pid)

@@ -101,7 +101,7 @@ PROFILED = {
     "engine": "daphne serving POST /api/actions/ and the polls, a pass after the measured one",
     "vs_celery": "daphne serving our status JSON, a pass before the measured runs",
     "celery_runner": "the Celery worker and its pool, one more throughput run of ours",
-    "fanout": "daphne during our measured side (sampling slows it a little)",
+    "fanout": "daphne during our measured side (--nonblocking: daphne is not paused)",
 }
 
 COLUMNS = ("figure", "ours", "peer", "ratio", "target", "verdict")
@@ -149,6 +149,7 @@ def profiles(rows: list[dict], results: Path) -> list[str]:
     """For each row whose target was missed, what the run recorded of where the time
     goes: the row's own profile text, or the py-spy recording of its benchmark."""
     lines: list[str] = []
+    shown: dict[str, str] = {}  # profile text -> the row it was shown for
     for row in rows:
         if row.get("verdict") != "MISSED":
             continue
@@ -166,7 +167,13 @@ def profiles(rows: list[dict], results: Path) -> list[str]:
                 else "(no py-spy recording: run without --no-profile, with py-spy installed)"
             )
         lines += [title, ""]
-        lines += ["```", text, "```", ""] if text else ["No profile recorded for this row.", ""]
+        if not text:
+            lines += ["No profile recorded for this row.", ""]
+        elif text in shown:
+            lines += [f"The same profile as for {shown[text]} above.", ""]
+        else:
+            shown[text] = f"row {row.get('number', row['figure'])}"
+            lines += ["```", text, "```", ""]
     return lines
 
 
