@@ -30,13 +30,12 @@ from bench._common import (
     ROOT,
     cpu_seconds,
     django_with_user,
-    free_port,
     machine,
     percentile,
     record,
+    start_daphne,
     stop,
     verdict,
-    wait_port,
     write_section,
 )
 
@@ -100,16 +99,11 @@ def _spawn_clients(port: int, session: str, paths: list[str], procs: int, limit:
 
 def run_side(side: str, args: argparse.Namespace, token: str, session: str) -> dict:
     """One daphne, ``args.actions`` tickers, ``args.clients`` sockets on ``side``'s route."""
-    port = free_port()
     go_file = TMP / f"go-{side}"
-    logs = open(TMP / f"daphne-{side}.log", "w")  # noqa: SIM115
-    daphne = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
-        cwd=ROOT, env=ENV, stdout=logs, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    server = start_daphne(ENV, TMP / f"daphne-{side}.log", ASGI_APP)
+    daphne, port = server.process, server.port
     clients: list = []
     try:
-        wait_port(port, daphne)
         _start(port, token, 0.2)  # warm-up: runner, layer, first WebSocket imports
         # ... and as many short tickers as the run has, so the first side does not pay
         # for a new SQLite file (its write-ahead log growing from empty) in its figures.
@@ -132,7 +126,7 @@ def run_side(side: str, args: argparse.Namespace, token: str, session: str) -> d
         if os.environ.get("BENCH_PROFILE") and side == "ours":  # py-spy of the server
             subprocess.Popen(
                 [PY_SPY, "record", "-p", str(daphne.pid), "-o", os.environ["BENCH_PROFILE"],
-                 "--format", "raw", "-r", "100", "-d", str(int(args.seconds))],
+                 "--format", "raw", "-r", "100", "--nonblocking", "-d", str(int(args.seconds))],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         cpu_at_go = cpu_seconds(daphne.pid)
@@ -243,6 +237,9 @@ def main() -> None:
                  f"{ours['frames_per_cpu_s'] / max(1e-9, peer['frames_per_cpu_s']):.2f}×",
                  "", None)
         )  # fmt: skip
+    for index, key in ((0, "fanout_p99"), (3, "fanout_frames")):  # issue 18's (run_all)
+        if index < len(rows):
+            rows[index].update(key=key, profile="py-spy")  # py-spy: BENCH_PROFILE above
     record("fanout", rows)
     for side, got in sides.items():
         lat = got["latencies"]

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,12 +32,11 @@ from bench._common import (
     FINAL,
     ROOT,
     django_with_user,
-    free_port,
     machine,
     percentile,
     record,
+    start_daphne,
     stop,
-    wait_port,
     write_section,
 )
 
@@ -102,15 +100,9 @@ def run(actions: int, clients: int, seconds: float) -> dict:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     env = _env(actions)
     token, session = django_with_user(env)
-    port = free_port()
-    log = open(TMP / "daphne.log", "w")  # noqa: SIM115
-    daphne = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "example_project.asgi:application"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    server = start_daphne(env, TMP / "daphne.log")
+    daphne, port = server.process, server.port
     try:
-        wait_port(port, daphne)
         started = time.monotonic()
         with ThreadPoolExecutor(20) as pool:
             posts = list(pool.map(lambda _: _post(port, token, seconds), range(actions)))
@@ -180,7 +172,8 @@ def main() -> None:
                 f"finals seen, {outcome['start_5xx'] + outcome['server_5xx_in_log']} 5xx",
                 "peer": "",
                 "ratio": "",
-                "target": f"all terminal, all finals seen, 0 5xx ({'met' if ok else 'MISSED'})",
+                "target": "all terminal, all finals seen, 0 5xx",
+                "verdict": "met" if ok else "MISSED",
             }
         ],
     )

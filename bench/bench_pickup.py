@@ -30,16 +30,8 @@ except ImportError:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import (
-    ROOT,
-    free_port,
-    machine,
-    percentile,
-    record,
-    stop,
-    wait_port,
-    write_section,
-)
+from bench._common import ROOT, machine, percentile, record, write_section
+from tests.servers import daphne
 
 #: The script: N sequential starts, each waited for; prints the latencies as JSON.
 SCRIPT = """
@@ -70,40 +62,16 @@ def _pg_up() -> bool:
         return False
 
 
-def measure(env: dict[str, str], starts: int, tmp: Path) -> list[float]:
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v0", "--noinput"], cwd=ROOT, env=env, check=True
-    )
-    port = free_port()
-    with open(tmp / f"daphne-{port}.log", "w") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "example_project.asgi:application",
-            ],
+def measure(env: dict[str, str], starts: int, log: Path) -> list[float]:
+    with daphne(env, log):  # migrates first
+        done = subprocess.run(
+            [sys.executable, "-c", SCRIPT.format(starts=starts)],
             cwd=ROOT,
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
-        try:
-            wait_port(port, server)
-            done = subprocess.run(
-                [sys.executable, "-c", SCRIPT.format(starts=starts)],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-        finally:
-            stop(server)
     line = [x for x in done.stdout.splitlines() if x.startswith("LAT ")]
     if not line:
         raise SystemExit(done.stdout + done.stderr)
@@ -136,8 +104,8 @@ def main() -> None:
         shapes.append(("PostgreSQL, LISTEN/NOTIFY", {"BENCH_PG_NAME": pg_name}))
     rows = []
     try:
-        for label, extra in shapes:
-            values = measure({**base, **extra}, args.starts, tmp)
+        for i, (label, extra) in enumerate(shapes):
+            values = measure({**base, **extra}, args.starts, tmp / f"daphne-{i}.log")
             rows.append((label, values))
             print(
                 f"{label}: p50 {percentile(values, 50):.1f} ms, "

@@ -60,6 +60,8 @@ def _count_writes(execute: Any, sql: str, params: Any, many: bool, context: Any)
 def _setup_ours() -> None:
     import django
 
+    import async_actions
+
     django.setup()
     from django.conf import settings
     from django.core.management import call_command
@@ -74,6 +76,7 @@ def _setup_ours() -> None:
 
     connection_created.connect(install, weak=False)
     call_command("migrate", verbosity=0)
+    async_actions.startup()  # this process runs the actions it starts
 
     from async_actions.handlers import handler
 
@@ -231,20 +234,23 @@ Machine: {machine()}.
                 "ratio": f"{peer_cells[2]} cheaper" if ratio else "",
                 "target": f"≤ {TARGET_US:.0f} µs ({verdict_us}), ≥ {TARGET_RATIO:.0f}× "
                 f"({verdict_ratio})",
+                "verdict": "MISSED" if "MISSED" in (verdict_us, verdict_ratio) else "met",
             },
             {
                 "figure": "writes per 10,000 updates",
                 "ours": f"{statistics.median(per_10k):.0f}",
                 "peer": peer_cells[1],
                 "ratio": "",
-                "target": "O(1) in updates (met)" if max(spread) < 100 else "O(1)",
+                "target": "O(1) in updates",
+                "verdict": "met" if max(spread) < 100 else "MISSED",
             },
             {
                 "figure": f"writes for {args.calls:,} updates spread over 2 s",
                 "ours": f"{statistics.median(spread):.0f}",
                 "peer": "",
                 "ratio": "",
-                "target": f"≤ {TARGET_WRITES_2S} ({verdict_writes})",
+                "target": f"≤ {TARGET_WRITES_2S}",
+                "verdict": verdict_writes,
             },
         ],
     )

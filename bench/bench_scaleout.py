@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,14 +35,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench._common import (
     ROOT,
     collecting_runner,
-    free_port,
     machine,
     percentile,
     record,
+    start_daphne,
     stop,
     top_entries,
     verdict,
-    wait_port,
     write_section,
 )
 
@@ -259,16 +259,10 @@ def main() -> None:
         from django.db import connection
 
         call_command("migrate", verbosity=0)
-        port = free_port()
         logs = open(os.devnull, "w")  # noqa: SIM115
-        daphne = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "example_project.asgi:application"],
-            cwd=ROOT, env=ENV, stdout=logs, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        processes.append(daphne)
-        wait_port(port, daphne)
-        latency = asyncio.run(_latency(port, args.updates, args.warmup))
+        daphne = start_daphne(ENV, Path(os.devnull))
+        processes.append(daphne.process)
+        latency = asyncio.run(_latency(daphne.port, args.updates, args.warmup))
         spent = _costs(args.profile)  # before the workers start: they would take the tasks
 
         worker = [sys.executable, "manage.py", "db_worker", "--no-reload"]
@@ -386,6 +380,9 @@ Machine: {machine()}; PostgreSQL and Redis on loopback.
                 "ratio": f"{rate / peer_rate:.2f}×",
                 "target": f"≥ {TARGET_THROUGHPUT_RATIO:g}×",
                 "verdict": verdict(rate / peer_rate >= TARGET_THROUGHPUT_RATIO),
+                "key": "tasks_throughput",
+                "profile": "cProfile of executor.execute() (a worker's part: claim, no-op, "
+                f"finish), {args.profile} actions in one process:\n{spent['run_profile']}",
             },
             {
                 "figure": "service.start() cost / tasks-db enqueue(), in the caller, median",
@@ -394,6 +391,10 @@ Machine: {machine()}; PostgreSQL and Redis on loopback.
                 "ratio": f"{cost / peer_cost:.2f}×",
                 "target": f"≤ {TARGET_START_RATIO:g}×",
                 "verdict": verdict(cost / peer_cost <= TARGET_START_RATIO),
+                "key": "start_cost",
+                "profile": f"one service.start(): {len(spent['ours'])} statements, "
+                f"enqueue(): {len(spent['peer'])}\n{_statements(spent['ours'])}\n\n"
+                f"cProfile of {args.profile} service.start() calls:\n{spent['start_profile']}",
             },
         ],
     )

@@ -46,13 +46,12 @@ from bench._common import (
     ROOT,
     cpu_seconds,
     django_with_user,
-    free_port,
     http_get_loop,
     machine,
     percentile,
     record,
+    start_daphne,
     stop,
-    wait_port,
     write_section,
 )
 
@@ -181,9 +180,12 @@ def _ours_start_api(site: Site, n: int) -> list[float]:
 
 
 def _ours_start_inprocess(n: int) -> list[float]:
+    import async_actions
     from async_actions import service
     from async_actions.models import Action
 
+    # This process runs what it starts (else daphne picks the rows up, seconds later).
+    async_actions.startup()
     out = []
     for _ in range(n):
         t0 = time.time()
@@ -291,23 +293,17 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(ENV.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")).ping()
-    port = free_port()
-    logs = open(TMP / "servers.log", "w")  # noqa: SIM115
+    logs = open(TMP / "celery.log", "w")  # noqa: SIM115
     processes = []
     try:
-        daphne = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "example_project.asgi:application"],
-            cwd=ROOT, env=ENV, stdout=logs, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        processes.append(daphne)
+        server = start_daphne(ENV, TMP / "daphne.log")
+        processes.append(server.process)
         worker = [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker"]
         worker += ["--pool=solo", "-Q", "bench", "--without-gossip", "--without-mingle"]
         processes.append(
             subprocess.Popen(worker, cwd=ROOT, env=ENV, stdout=logs, stderr=subprocess.STDOUT)
         )
-        wait_port(port, daphne)
-        site = Site(port, token, session, daphne.pid)
+        site = Site(server.port, token, session, server.process.pid)
         if args.status_only:
             print(json.dumps(_status_figures(site, args.repeat, args.rps_seconds)))
             return
@@ -345,7 +341,8 @@ def main() -> None:
             "ours": p(ours_lat, 50),
             "peer": p(peer_lat, 50),
             "ratio": f"{lat_ratio:.0f}× faster",
-            "target": f"≤ 5 ms, ≥ {TARGET_RATIO:.0f}× ({lat_verdict})",
+            "target": f"≤ 5 ms, ≥ {TARGET_RATIO:.0f}×",
+            "verdict": lat_verdict,
         },
         {
             "figure": "update → client latency, p99 (embedded)",
@@ -368,7 +365,10 @@ def main() -> None:
             "ours": f"{rps_o:.0f}",
             "peer": f"{rps_p:.0f}",
             "ratio": f"{rps_o / rps_p:.2f}×",
-            "target": f"≥ {STATUS_TARGET}× ({status_verdict})",
+            "target": f"≥ {STATUS_TARGET}×",
+            "verdict": status_verdict,
+            "key": "status_rps",
+            "profile": "py-spy",  # daphne serving our status JSON, a pass before the runs
         },
         {
             "figure": "status endpoint, unchanged state (304 to If-None-Match)",

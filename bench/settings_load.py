@@ -16,4 +16,7 @@ ASYNC_ACTIONS = {
     "MAX_ACTIVE_PER_OWNER": None,
     "MAX_ACTIVE_PER_ANONYMOUS_ADDRESS": None,
     "MAX_RUNNING_PER_OWNER": None,
+    # ... and watches them from 500 sockets (the defaults close those past 100: 4429).
+    "MAX_SOCKETS_PER_OWNER": None,
+    "MAX_SOCKETS_PER_OWNER_ACTION": None,
 }

@@ -88,36 +88,50 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
 
-@contextmanager
-def daphne(env: dict, log_path: Path, *, migrate: bool = True) -> Iterator[Server]:
-    """A daphne process with ``env`` on a free loopback port, stopped (SIGTERM) after."""
-    if migrate:
-        manage(env, "migrate", "--noinput", "-v0")
+
+#: The demo project's ASGI application, what ``daphne`` serves unless told otherwise.
+DEMO_APP = "example_project.asgi:application"
+
+
+def start_daphne(env: dict, log_path: Path, app: str = DEMO_APP, timeout: float = 30) -> Server:
+    """A daphne process serving ``app`` with ``env`` on a free loopback port, returned
+    once it answers HTTP; the caller stops it (:func:`stop`). For callers that cannot
+    hold a ``with`` block around the server's life (benchmarks); tests use :func:`daphne`.
+    """
     port = free_port()
-    with open(log_path, "w") as log:
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "example_project.asgi:application",
-            ],
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        server = Server(f"http://127.0.0.1:{port}", process, log_path, env)
-        try:
-            wait_http(f"{server.base}/", process)
-            yield server
-        finally:
-            stop(process)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, env)
+    try:
+        wait_http(f"{server.base}/", process, timeout)
+    except BaseException:
+        stop(process)
+        raise
+    return server
+
+
+@contextmanager
+def daphne(
+    env: dict, log_path: Path, *, migrate: bool = True, app: str = DEMO_APP
+) -> Iterator[Server]:
+    """A daphne process with ``env`` on a free loopback port, stopped (SIGTERM) after."""
+    if migrate:
+        manage(env, "migrate", "--noinput", "-v0")
+    server = start_daphne(env, log_path, app)
+    try:
+        yield server
+    finally:
+        stop(server.process)
 
 
 def stop(process: subprocess.Popen, timeout: float = 20) -> int:
