@@ -23,6 +23,7 @@ APP_REGISTRY_GUARDS = {
     # pytest loads plugins before pytest-django sets Django up.
     ("testing/pytest.py", "actions_inline"),
     ("testing/pytest.py", "actions_captured"),
+    ("testing/pytest.py", "actions_threaded"),
 }
 
 
