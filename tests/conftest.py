@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
+from django.utils import translation
 
 from async_actions import handlers
 from async_actions.runners import get_runner
@@ -86,3 +87,11 @@ def runner(transactional_db: None) -> Iterator[Any]:
     instance = runners.get_runner()
     yield instance
     runners.reset_runner()
+
+
+@pytest.fixture(autouse=True)
+def _site_language_after_each_test() -> Iterator[None]:
+    """A request through LocaleMiddleware leaves its language active on the thread; the
+    next test would write German errors. Each test ends back in LANGUAGE_CODE."""
+    yield
+    translation.deactivate()
