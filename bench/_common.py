@@ -299,21 +299,9 @@ def django_with_user(env: dict) -> tuple[str, str]:
     import django
 
     django.setup()
-    from django.contrib.auth import (
-        BACKEND_SESSION_KEY,
-        HASH_SESSION_KEY,
-        SESSION_KEY,
-        get_user_model,
-    )
-    from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
+
+    from tests.accounts import user_with_credentials
 
     call_command("migrate", verbosity=0)
-    user = get_user_model().objects.create_user("bench", password="bench")
-    session = SessionStore()
-    session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.create()
-    return Token.objects.create(user=user).key, session.session_key
+    return user_with_credentials("bench", "bench")

@@ -175,16 +175,8 @@ def scratch_database(prefix: str) -> Iterator[str]:
 #: A ``manage.py shell -c`` script: user "ops" with an API token and a logged-in session;
 #: it prints the token and the session key.
 OPS_USER = """
-from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
-from django.contrib.sessions.backends.db import SessionStore
-from rest_framework.authtoken.models import Token
-user = get_user_model().objects.create_user('ops', password='pw')
-session = SessionStore()
-session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'
-session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-session.create()
-print(Token.objects.create(user=user).key, session.session_key)
+from tests.accounts import user_with_credentials
+print(*user_with_credentials('ops', 'pw'))
 """
 
 
