@@ -188,11 +188,14 @@ class Supervisor:
                 time.sleep(0.5)
 
     def _tick(self) -> None:
-        interval = max(0.005, min(float(action_settings.PUSH_INTERVAL), 0.25))
         with self._lock:
             idle = not self._running
         if idle:
-            self._wait_for_work(interval)
+            with contextlib.suppress(Exception):
+                close_old_connections()  # do not hold a connection while nothing runs
+            with self._lock:
+                while not self._running:
+                    self._wake.wait()
         with self._lock:
             entries = list(self._running.values())
         now = time.monotonic()
@@ -210,23 +213,7 @@ class Supervisor:
         if writable and now - self._last_heartbeat >= float(action_settings.HEARTBEAT_INTERVAL):
             self._last_heartbeat = now
             self._heartbeat([entry.ctx.action_id for entry in entries])
-        time.sleep(interval)
-
-    def _wait_for_work(self, interval: float) -> None:
-        """Let go of the connection, sleep until an action registers, then sleep one
-        tick's interval more before serving it.
-
-        Most actions a worker takes one after another end within that interval: the
-        tick then serves the ones still running, instead of this thread waking and
-        ticking once per action (docs/performance.md, rows 2 and 3). Pushes, cancels and
-        time limits are served a tick later at most, as they are on every later tick.
-        """
-        with contextlib.suppress(Exception):
-            close_old_connections()  # do not hold a connection while nothing runs
-        with self._lock:
-            while not self._running:
-                self._wake.wait()
-        time.sleep(interval)
+        time.sleep(max(0.005, min(float(action_settings.PUSH_INTERVAL), 0.25)))
 
     def _flush(self, entries: list[_Running], now: float, *, write: bool) -> None:
         """Push what no update pushed, then write every due action's progress at once."""
