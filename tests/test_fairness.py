@@ -23,11 +23,12 @@ from django.db import connections
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from async_actions import executor, fairness, recovery, service
+from async_actions import executor, fairness, lifecycle, recovery, service
 from async_actions.models import Action
+from async_actions.progress import Publisher
 from async_actions.runners import get_runner, reset_runner
 from tests.actions import gate
-from tests.helpers import wait_for
+from tests.helpers import recording_settings, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -462,3 +463,27 @@ def test_same_owner_sql_pairs_the_rows_owner_of_pairs() -> None:
         pairs = {(uuid.UUID(str(a)), uuid.UUID(str(b))) for a, b in cursor.fetchall()}
     assert pairs == expected
     assert len(expected) == 4 + 1 + 4 + 4 + 1  # user, other, address, s1, s2; none for no owner
+
+
+def test_an_end_after_a_login_took_the_action_over_wakes_the_new_owners_next() -> None:
+    """The finish reads the waiting actions of the owner the action was claimed for
+    (with its write, on PostgreSQL); when a login moved the action to a user meanwhile,
+    the user's waiting action is the one woken, as ``fairness.release`` of the row as
+    written does."""
+    user = get_user_model().objects.create_user("took-over")
+    with recording_settings(MAX_RUNNING_PER_OWNER=1):
+        reset_runner()
+        try:
+            first = Action.objects.create(handler="tests.echo", session_key="s-took-over")
+            claimed = executor.claim(first.pk)
+            assert claimed is not None
+            Action.objects.filter(session_key="s-took-over").update(user=user)
+            waiting = Action.objects.create(handler="tests.echo", user=user)
+            assert executor.claim(waiting.pk) is None  # the user runs one: at the cap
+            runner = get_runner()
+            runner.dispatched.clear()
+            assert lifecycle.finish(Publisher(claimed), "succeeded", action=claimed)
+            assert runner.dispatched == [waiting.pk]
+            assert claimed.user_id == user.pk
+        finally:
+            reset_runner()
