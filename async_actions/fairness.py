@@ -19,6 +19,7 @@ claim), SQLite's single writer elsewhere.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -77,10 +78,15 @@ class Owner:
         """
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                    [_LOCK_SPACE, f"{self.kind}:{self.value}"],
-                )
+                cursor.execute(*self.lock_sql())
+
+    def lock_sql(self) -> tuple[str, list[Any]]:
+        """PostgreSQL: the statement of :meth:`lock`, for a caller that sends it with others
+        (``lifecycle.finish``)."""
+        return "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [
+            _LOCK_SPACE,
+            f"{self.kind}:{self.value}",
+        ]
 
 
 #: :meth:`Owner.lock`'s key spelled in SQL from the row aliased ``a``, as ``owner_of``
@@ -96,14 +102,34 @@ def lock_owner_of_pending(pk: Any) -> Owner | None:
     """PostgreSQL, in a transaction: the pending action's owner, read and locked
     (:meth:`Owner.lock`) in one statement where a claim used to send two."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {', '.join(f'a.{field}' for field in OWNER_FIELDS)}, "
-            f"pg_advisory_xact_lock(%s, hashtext({_LOCK_KEY_SQL})) "
-            f"FROM {_table()} a WHERE a.id = %s AND a.status = %s",
-            [_LOCK_SPACE, pk, PENDING],
-        )
+        cursor.execute(lock_pending_sql(), [pk, PENDING])
         row = cursor.fetchone()
     return owner_of(*row[:3]) if row is not None else None
+
+
+def same_owner_sql(row: str, of: str) -> str:
+    """SQL: the row aliased ``row`` has the owner of the row aliased ``of``
+    (:func:`owner_of`'s choice, each kind as :meth:`Owner.sql` spells it; a row with no
+    owner has none in common). For a statement written before the owner is known
+    (``lifecycle.claim`` on PostgreSQL, right after the owner's lock)."""
+    r, t = row, of
+    return (
+        f"(({t}.user_id IS NOT NULL AND {r}.user_id = {t}.user_id) "
+        f"OR ({t}.user_id IS NULL AND {t}.client_address <> '' AND {r}.user_id IS NULL "
+        f"AND {r}.client_address = {t}.client_address) "
+        f"OR ({t}.user_id IS NULL AND {t}.client_address = '' AND {t}.session_key <> '' "
+        f"AND {r}.user_id IS NULL AND {r}.client_address = '' "
+        f"AND {r}.session_key = {t}.session_key))"
+    )
+
+
+def lock_pending_sql() -> str:
+    """:func:`lock_owner_of_pending`'s statement (parameters: id, pending status)."""
+    return (
+        f"SELECT {', '.join(f'a.{field}' for field in OWNER_FIELDS)}, "
+        f"pg_advisory_xact_lock({_LOCK_SPACE}, hashtext({_LOCK_KEY_SQL})) "
+        f"FROM {_table()} a WHERE a.id = %s AND a.status = %s"
+    )
 
 
 def owner_of(user_id: Any, client_address: str = "", session_key: str = "") -> Owner | None:
@@ -169,22 +195,34 @@ def release(owner: Owner | None) -> None:
     cap = running_cap()
     if owner is None or cap is None:
         return
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    running, params = owner.sql("r")
-    waiting, waiting_params = owner.sql("w")
+    sql, params = waiting_sql(owner, cap)
     try:
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT w.id, (SELECT COUNT(*) FROM {_table()} r WHERE {running} "
-                f"AND r.status = %s) FROM {_table()} w WHERE {waiting} AND w.status = %s "
-                "AND (w.run_after IS NULL OR w.run_after <= %s) "
-                f"ORDER BY w.created_at, w.id LIMIT {int(cap)}",
-                [*params, RUNNING, *waiting_params, PENDING, now],
-            )
+            cursor.execute(sql, params)
             rows = cursor.fetchall()
     except DatabaseError:
         logger.exception("Could not look for actions waiting for a place (%s)", owner.kind)
         return
+    dispatch_waiting(rows, cap)
+
+
+def waiting_sql(owner: Owner, cap: int) -> tuple[str, list[Any]]:
+    """:func:`release`'s query: the owner's oldest due waiting actions (at most ``cap``),
+    each with the owner's running count. ``lifecycle.finish`` sends it with the final
+    write on PostgreSQL, after the owner's lock (:meth:`Owner.lock_sql`)."""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    running, params = owner.sql("r")
+    waiting, waiting_params = owner.sql("w")
+    return (
+        f"SELECT w.id, (SELECT COUNT(*) FROM {_table()} r WHERE {running} "
+        f"AND r.status = %s) FROM {_table()} w WHERE {waiting} AND w.status = %s "
+        "AND (w.run_after IS NULL OR w.run_after <= %s) "
+        f"ORDER BY w.created_at, w.id LIMIT {int(cap)}"
+    ), [*params, RUNNING, *waiting_params, PENDING, now]
+
+
+def dispatch_waiting(rows: Sequence[Sequence[Any]], cap: int) -> None:
+    """Dispatch the rows of :func:`waiting_sql` that fit in the free places."""
     free = cap - rows[0][1] if rows else 0
     runner = dispatcher.current()
     for pk, _running in rows[: max(0, free)]:

@@ -23,11 +23,12 @@ from django.db import connections
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from async_actions import executor, recovery, service
+from async_actions import executor, fairness, lifecycle, recovery, service
 from async_actions.models import Action
+from async_actions.progress import Publisher
 from async_actions.runners import get_runner, reset_runner
 from tests.actions import gate
-from tests.helpers import wait_for
+from tests.helpers import recording_settings, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -426,3 +427,63 @@ def test_the_owners_sql_selects_the_rows_its_q_selects(kind: str) -> None:
     by_q = set(Action.objects.filter(owner.actions()).values_list("pk", flat=True))
     assert by_sql == by_q and len(by_q) in (1, 2)
     assert by_q <= {row.pk for row in rows}
+
+
+def test_same_owner_sql_pairs_the_rows_owner_of_pairs() -> None:
+    """``same_owner_sql`` (the claim's cap on PostgreSQL, written before the owner is
+    known) pairs two rows exactly when ``owner_of`` gives both the same owner."""
+    user = get_user_model().objects.create_user("same-owner")
+    other = get_user_model().objects.create_user("same-owner-2")
+    rows = [
+        Action.objects.create(handler="tests.echo", **fields)
+        for fields in (
+            {"user": user, "client_address": "192.0.2.1", "session_key": "s1"},
+            {"user": user, "client_address": "", "session_key": ""},
+            {"user": other, "client_address": "192.0.2.1", "session_key": "s1"},
+            {"client_address": "192.0.2.1", "session_key": "s1"},
+            {"client_address": "192.0.2.1", "session_key": "s2"},
+            {"client_address": "", "session_key": "s1"},
+            {"client_address": "", "session_key": "s2"},
+            {"client_address": "", "session_key": "s1"},
+            {"client_address": "", "session_key": ""},
+            {"client_address": "", "session_key": ""},
+        )
+    ]
+    owners = {
+        row.pk: fairness.owner_of(row.user_id, row.client_address, row.session_key) for row in rows
+    }
+    expected = {
+        (a, b) for a in owners for b in owners if owners[a] is not None and owners[a] == owners[b]
+    }
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT t.id, r.id FROM async_actions_action t, async_actions_action r "
+            f"WHERE {fairness.same_owner_sql('r', 't')}"
+        )
+        pairs = {(uuid.UUID(str(a)), uuid.UUID(str(b))) for a, b in cursor.fetchall()}
+    assert pairs == expected
+    assert len(expected) == 4 + 1 + 4 + 4 + 1  # user, other, address, s1, s2; none for no owner
+
+
+def test_an_end_after_a_login_took_the_action_over_wakes_the_new_owners_next() -> None:
+    """The finish reads the waiting actions of the owner the action was claimed for
+    (with its write, on PostgreSQL); when a login moved the action to a user meanwhile,
+    the user's waiting action is the one woken, as ``fairness.release`` of the row as
+    written does."""
+    user = get_user_model().objects.create_user("took-over")
+    with recording_settings(MAX_RUNNING_PER_OWNER=1):
+        reset_runner()
+        try:
+            first = Action.objects.create(handler="tests.echo", session_key="s-took-over")
+            claimed = executor.claim(first.pk)
+            assert claimed is not None
+            Action.objects.filter(session_key="s-took-over").update(user=user)
+            waiting = Action.objects.create(handler="tests.echo", user=user)
+            assert executor.claim(waiting.pk) is None  # the user runs one: at the cap
+            runner = get_runner()
+            runner.dispatched.clear()
+            assert lifecycle.finish(Publisher(claimed), "succeeded", action=claimed)
+            assert runner.dispatched == [waiting.pk]
+            assert claimed.user_id == user.pk
+        finally:
+            reset_runner()

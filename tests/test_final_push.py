@@ -36,12 +36,10 @@ def test_the_monitor_does_not_push_the_end_seq_as_running(
     writing, release = threading.Event(), threading.Event()
     update_running = lifecycle._update_running
 
-    def slow_update(
-        publisher: Publisher, status: str, fields: dict[str, Any], retry_for: float
-    ) -> bool:
+    def slow_update(publisher: Publisher, *args: Any) -> Any:
         writing.set()
         release.wait(10)
-        return update_running(publisher, status, fields, retry_for)
+        return update_running(publisher, *args)
 
     monkeypatch.setattr(lifecycle, "_update_running", slow_update)
     if end == "finish":
