@@ -81,8 +81,8 @@ class Owner:
                 cursor.execute(*self.lock_sql())
 
     def lock_sql(self) -> tuple[str, list[Any]]:
-        """PostgreSQL: the statement of :meth:`lock`, for a caller that sends it with others
-        (``lifecycle.finish``)."""
+        """PostgreSQL: the statement of :meth:`lock`, for a caller that sends it in one
+        round trip with the statements it protects (a start's counts, a finish)."""
         return "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [
             _LOCK_SPACE,
             f"{self.kind}:{self.value}",

@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
-from django.db.models import F
+from django.db.models import F, signals
 
 from async_actions import addresses, concurrency, fairness, lifecycle
 from async_actions.conf import action_settings
@@ -193,7 +193,9 @@ def start(
     if found is None:
         return StartResult(OpStatus.NO_HANDLER)
     owner_user, owner_session = _owner(user, session_key)
-    owned = _owned(owner_user, owner_session)
+    # Only an idempotency key looks the owner's actions up: building the QuerySet was a
+    # tenth of a start's own time.
+    owned = _owned(owner_user, owner_session) if idempotency_key else None
     key = idempotency_key or ""
     concurrency_key = concurrency.key_for(found, request)
     try:
@@ -287,29 +289,35 @@ def _create(
     # django-tasks-db on the actions' database: the task is inserted in this transaction,
     # before the action whose INSERT carries its id (one commit, no dispatch after it).
     inline = runner.enqueues_in_start()
+    alias = router.db_for_write(Action)
+    # Count before the INSERT where the owner's lock is held from here on: PostgreSQL's
+    # advisory lock, or SQLite's write lock taken at BEGIN (``enqueues_in_start``).
+    count_first = inline or connections[alias].vendor == "postgresql"
     pk = action_id or uuid4()
-    task_id = ""
     with transaction.atomic():
         if key:
             existing = owned.active().filter(idempotency_key=key).first()
             if existing is not None:
                 return StartResult(OpStatus.OK, existing, created=False)
-        _lock_owner(user, session_key, address)
-        if refuse:
-            concurrency.lock(concurrency_key)
-        if inline:
-            # The write lock is held from the transaction's start here (see
-            # ``enqueues_in_start``), so counting before the INSERTs is as safe as after.
-            fair = run_after is None and runner.supports_priority
-            over, backlog = _counts(getattr(user, "pk", None), session_key, address, pk, fair)
+        backlog = 0
+        if count_first:
+            fair = inline and run_after is None and runner.supports_priority
+            over, backlog = _locked_counts(
+                user, session_key, address, pk, fair, concurrency_key if refuse else ""
+            )
             if over:
                 raise _LimitReached
             if refuse and concurrency.busy(concurrency_key):
                 raise _KeyBusy
+        else:
+            _lock_owner(user, session_key, address)
+            if refuse:
+                concurrency.lock(concurrency_key)
+        if inline:
             task_id = runner.enqueue_in_start(pk, run_after, backlog)
         else:
             task_id = runner.message_id_for_start()
-        action = Action.objects.create(
+        action = Action(
             id=pk,
             handler=found.name,
             request=request,
@@ -323,14 +331,50 @@ def _create(
             run_after=run_after,
             task_id=task_id,
         )
-        # Checked after the INSERT, which (on SQLite) holds the write lock.
-        if not inline and _over_limit(action):
-            raise _LimitReached
-        if not inline and refuse and concurrency.busy(concurrency_key, exclude=action.pk):
-            raise _KeyBusy
+        _insert(action, alias)
+        if not count_first:
+            _check_inserted(action, refuse)
     if not inline:
         runner.dispatch_after_commit(action.pk, run_after, action)
     return StartResult(OpStatus.OK, action, created=True)
+
+
+def _check_inserted(action: Action, refuse: bool) -> None:
+    """SQLite's checks, after the INSERT that takes its write lock: the limits, and a
+    refusing handler's concurrency key."""
+    if _over_limit(action):
+        raise _LimitReached
+    if refuse and concurrency.busy(action.concurrency_key, exclude=action.pk):
+        raise _KeyBusy
+
+
+#: The action's INSERT for each database alias, written once: a start sent the ORM's,
+#: compiled anew each time (most of a start's own time, after its round trips).
+_INSERTS: dict[str, str] = {}
+
+
+def _insert(action: Action, using: str) -> None:
+    """``action.save(force_insert=True)``: the same row and ``pre_save``/``post_save``
+    signals, the statement from ``_INSERTS``."""
+    conn = connections[using]
+    fields = Action._meta.local_concrete_fields
+    sql = _INSERTS.get(using)
+    if sql is None:
+        table = conn.ops.quote_name(Action._meta.db_table)
+        columns = ", ".join(conn.ops.quote_name(field.column) for field in fields)
+        sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
+        _INSERTS[using] = sql
+    signals.pre_save.send(
+        sender=Action, instance=action, raw=False, using=using, update_fields=None
+    )
+    values = [field.get_db_prep_save(field.pre_save(action, True), conn) for field in fields]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, values)
+    action._state.adding = False
+    action._state.db = using
+    signals.post_save.send(
+        sender=Action, instance=action, created=True, update_fields=None, raw=False, using=using
+    )
 
 
 def _lost_race(found: ActionHandler, owned: Any, key: str) -> StartResult:
@@ -349,10 +393,19 @@ def _lost_race(found: ActionHandler, owned: Any, key: str) -> StartResult:
 def _lock_owner(user: Any, session_key: str, address: str) -> None:
     """Serialize this owner's starts (PostgreSQL) so racing ones cannot all slip under a
     limit; SQLite's INSERT takes its single write lock."""
+    owner = _limited_owner(user, session_key, address)
+    if owner is not None:
+        owner.lock()
+
+
+def _limited_owner(user: Any, session_key: str, address: str) -> fairness.Owner | None:
+    """The owner whose starts :func:`_lock_owner` serializes: None when no active limit
+    applies to it."""
     per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS if user is None else None
     owner = fairness.owner_of(getattr(user, "pk", None), address, session_key)
     if owner is not None and (action_settings.MAX_ACTIVE_PER_OWNER or per_address):
-        owner.lock()
+        return owner
+    return None
 
 
 def _over_limit(action: Action) -> bool:
@@ -375,6 +428,70 @@ def _counts(user_id: Any, session_key: str, address: str, pk: UUID, fair: bool) 
     One hand-written query, or none when nothing is limited or counted (every start
     runs it; the ORM compiled each count anew).
     """
+    counting = _count_sql(user_id, session_key, address, pk, fair)
+    if counting is None:
+        return False, 0
+    sql, params, limits = counting
+    with connections[router.db_for_write(Action)].cursor() as cursor:
+        cursor.execute(sql, params)
+        return _over_and_backlog(cursor.fetchone(), limits)
+
+
+def _locked_counts(
+    user: Any, session_key: str, address: str, pk: UUID, fair: bool, key: str
+) -> tuple[bool, int]:
+    """:func:`_lock_owner`, :func:`concurrency.lock` of ``key`` (when given), then
+    :func:`_counts`, in one round trip where the driver allows it.
+
+    psycopg 3's client-side binding cursors (Django's default) send one execute's
+    statements in one message; each statement still takes its own snapshot, so the
+    counts see every start that committed before the locks were granted.
+    """
+    conn = connections[router.db_for_write(Action)]
+    statements: list[tuple[str, list[Any]]] = []
+    if conn.vendor == "postgresql":
+        owner = _limited_owner(user, session_key, address)
+        if owner is not None:
+            statements.append(owner.lock_sql())
+        if key:
+            statements.append(concurrency.lock_sql(key))
+    counting = _count_sql(getattr(user, "pk", None), session_key, address, pk, fair)
+    if counting is not None:
+        statements.append(counting[:2])
+    if not statements:
+        return False, 0
+    with conn.cursor() as cursor:
+        if _batches(conn):
+            cursor.execute(
+                "; ".join(sql for sql, _params in statements),
+                [value for _sql, params in statements for value in params],
+            )
+            while cursor.nextset():  # to the last statement's result, the counts
+                pass
+        else:
+            for sql, params in statements:
+                cursor.execute(sql, params)
+        if counting is None:
+            return False, 0
+        return _over_and_backlog(cursor.fetchone(), counting[2])
+
+
+def _batches(conn: Any) -> bool:
+    """Whether one execute may carry several statements and answer each: psycopg 3
+    with client-side binding (the default; ``server_side_binding`` turns it off)."""
+    options = conn.settings_dict.get("OPTIONS") or {}
+    return (
+        conn.vendor == "postgresql"
+        and getattr(conn.Database, "__name__", "") == "psycopg"
+        and options.get("server_side_binding") is not True
+    )
+
+
+def _count_sql(
+    user_id: Any, session_key: str, address: str, pk: UUID, fair: bool
+) -> tuple[str, list[Any], list[int]] | None:
+    """:func:`_counts`'s query, its parameters and the limits its first columns are
+    held against (the backlog, when counted, comes after them); None: nothing counted."""
     per_owner = action_settings.MAX_ACTIVE_PER_OWNER
     per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS
     conditions: list[tuple[str, list[Any]]] = []  # one COUNT's condition and parameters
@@ -393,7 +510,7 @@ def _counts(user_id: Any, session_key: str, address: str, pk: UUID, fair: bool) 
         condition, params = owner.sql(_ALIAS)
         conditions.append((condition, params))
     if not conditions:
-        return False, 0
+        return None
     conn = connections[router.db_for_write(Action)]
     table = conn.ops.quote_name(Action._meta.db_table)
     db_pk = Action._meta.pk.get_db_prep_value(pk, conn)
@@ -403,11 +520,12 @@ def _counts(user_id: Any, session_key: str, address: str, pk: UUID, fair: bool) 
         f"AND {_ALIAS}.status IN (%s, %s) AND {_ALIAS}.id <> %s)"
         for condition, _params in conditions
     )
-    with conn.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {counts}", [v for _c, params in conditions for v in (*params, *active, db_pk)]
-        )
-        found = cursor.fetchone()
+    params = [v for _c, params in conditions for v in (*params, *active, db_pk)]
+    return f"SELECT {counts}", params, limits
+
+
+def _over_and_backlog(found: Sequence[Any], limits: list[int]) -> tuple[bool, int]:
+    """:func:`_count_sql`'s row read: over a limit, and the backlog (0 when not counted)."""
     over = any(count >= limit for count, limit in zip(found, limits, strict=False))
     backlog = int(found[len(limits)]) if len(found) > len(limits) else 0
     return over, backlog

@@ -23,6 +23,8 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.management import call_command
+from django.db import DatabaseError
+from django.db.models.signals import pre_save
 from django.test import override_settings
 
 from async_actions import service
@@ -202,3 +204,18 @@ def running_action(handler_name: str = "tests.echo") -> tuple[Action, Publisher]
     action = claim(service.start(handler_name, session_key="s").action.pk)
     assert action is not None
     return action, Publisher(action)
+
+
+@contextlib.contextmanager
+def failing_action_inserts() -> Iterator[None]:
+    """The database raises as an action's row is written (a full disk, a dropped
+    connection), however the start writes it."""
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise DatabaseError("disk I/O error")
+
+    pre_save.connect(broken, sender=Action, dispatch_uid="tests.failing_action_inserts")
+    try:
+        yield
+    finally:
+        pre_save.disconnect(sender=Action, dispatch_uid="tests.failing_action_inserts")

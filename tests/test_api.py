@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from async_actions.models import Action, ActionQuerySet
 from tests import capability_actions  # noqa: F401  (registers caps.* handlers)
 from tests.actions import gate
-from tests.helpers import wait_finished, wait_for
+from tests.helpers import failing_action_inserts, wait_finished, wait_for
 
 pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
 
@@ -146,8 +146,8 @@ def test_database_failure_answers_503_json(api: APIClient, runner: Any, monkeypa
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise DatabaseError("disk I/O error")
 
-    monkeypatch.setattr(ActionQuerySet, "create", broken)
-    response = post(api, {"handler": "tests.echo"})
+    with failing_action_inserts():
+        response = post(api, {"handler": "tests.echo"})
     assert response.status_code == 503
     assert response["Retry-After"]
     assert "disk" not in response.content.decode()

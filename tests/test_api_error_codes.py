@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import DatabaseError
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
-from async_actions.models import Action, ActionQuerySet
+from async_actions.models import Action
 from tests import capability_actions  # noqa: F401  (registers caps.* handlers)
+from tests.helpers import failing_action_inserts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -149,12 +149,8 @@ def shutdown(runner: Any, monkeypatch: Any) -> Any:
 
 def unavailable(runner: Any, monkeypatch: Any) -> Any:
     client = _api()
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise DatabaseError("disk I/O error")
-
-    monkeypatch.setattr(ActionQuerySet, "create", broken)
-    return _post(client, {"handler": "tests.echo"})
+    with failing_action_inserts():
+        return _post(client, {"handler": "tests.echo"})
 
 
 PRODUCERS: dict[str, Callable[[Any, Any], Any]] = {

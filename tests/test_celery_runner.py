@@ -112,6 +112,29 @@ def test_start_sends_what_it_inserted_without_reading_or_writing_the_row_again(
     assert message["headers"]["eta"] == started.action.run_after.isoformat()
 
 
+def test_a_limited_owners_start_takes_its_lock_and_counts_in_one_round_trip(
+    celery_runner: CeleryRunner, published: list[dict[str, Any]]
+) -> None:
+    """PostgreSQL: the owner's advisory lock and the limit counts before the INSERT, in
+    one execute; SQLite counts after the INSERT that takes its write lock."""
+    owner = {"session_key": "s-limited", "client_address": "10.0.0.8"}
+    with override_settings(ASYNC_ACTIONS={**CELERY_RUNNER, "MAX_ACTIVE_PER_OWNER": 2}):
+        assert service.start("tests.echo", **owner).ok
+        with CaptureQueriesContext(connection) as captured:
+            assert service.start("tests.echo", **owner).ok
+        assert service.start("tests.echo", **owner).status is service.OpStatus.LIMIT_REACHED
+    sql = [q["sql"] for q in captured.captured_queries]
+    kinds = [statement.split()[0].upper() for statement in sql]
+    if connection.vendor == "postgresql":
+        assert kinds == ["BEGIN", "SELECT", "INSERT", "COMMIT"]
+        assert sql[1].startswith("SELECT pg_advisory_xact_lock(")
+        assert "; SELECT (SELECT COUNT(*)" in sql[1]
+    else:
+        assert kinds == ["BEGIN", "INSERT", "SELECT", "COMMIT"]
+    assert len(published) == 2
+    assert Action.objects.count() == 2
+
+
 def test_start_inside_a_rolled_back_transaction_sends_nothing(
     celery_runner: CeleryRunner, published: list[dict[str, Any]]
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
+from django.db.models.signals import post_save, pre_save
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django_tasks_db.models import DBTaskResult
@@ -93,17 +94,48 @@ def test_a_limited_owners_start_counts_once_and_takes_its_priority_from_that(
     service.start("tests.echo", **OWNER)
     started, sql = _statements(lambda: service.start("tests.echo", **OWNER))
     assert started.ok
-    lock = ["SELECT"] if connection.vendor == "postgresql" else []  # the advisory lock
     assert _kinds(sql) == [
         "BEGIN",
-        *lock,
         "SELECT",  # both limits and the owner's backlog, in one query
         "INSERT django_tasks_database_dbtaskresult",
         "INSERT async_actions_action",
         "COMMIT",
     ]
+    if connection.vendor == "postgresql":
+        # The owner's advisory lock goes in the same round trip, as its own statement
+        # ahead of the counts, so their snapshot is taken once the lock is held.
+        lock, counts = sql[1].split("; ")
+        assert lock.startswith("SELECT pg_advisory_xact_lock(")
+        assert counts.startswith("SELECT (SELECT COUNT(*)")
     task = DBTaskResult.objects.get(pk=Action.objects.get(pk=started.action.pk).task_id)
     assert task.priority == -2  # two unfinished actions of this owner before it
+
+
+def test_a_start_sends_the_save_signals_of_a_created_action(tasks_runner: Any) -> None:
+    """The start writes the action's row with its own INSERT; receivers of the model's
+    ``pre_save``/``post_save`` still see it as ``Action.objects.create`` showed it."""
+    seen: list[tuple[str, Any, bool, str | None]] = []
+
+    def before(sender: Any, instance: Action, **kwargs: Any) -> None:
+        seen.append(("pre", instance.pk, instance._state.adding, kwargs["using"]))
+
+    def after(sender: Any, instance: Action, created: bool, **kwargs: Any) -> None:
+        assert created
+        seen.append(("post", instance.pk, instance._state.adding, instance._state.db))
+
+    pre_save.connect(before, sender=Action, dispatch_uid="test-pre")
+    post_save.connect(after, sender=Action, dispatch_uid="test-post")
+    try:
+        started = service.start("tests.echo", {"n": 1}, session_key="s", page="p")
+    finally:
+        pre_save.disconnect(sender=Action, dispatch_uid="test-pre")
+        post_save.disconnect(sender=Action, dispatch_uid="test-post")
+    pk = started.action.pk
+    assert seen == [("pre", pk, True, "default"), ("post", pk, False, "default")]
+    stored = Action.objects.get(pk=pk)
+    assert (stored.request, stored.session_key, stored.page) == ({"n": 1}, "s", "p")
+    assert stored.created_at == started.action.created_at is not None
+    assert stored.status == started.action.status == "pending"
 
 
 def test_a_start_over_the_limit_leaves_no_task(limited_runner: Any) -> None:

@@ -9,15 +9,14 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
 
 from async_actions.handlers import get_handler, unregister
-from async_actions.models import Action, ActionQuerySet
+from async_actions.models import Action
 from async_actions.views import CancelPage, FilePage, ProcessingPage, ResultPage, StatusPage
 from tests.actions import gate
-from tests.helpers import wait_finished, wait_for
+from tests.helpers import failing_action_inserts, wait_finished, wait_for
 from tests.views import EchoView, GateView
 
 pytestmark = pytest.mark.django_db  # `runner` makes a test transactional (docs/architecture.md)
@@ -344,11 +343,8 @@ def test_shutdown_answers_503_with_retry_after(client: Client, runner: Any) -> N
 def test_database_failure_answers_503_not_500(
     client: Client, runner: Any, monkeypatch: Any
 ) -> None:
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise DatabaseError("disk I/O error")
-
-    monkeypatch.setattr(ActionQuerySet, "create", broken)
-    response = client.post(reverse("echo_view:initial"), {"word": "x"})
+    with failing_action_inserts():
+        response = client.post(reverse("echo_view:initial"), {"word": "x"})
     assert response.status_code == 503
     assert response["Retry-After"]
     assert b"disk I/O" not in response.content
