@@ -85,6 +85,9 @@ class ActionViewSet(
     # parser caps size and depth before parsing.
     parser_classes = [JSONParser]
     lookup_value_regex = "[^/]+"
+    #: ``StatusPollRouter(..., api=True)`` serves it in one thread hop: a sync view whose
+    #: every request is short (a start, a poll, a cancel), all through Django's chain.
+    one_hop = True
 
     def get_queryset(self) -> QuerySet[Action]:
         request = self.request
