@@ -245,6 +245,12 @@ class ActionViewSet(
         except (PayloadError, ValueError) as exc:
             raise ValidationError({"detail": str(exc), "code": "invalid_request"}) from None
         if result.status is OpStatus.OK and result.action is not None:
+            if result.created:
+                # The answer shows the action as this start made it, "pending" and without
+                # files (the API takes no uploads), not a later state: no query for them.
+                result.action._prefetched_objects_cache = {  # type: ignore[attr-defined]
+                    "files": result.action.files.none()
+                }
             data = ActionSerializer(result.action, context=self.get_serializer_context()).data
             code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
             headers = {"Location": request.build_absolute_uri(f"{result.action.pk}/")}
