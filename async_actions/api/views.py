@@ -247,9 +247,12 @@ class ActionViewSet(
         if result.status is OpStatus.OK and result.action is not None:
             if result.created:
                 # The answer shows the action as this start made it, "pending" and without
-                # files (the API takes no uploads), not a later state: no query for them.
+                # files (the API takes no uploads), not a later state: no query for them,
+                # nor one compiled (an empty result, as prefetch_related stores one).
+                files = result.action.files.none()
+                files._result_cache = []
                 result.action._prefetched_objects_cache = {  # type: ignore[attr-defined]
-                    "files": result.action.files.none()
+                    "files": files
                 }
             data = ActionSerializer(result.action, context=self.get_serializer_context()).data
             code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
