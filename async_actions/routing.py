@@ -167,9 +167,21 @@ class StatusPollRouter:
     ``threads`` bounds the pool the polls run on. ``conn_max_age`` (seconds; None: the
     site's ``CONN_MAX_AGE``) lets a connection a poll opened serve that thread's next
     polls for that long, as ``CONN_MAX_AGE`` does under WSGI.
+
+    ``api=True`` sends the actions API's requests the same way, whatever their method (a
+    start's ``POST``, an API client's poll of ``GET …/actions/<id>/``, a cancel): any
+    path the root URLconf resolves to a view set that says ``one_hop = True``
+    (:class:`async_actions.api.views.ActionViewSet` does).
     """
 
-    def __init__(self, app: Any, *, threads: int = 4, conn_max_age: float | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        threads: int = 4,
+        conn_max_age: float | None = None,
+        api: bool = False,
+    ) -> None:
         inner = app.application if isinstance(app, ASGIStaticFilesHandler) else app
         if not isinstance(inner, ASGIHandler):
             # Whatever ASGI middleware sits between this router and Django would not see
@@ -180,24 +192,37 @@ class StatusPollRouter:
                 " other ASGI middleware outside it."
             )
         self.app = app
+        self.api = api
         self.handler = StatusPollHandler(threads=threads, conn_max_age=conn_max_age)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.is_status_poll(scope):
+        if scope["type"] == "http" and (
+            self.is_status_poll(scope) or (self.api and self.is_api_request(scope))
+        ):
             await self.handler.handle(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
     @staticmethod
     def is_status_poll(scope: dict[str, Any]) -> bool:
-        path = scope.get("path", "")
-        if scope.get("method") != "GET" or not _STATUS_SHAPE.search(path):
+        if scope.get("method") != "GET" or not _STATUS_SHAPE.search(scope.get("path", "")):
             return False
-        # The path_info Django's ASGIRequest derives (root_path or FORCE_SCRIPT_NAME).
-        path_info = path.removeprefix(get_script_prefix(scope))
-        try:
-            match = resolve(path_info)
-        except Resolver404:
-            return False
-        view_class = getattr(match.func, "view_class", None)
+        view_class = _view_class(scope)
         return isinstance(view_class, type) and issubclass(view_class, StatusPage)
+
+    @staticmethod
+    def is_api_request(scope: dict[str, Any]) -> bool:
+        """Whether the path resolves to a view set marked ``one_hop`` (the actions API)."""
+        return bool(getattr(_view_class(scope), "one_hop", False))
+
+
+def _view_class(scope: dict[str, Any]) -> Any:
+    """The class behind the view the site's root URLconf resolves the path to: a class
+    view's ``view_class``, a DRF view set's ``cls``; None for none."""
+    # The path_info Django's ASGIRequest derives (root_path or FORCE_SCRIPT_NAME).
+    path_info = scope.get("path", "").removeprefix(get_script_prefix(scope))
+    try:
+        match = resolve(path_info)
+    except Resolver404:
+        return None
+    return getattr(match.func, "view_class", None) or getattr(match.func, "cls", None)

@@ -193,10 +193,10 @@ def start(
     if found is None:
         return StartResult(OpStatus.NO_HANDLER)
     owner_user, owner_session = _owner(user, session_key)
-    # Only an idempotency key looks the owner's actions up: building the QuerySet was a
-    # tenth of a start's own time.
-    owned = _owned(owner_user, owner_session) if idempotency_key else None
     key = idempotency_key or ""
+    # Only an idempotency key looks among the owner's actions; building the filter costs
+    # about as much as the start's own count.
+    owned = _owned(owner_user, owner_session) if key else None
     concurrency_key = concurrency.key_for(found, request)
     try:
         return _create(

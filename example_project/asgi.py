@@ -26,9 +26,9 @@ if settings.DEBUG:  # `python -m daphne` serves static files itself only in the 
 
 application = ProtocolTypeRouter(
     {
-        # Status polls through Django in one thread hop, on 4 threads that keep their
-        # database connection for 60 s (docs/deploy.md).
-        "http": StatusPollRouter(django_asgi_app, conn_max_age=60),
+        # Status polls and the actions API through Django in one thread hop, on 4
+        # threads that keep their database connection for 60 s (docs/deploy.md).
+        "http": StatusPollRouter(django_asgi_app, conn_max_age=60, api=True),
         "websocket": SameOriginValidator(
             AuthMiddlewareStack(
                 URLRouter([*websocket_urlpatterns, re_path(r"", websocket_not_found)])

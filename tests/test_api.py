@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -312,3 +313,17 @@ def test_the_serializer_built_once_gives_each_action_its_own_fields() -> None:
 
     assert Fresh(first).data == ActionSerializer(first).data
     assert list(ActionSerializer(first).fields) == ActionSerializer.Meta.fields
+
+
+def test_the_start_answers_with_the_action_as_created_without_reading_files(api: APIClient):
+    with CaptureQueriesContext(connection) as queries:
+        later = "2999-01-01T00:00:00Z"
+        response = post(api, {"handler": "tests.echo", "request": {}, "run_after": later})
+    assert response.status_code == 201, response.content
+    assert response.json()["files"] == []
+    assert response.json()["status"] == "pending"
+    assert not [q for q in queries.captured_queries if "actionfile" in q["sql"]]
+    # A later read asks for them as before.
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(f"{URL}{response.json()['id']}/").json()["files"] == []
+    assert [q for q in queries.captured_queries if "actionfile" in q["sql"]]

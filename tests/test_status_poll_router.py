@@ -9,6 +9,8 @@ without the permission, forged and missing sessions, fresh and stale ETags.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import uuid
 from typing import Any
 
@@ -22,8 +24,11 @@ from django.db.backends.signals import connection_created
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rest_framework.authtoken.models import Token
 
+from async_actions.models import Action
 from async_actions.routing import StatusPollHandler, StatusPollRouter
+from tests import actions as _actions  # noqa: F401  (registers tests.echo)
 from tests.test_status_etag import _anonymous_owner, _running, _url, _user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,9 +54,9 @@ def _scope(path: str, headers: dict[str, str], method: str = "GET") -> dict[str,
     }
 
 
-async def _call(app: Any, scope: dict[str, Any]) -> Response:
+async def _call(app: Any, scope: dict[str, Any], body: bytes = b"") -> Response:
     communicator = ApplicationCommunicator(app, scope)
-    await communicator.send_input({"type": "http.request", "body": b""})
+    await communicator.send_input({"type": "http.request", "body": body})
     start = await communicator.receive_output(10)
     body = b""
     while True:
@@ -63,10 +68,13 @@ async def _call(app: Any, scope: dict[str, Any]) -> Response:
     return start["status"], sorted(start["headers"]), body
 
 
-def _both(path: str, headers: dict[str, str], method: str = "GET") -> tuple[Response, Response]:
+def _both(
+    path: str, headers: dict[str, str], method: str = "GET", body: bytes = b"", api: bool = False
+) -> tuple[Response, Response]:
     async def run() -> tuple[Response, Response]:
-        plain = await _call(ASGIHandler(), _scope(path, headers, method))
-        routed = await _call(StatusPollRouter(ASGIHandler()), _scope(path, headers, method))
+        plain = await _call(ASGIHandler(), _scope(path, headers, method), body)
+        router = StatusPollRouter(ASGIHandler(), api=api)
+        routed = await _call(router, _scope(path, headers, method), body)
         return plain, routed
 
     return asyncio.run(run())
@@ -223,3 +231,95 @@ def test_conn_max_age_lets_a_poll_thread_keep_its_connection(
         connection_created.disconnect(count)
         router.handler.close_connections()
     assert len(created) == opened
+
+
+def test_api_requests_are_those_the_actions_view_set_answers() -> None:
+    action = _running()
+    for path, method in [
+        ("/api/actions/", "POST"),
+        ("/api/actions/", "GET"),
+        (f"/api/actions/{action.pk}/", "GET"),
+        (f"/api/actions/{action.pk}/cancel/", "POST"),
+        (f"/api/actions/{action.pk}/log/", "GET"),
+    ]:
+        scope = _scope(path, {}, method)
+        assert StatusPollRouter.is_api_request(scope), path
+        assert not StatusPollRouter.is_status_poll(scope), path
+    for path in ("/api/schema/", "/api/", "/", _url(action), "/nowhere/"):
+        assert not StatusPollRouter.is_api_request(_scope(path, {})), path
+
+
+def _same_but_ids(plain: Response, routed: Response) -> None:
+    """Two answers that may differ only in the ids and times of the actions each created."""
+
+    def normal(response: Response) -> tuple[int, list[tuple[bytes, bytes]], Any]:
+        status, headers, body = response
+        text = body.decode()
+        ids = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text))
+        ids |= {
+            match
+            for _name, value in headers
+            for match in re.findall(r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}", value.decode())
+        }
+        for pk in ids:
+            text = text.replace(pk, "ID")
+        data = json.loads(text) if text else None
+        if isinstance(data, dict):
+            for name in ("created_at", "expires_at", "run_after"):
+                data.pop(name, None)
+        headers = [(k, v) for k, v in headers if k != b"Content-Length"]
+        for pk in ids:
+            headers = [(k, v.replace(pk.encode(), b"ID")) for k, v in headers]
+        return status, headers, data
+
+    assert normal(routed) == normal(plain)
+
+
+def test_api_answers_through_the_router_as_through_django() -> None:
+    owner = _user("api-owner")
+    token = Token.objects.create(user=owner).key
+    mine = _running(user=owner)
+    theirs = _running(user=_user("api-stranger"))
+    session = _cookie(_logged_in("api-session"))
+    json_type = {"Content-Type": "application/json"}
+    by_token = {"Authorization": f"Token {token}", **json_type}
+    # Pending for a day: the start's answer is the same whenever the runner gets to it.
+    start = json.dumps(
+        {"handler": "tests.echo", "request": {"x": 1}, "run_after": "2999-01-01T00:00:00Z"}
+    ).encode()
+    answers = {}
+    for name, path, method, headers, body in [
+        ("retrieve", f"/api/actions/{mine.pk}/", "GET", by_token, b""),
+        ("someone else's", f"/api/actions/{theirs.pk}/", "GET", by_token, b""),
+        ("no credentials", f"/api/actions/{mine.pk}/", "GET", {}, b""),
+        ("wrong token", f"/api/actions/{mine.pk}/", "GET", {"Authorization": "Token x"}, b""),
+        ("list", "/api/actions/?status=running", "GET", by_token, b""),
+        ("start", "/api/actions/", "POST", by_token, start),
+        ("bad start", "/api/actions/", "POST", by_token, b'{"handler": "no.such"}'),
+        ("session start without CSRF", "/api/actions/", "POST", {**session, **json_type}, start),
+        ("cancel of someone else's", f"/api/actions/{theirs.pk}/cancel/", "POST", by_token, b""),
+    ]:
+        path, _, query = path.partition("?")
+        sized = {**headers, "Content-Length": str(len(body))} if body else headers
+        scope = _scope(path, sized, method) | {"query_string": query.encode()}
+
+        async def run(scope: dict[str, Any] = scope, body: bytes = body) -> tuple[Any, Any]:
+            plain = await _call(ASGIHandler(), scope, body)
+            routed = await _call(StatusPollRouter(ASGIHandler(), api=True), scope, body)
+            return plain, routed
+
+        plain, routed = asyncio.run(run())
+        _same_but_ids(plain, routed)
+        answers[name] = plain[0]
+    assert answers == {
+        "retrieve": 200,
+        "someone else's": 404,
+        "no credentials": 401,
+        "wrong token": 401,
+        "list": 200,
+        "start": 201,
+        "bad start": 400,
+        "session start without CSRF": 403,
+        "cancel of someone else's": 404,
+    }
+    assert Action.objects.filter(user=owner, handler="tests.echo").count() == 2

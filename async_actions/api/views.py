@@ -85,6 +85,9 @@ class ActionViewSet(
     # parser caps size and depth before parsing.
     parser_classes = [JSONParser]
     lookup_value_regex = "[^/]+"
+    #: ``StatusPollRouter(..., api=True)`` serves it in one thread hop: a sync view whose
+    #: every request is short (a start, a poll, a cancel), all through Django's chain.
+    one_hop = True
 
     def get_queryset(self) -> QuerySet[Action]:
         request = self.request
@@ -242,6 +245,15 @@ class ActionViewSet(
         except (PayloadError, ValueError) as exc:
             raise ValidationError({"detail": str(exc), "code": "invalid_request"}) from None
         if result.status is OpStatus.OK and result.action is not None:
+            if result.created:
+                # The answer shows the action as this start made it, "pending" and without
+                # files (the API takes no uploads), not a later state: no query for them,
+                # nor one compiled (an empty result, as prefetch_related stores one).
+                files = result.action.files.none()
+                files._result_cache = []
+                result.action._prefetched_objects_cache = {  # type: ignore[attr-defined]
+                    "files": files
+                }
             data = ActionSerializer(result.action, context=self.get_serializer_context()).data
             code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
             headers = {"Location": request.build_absolute_uri(f"{result.action.pk}/")}
