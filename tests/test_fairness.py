@@ -400,6 +400,11 @@ def test_every_end_of_a_running_action_starts_the_owners_next(end: Any) -> None:
         override.disable()
 
 
+def _echo_actions(*fields: dict[str, Any]) -> list[Action]:
+    """One stored action per set of owner fields, for the tests comparing owner SQL."""
+    return [Action.objects.create(handler="tests.echo", **owner) for owner in fields]
+
+
 @pytest.mark.parametrize("kind", ["user", "address", "session"])
 def test_the_owners_sql_selects_the_rows_its_q_selects(kind: str) -> None:
     """``Owner.sql`` (hand-written statements) and ``Owner.actions`` (the ORM) agree."""
@@ -409,17 +414,14 @@ def test_the_owners_sql_selects_the_rows_its_q_selects(kind: str) -> None:
 
     user = get_user_model().objects.create_user("owner-sql")
     other = get_user_model().objects.create_user("owner-sql-2")
-    rows = [
-        Action.objects.create(handler="tests.echo", **fields)
-        for fields in (
-            {"user": user, "client_address": "192.0.2.1", "session_key": "s1"},
-            {"user": other, "client_address": "192.0.2.1", "session_key": "s1"},
-            {"client_address": "192.0.2.1", "session_key": "s1"},
-            {"client_address": "192.0.2.1", "session_key": "s2"},
-            {"client_address": "", "session_key": "s1"},
-            {"client_address": "", "session_key": "s2"},
-        )
-    ]
+    rows = _echo_actions(
+        {"user": user, "client_address": "192.0.2.1", "session_key": "s1"},
+        {"user": other, "client_address": "192.0.2.1", "session_key": "s1"},
+        {"client_address": "192.0.2.1", "session_key": "s1"},
+        {"client_address": "192.0.2.1", "session_key": "s2"},
+        {"client_address": "", "session_key": "s1"},
+        {"client_address": "", "session_key": "s2"},
+    )
     value = {"user": user.pk, "address": "192.0.2.1", "session": "s1"}[kind]
     owner = Owner(kind, value)
     condition, params = owner.sql("a")
@@ -436,21 +438,18 @@ def test_same_owner_sql_pairs_the_rows_owner_of_pairs() -> None:
     known) pairs two rows exactly when ``owner_of`` gives both the same owner."""
     user = get_user_model().objects.create_user("same-owner")
     other = get_user_model().objects.create_user("same-owner-2")
-    rows = [
-        Action.objects.create(handler="tests.echo", **fields)
-        for fields in (
-            {"user": user, "client_address": "192.0.2.1", "session_key": "s1"},
-            {"user": user, "client_address": "", "session_key": ""},
-            {"user": other, "client_address": "192.0.2.1", "session_key": "s1"},
-            {"client_address": "192.0.2.1", "session_key": "s1"},
-            {"client_address": "192.0.2.1", "session_key": "s2"},
-            {"client_address": "", "session_key": "s1"},
-            {"client_address": "", "session_key": "s2"},
-            {"client_address": "", "session_key": "s1"},
-            {"client_address": "", "session_key": ""},
-            {"client_address": "", "session_key": ""},
-        )
-    ]
+    rows = _echo_actions(
+        {"user": user, "client_address": "192.0.2.1", "session_key": "s1"},
+        {"user": user, "client_address": "", "session_key": ""},
+        {"user": other, "client_address": "192.0.2.1", "session_key": "s1"},
+        {"client_address": "192.0.2.1", "session_key": "s1"},
+        {"client_address": "192.0.2.1", "session_key": "s2"},
+        {"client_address": "", "session_key": "s1"},
+        {"client_address": "", "session_key": "s2"},
+        {"client_address": "", "session_key": "s1"},
+        {"client_address": "", "session_key": ""},
+        {"client_address": "", "session_key": ""},
+    )
     owners = {
         row.pk: fairness.owner_of(row.user_id, row.client_address, row.session_key) for row in rows
     }
