@@ -38,7 +38,7 @@ from django.db import (
 from django.db.models import F, Q
 from django.utils import timezone
 
-from async_actions import concurrency, fairness
+from async_actions import concurrency, fairness, statements
 from async_actions.models import Action
 from async_actions.progress import retention
 from async_actions.push import push_action, pusher
@@ -537,12 +537,7 @@ def _one_trip(conn: BaseDatabaseWrapper) -> bool:
     """Whether statements may go to the database together in one string, as one
     transaction: PostgreSQL through psycopg 3 binding parameters on the client (Django's
     default), in autocommit (inside the caller's transaction they would not commit)."""
-    return (
-        conn.vendor == "postgresql"
-        and conn.Database.__name__ == "psycopg"  # type: ignore[attr-defined]
-        and not conn.settings_dict.get("OPTIONS", {}).get("server_side_binding")
-        and not conn.in_atomic_block
-    )
+    return statements.batches(conn) and not conn.in_atomic_block
 
 
 def _results(conn: BaseDatabaseWrapper, sql: str, params: Sequence[Any]) -> list[list[Any]]:

@@ -25,7 +25,7 @@ from asgiref.sync import sync_to_async
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.db.models import F, signals
 
-from async_actions import addresses, concurrency, fairness, lifecycle
+from async_actions import addresses, concurrency, fairness, lifecycle, statements
 from async_actions.conf import action_settings
 from async_actions.handlers import (
     ActionHandler,
@@ -348,22 +348,12 @@ def _check_inserted(action: Action, refuse: bool) -> None:
         raise _KeyBusy
 
 
-#: The action's INSERT for each database alias, written once: a start sent the ORM's,
-#: compiled anew each time (most of a start's own time, after its round trips).
-_INSERTS: dict[str, str] = {}
-
-
 def _insert(action: Action, using: str) -> None:
     """``action.save(force_insert=True)``: the same row and ``pre_save``/``post_save``
-    signals, the statement from ``_INSERTS``."""
+    signals, the statement written once (:func:`statements.insert_sql`)."""
     conn = connections[using]
     fields = Action._meta.local_concrete_fields
-    sql = _INSERTS.get(using)
-    if sql is None:
-        table = conn.ops.quote_name(Action._meta.db_table)
-        columns = ", ".join(conn.ops.quote_name(field.column) for field in fields)
-        sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
-        _INSERTS[using] = sql
+    sql = statements.insert_sql(using)
     signals.pre_save.send(
         sender=Action, instance=action, raw=False, using=using, update_fields=None
     )
@@ -448,43 +438,32 @@ def _locked_counts(
     counts see every start that committed before the locks were granted.
     """
     conn = connections[router.db_for_write(Action)]
-    statements: list[tuple[str, list[Any]]] = []
+    queries: list[tuple[str, list[Any]]] = []
     if conn.vendor == "postgresql":
         owner = _limited_owner(user, session_key, address)
         if owner is not None:
-            statements.append(owner.lock_sql())
+            queries.append(owner.lock_sql())
         if key:
-            statements.append(concurrency.lock_sql(key))
+            queries.append(concurrency.lock_sql(key))
     counting = _count_sql(getattr(user, "pk", None), session_key, address, pk, fair)
     if counting is not None:
-        statements.append(counting[:2])
-    if not statements:
+        queries.append(counting[:2])
+    if not queries:
         return False, 0
     with conn.cursor() as cursor:
-        if _batches(conn):
+        if statements.batches(conn):
             cursor.execute(
-                "; ".join(sql for sql, _params in statements),
-                [value for _sql, params in statements for value in params],
+                "; ".join(sql for sql, _params in queries),
+                [value for _sql, params in queries for value in params],
             )
             while cursor.nextset():  # to the last statement's result, the counts
                 pass
         else:
-            for sql, params in statements:
+            for sql, params in queries:
                 cursor.execute(sql, params)
         if counting is None:
             return False, 0
         return _over_and_backlog(cursor.fetchone(), counting[2])
-
-
-def _batches(conn: Any) -> bool:
-    """Whether one execute may carry several statements and answer each: psycopg 3
-    with client-side binding (the default; ``server_side_binding`` turns it off)."""
-    options = conn.settings_dict.get("OPTIONS") or {}
-    return (
-        conn.vendor == "postgresql"
-        and getattr(conn.Database, "__name__", "") == "psycopg"
-        and options.get("server_side_binding") is not True
-    )
 
 
 def _count_sql(

@@ -21,7 +21,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django_tasks_db.models import DBTaskResult
 
-from async_actions import executor, service
+from async_actions import executor, service, statements
 from async_actions.models import Action
 from async_actions.runners import get_runner, reset_runner
 from tests.helpers import TASKS_RUNNER, work
@@ -136,6 +136,19 @@ def test_a_start_sends_the_save_signals_of_a_created_action(tasks_runner: Any) -
     assert (stored.request, stored.session_key, stored.page) == ({"n": 1}, "s", "p")
     assert stored.created_at == started.action.created_at is not None
     assert stored.status == started.action.status == "pending"
+
+
+def test_the_starts_insert_names_the_columns_the_orms_would(db: None) -> None:
+    """The start's hand-written INSERT (``statements.insert_sql``) writes the columns
+    ``save(force_insert=True)`` writes: a field the ORM leaves out of an INSERT (a
+    generated one) or fills in the database would make this fail before a start does."""
+    with CaptureQueriesContext(connection) as orm, transaction.atomic():
+        Action(handler="tests.echo").save(force_insert=True)
+        transaction.set_rollback(True)
+    (orm_insert,) = [q["sql"] for q in orm.captured_queries if q["sql"].startswith("INSERT")]
+    ours = statements.insert_sql(connection.alias)
+    assert ours.split(" VALUES ")[0] == orm_insert.split(" VALUES ")[0]
+    assert ours.count("%s") == len(Action._meta.local_concrete_fields)
 
 
 def test_a_start_over_the_limit_leaves_no_task(limited_runner: Any) -> None:
