@@ -8,14 +8,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import translation
 
 from async_actions import handlers
-from async_actions.runners import get_runner
+from async_actions.runners import get_runner, reset_runner
 from tests.helpers import (  # noqa: F401  (re-exported: older tests import them from here)
     REQUIRE_SERVICES,
+    TASKS_RUNNER,
     Recording,
     chromium_path,
     need,
@@ -87,6 +89,16 @@ def runner(transactional_db: None) -> Iterator[Any]:
     instance = runners.get_runner()
     yield instance
     runners.reset_runner()
+
+
+@pytest.fixture
+def tasks_runner() -> Iterator[Any]:
+    """The TasksRunner on django-tasks-db (``tests.helpers.work()`` runs its queue), over
+    the test settings (limits off unless a test turns them on), fresh for the test."""
+    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, **TASKS_RUNNER}):
+        reset_runner()
+        yield get_runner()
+    reset_runner()
 
 
 @pytest.fixture(autouse=True)

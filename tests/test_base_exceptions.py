@@ -12,15 +12,13 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.test import override_settings
 
 from async_actions import service
 from async_actions.executor import BASE_EXCEPTION_ERROR
 from async_actions.models import Action
-from async_actions.runners import get_runner, reset_runner
 from async_actions.supervisor import supervisor
 from tests.actions import BASE_EXCEPTIONS, barriers
-from tests.helpers import TASKS_RUNNER, wait_finished, wait_for, work
+from tests.helpers import wait_finished, wait_for, work
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,14 +69,6 @@ def test_pool_keeps_max_workers_threads_after_every_kind(runner: Any) -> None:
     for pk in met:
         assert wait_finished(pk).status == "succeeded"
     assert sum(thread.is_alive() for thread in runner._threads) == size
-
-
-@pytest.fixture
-def tasks_runner() -> Any:
-    with override_settings(ASYNC_ACTIONS=TASKS_RUNNER):
-        reset_runner()
-        yield get_runner()
-    reset_runner()
 
 
 @pytest.mark.parametrize("mode", sorted(HANDLERS))

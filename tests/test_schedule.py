@@ -16,7 +16,7 @@ from uuid import UUID
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
-from django.test import Client, override_settings
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -28,7 +28,7 @@ from async_actions.runners import get_runner, reset_runner
 from async_actions.schedule import parse_run_after, run_after_from
 from async_actions.service import OpStatus
 from tests import actions
-from tests.helpers import TASKS_RUNNER, wait_finished, wait_for, work
+from tests.helpers import wait_finished, wait_for, work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,14 +166,6 @@ def test_cancel_before_the_time_on_the_thread_runner_means_it_never_runs(
     assert runner.wait_idle(10)
     row = Action.objects.get(pk=result.action.pk)
     assert (row.status, row.attempt, row.started_at) == ("cancelled", 0, None)  # ...in vain
-
-
-@pytest.fixture
-def tasks_runner() -> Iterator[Any]:
-    with override_settings(ASYNC_ACTIONS=TASKS_RUNNER):
-        reset_runner()
-        yield get_runner()
-    reset_runner()
 
 
 def test_the_tasks_runner_enqueues_a_delayed_start_for_its_time(tasks_runner: Any) -> None:

@@ -40,14 +40,6 @@ OWNER = {"session_key": "s-statements", "client_address": "10.0.0.7"}
 
 
 @pytest.fixture
-def tasks_runner() -> Any:
-    with override_settings(ASYNC_ACTIONS={**settings.ASYNC_ACTIONS, **TASKS_RUNNER}):
-        reset_runner()
-        yield get_runner()
-    reset_runner()
-
-
-@pytest.fixture
 def limited_runner() -> Any:
     with override_settings(ASYNC_ACTIONS=LIMITED):
         reset_runner()

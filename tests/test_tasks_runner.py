@@ -21,14 +21,6 @@ from tests.helpers import TASKS_RUNNER, work
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def tasks_runner() -> Any:
-    with override_settings(ASYNC_ACTIONS=TASKS_RUNNER):
-        reset_runner()
-        yield get_runner()
-    reset_runner()
-
-
 def test_compat_module_picks_the_framework_of_this_django() -> None:
     import django
 
