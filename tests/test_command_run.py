@@ -17,6 +17,7 @@ from django.core.management.base import CommandError
 
 from async_actions.management.commands import async_actions_run
 from async_actions.models import Action
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db
@@ -151,6 +152,29 @@ def test_failure_prints_its_traceback_once_on_stderr(tmp_path):
     header = done.stdout.splitlines()[0]  # the header is output, not an error
     assert header.startswith("Action ") and header.endswith("(tests.boom)")
     assert header not in done.stderr.splitlines()
+
+
+def test_an_action_failing_before_the_command_follows_it_logs_no_second_traceback(
+    runner, monkeypatch, caplog
+):
+    """The action may fail on the runner's thread before the command has printed a
+    line (a loaded machine): the log record of that failure loses its traceback too,
+    since the command prints the stored one. Each run here waits for the end first."""
+    run_here = runner.run_here
+
+    def run_to_the_end(action_id):
+        run_here(action_id)
+        wait_for(lambda: Action.objects.filter(pk=action_id, finished_at__isnull=False).exists())
+
+    monkeypatch.setattr(runner, "run_here", run_to_the_end)
+    err = io.StringIO()
+    with caplog.at_level("ERROR", logger="async_actions"), pytest.raises(SystemExit):
+        call_command("async_actions_run", "tests.boom", stdout=io.StringIO(), stderr=err)
+    action = Action.objects.get()
+    failures = [r for r in caplog.records if r.args and action.pk in r.args]
+    assert failures, "the executor logs the failure"
+    assert [r.exc_info for r in failures] == [None] * len(failures)
+    assert err.getvalue().count("Traceback (most recent call last)") == 1
 
 
 def test_second_ctrl_c_leaves_at_once_with_130(tmp_path):

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from typing import Any
+from uuid import UUID, uuid4
 
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, close_old_connections
@@ -75,23 +76,34 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         request = starting.read_request(options["request"], "--request")
         user = starting.read_user(options["user"])
-        result = starting.start(
-            options["handler"], request, user=user, idempotency_key=options["idempotency_key"]
-        )
-        action = result.action
-        assert action is not None  # starting.start() answers only a started action
         if options["detach"]:  # the server (or a worker) runs it; see async_actions_start
+            action = self._start(options, request, user, uuid4())
             self.stdout.write(str(action.pk))
             return
-        runner = get_runner()
-        if isinstance(runner, ThreadRunner):
-            # This process is no server: run the action here, in the foreground, as a
-            # server would (a server that picked it up first runs it; the claim decides).
-            runner.run_here(action.pk)
-        self.stdout.write(f"Action {action.pk} ({action.handler})")
-        with _TracebackOnce(action):
+        # The filter is in place before the start: on a thread runner the action may
+        # run, and fail, as soon as the start commits.
+        with _TracebackOnce(uuid4()) as once:
+            action = self._start(options, request, user, once.action_id)
+            once.action_id = action.pk  # another action, for a repeated idempotency key
+            runner = get_runner()
+            if isinstance(runner, ThreadRunner):
+                # This process is no server: run the action here, in the foreground, as a
+                # server would (a server that picked it up first runs it; the claim decides).
+                runner.run_here(action.pk)
+            self.stdout.write(f"Action {action.pk} ({action.handler})")
             final = self._follow(action, options["interval"], hint=not runner.runs_in_process)
         self._exit(final)
+
+    def _start(self, options: dict[str, Any], request: Any, user: Any, pk: UUID) -> Action:
+        result = starting.start(
+            options["handler"],
+            request,
+            user=user,
+            idempotency_key=options["idempotency_key"],
+            action_id=pk,
+        )
+        assert result.action is not None  # starting.start() answers only a started action
+        return result.action
 
     def _follow(self, action: Action, interval: float, *, hint: bool) -> Action:
         """Show the action's state until it ends. With ``hint`` (a runner whose workers
@@ -167,8 +179,8 @@ class _TracebackOnce:
     record of its failure keeps its line but loses its traceback: the command prints
     the stored traceback once, at the end, instead of twice."""
 
-    def __init__(self, action: Action) -> None:
-        self.action_id = action.pk
+    def __init__(self, action_id: UUID) -> None:
+        self.action_id = action_id
         self.logger = logging.getLogger("async_actions")
 
     def filter(self, record: logging.LogRecord) -> bool:
