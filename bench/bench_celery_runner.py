@@ -6,7 +6,9 @@ the demo's ``celery`` profile on PostgreSQL, Redis broker) and a plain no-op Cel
 (``send_task``; its body pushes ``time.time()`` to a Redis list so the bench sees it).
 
 1. Throughput: N no-op starts, from the first start to the last finish (ours:
-   ``finished_at`` of the last action; plain: the last body's time), median of repeats.
+   ``finished_at`` of the last action; plain: the last body's time), median of repeats;
+   and drain-only: the worker told to stop consuming the queue (``cancel_consumer``),
+   the N messages sent, then timed from ``add_consumer`` to the last finish.
 2. Start latency with an idle worker, one at a time: the time just before the call to
    the body starting (ours: ``started_at``, written by the claim; plain: the body's
    ``time.time()``).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +43,7 @@ TARGET_THROUGHPUT_RATIO, TARGET_START_RATIO = 0.7, 1.5
 RUN = uuid.uuid4().hex[:8]
 DATABASE = f"aa_bench_celery_{RUN}"
 QUEUE = f"aa-bench-{RUN}"
+NODE = f"aa-bench-{RUN}@{socket.gethostname()}"  # the worker's name, for remote control
 REDIS_URL = os.environ.get("BENCH_CELERY_REDIS_URL", "redis://127.0.0.1:6379/12")
 ENV = {
     **os.environ,
@@ -83,7 +87,7 @@ def _worker(log: Path) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "bench.celery_runner_app", "worker",
          "--pool", "prefork", "--concurrency", "2", "-Q", QUEUE, "--loglevel", "WARNING",
-         "-n", f"aa-bench-{RUN}@%h", "--without-gossip", "--without-mingle",
+         "-n", NODE, "--without-gossip", "--without-mingle",
          "--without-heartbeat"],
         cwd=ROOT, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -163,6 +167,78 @@ def _plain_throughput(tasks: int) -> tuple[float, list[float]]:
     return tasks / (last - t0), costs
 
 
+def _consume(on: bool) -> float:
+    """Tell the worker to start (``add_consumer``) or stop (``cancel_consumer``)
+    consuming the queue, through Celery's remote control; the time just before."""
+    from celery import current_app
+
+    control = current_app.control
+    command = control.add_consumer if on else control.cancel_consumer
+    began = time.time()
+    replies = command(QUEUE, destination=[NODE], reply=True, timeout=10)
+    if not any("ok" in reply.get(NODE, {}) for reply in replies or ()):
+        raise SystemExit(f"the worker did not confirm {command.__name__}: {replies}")
+    return began
+
+
+def _held(count: int) -> None:
+    """The queue holds exactly the ``count`` messages just sent: none was taken."""
+    waiting = _redis().llen(QUEUE)
+    if waiting != count:
+        raise SystemExit(f"{waiting} messages wait in {QUEUE}, not {count}")
+
+
+def _ours_drain(actions: int) -> tuple[float, float]:
+    """Drain-only throughput of ours: the CeleryRunner's own messages (``service.start``,
+    the handler's routing, the default queue here) sent while the worker does not
+    consume the queue; actions per second from ``add_consumer`` to the last
+    ``finished_at``, and the ms from ``add_consumer`` to the first ``started_at``."""
+    from django.db.models import Max, Min
+
+    from async_actions import service
+    from async_actions.models import Action
+
+    _consume(False)
+    ids = []
+    for i in range(actions):
+        result = service.start("demo.noop", {}, session_key=f"drain-{i}")
+        assert result.ok, result
+        ids.append(result.action.pk)
+    _held(actions)
+    released = _consume(True)
+    deadline = time.monotonic() + 300
+    while Action.objects.filter(pk__in=ids, finished_at__isnull=True).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("drained actions unfinished after 300 s")
+        time.sleep(0.02)
+    assert Action.objects.filter(pk__in=ids, status="succeeded").count() == actions
+    ends = Action.objects.filter(pk__in=ids).aggregate(
+        first=Min("started_at"), last=Max("finished_at")
+    )
+    rate = actions / (ends["last"].timestamp() - released)
+    return rate, (ends["first"].timestamp() - released) * 1000
+
+
+def _plain_drain(tasks: int) -> tuple[float, float]:
+    """The same for the plain task: ``send_task`` while the worker does not consume the
+    queue; tasks per second from ``add_consumer`` to the last body's time, and the ms
+    to the first body's."""
+    key = f"aa-bench:{RUN}:{uuid.uuid4().hex[:6]}"
+    _consume(False)
+    for _ in range(tasks):
+        _send_plain(key)
+    _held(tasks)
+    released = _consume(True)
+    deadline = time.monotonic() + 300
+    while _redis().llen(key) < tasks:
+        if time.monotonic() > deadline:
+            raise SystemExit("drained plain tasks unfinished after 300 s")
+        time.sleep(0.02)
+    times = [float(t) for t in _redis().lrange(key, 0, -1)]
+    _redis().delete(key)
+    return tasks / (max(times) - released), (min(times) - released) * 1000
+
+
 def _ours_start_latency(samples: int) -> list[float]:
     from async_actions import service
     from async_actions.models import Action
@@ -217,6 +293,8 @@ def main() -> None:
         _ours_throughput(20)  # warm-up: both pool processes imported, connections open
         _plain_throughput(20)
         ours, plain, ours_cost, plain_cost = [], [], [], []
+        ours_drains: list[tuple[float, float]] = []
+        plain_drains: list[tuple[float, float]] = []
         for _ in range(args.repeat):  # interleaved, so load drifts hit both sides alike
             rate, costs = _ours_throughput(args.actions)
             ours.append(rate)
@@ -224,6 +302,8 @@ def main() -> None:
             rate, costs = _plain_throughput(args.actions)
             plain.append(rate)
             plain_cost += costs
+            ours_drains.append(_ours_drain(args.actions))
+            plain_drains.append(_plain_drain(args.actions))
         ours_start = _ours_start_latency(args.starts)
         plain_start = _plain_start_latency(args.starts)
         if os.environ.get("BENCH_PROFILE"):  # the worker and its pool, a pass of its own
@@ -238,6 +318,10 @@ def main() -> None:
         _redis().delete(QUEUE)
 
     rate_ours, rate_plain = statistics.median(ours), statistics.median(plain)
+    drain_ours = statistics.median(rate for rate, _ in ours_drains)
+    drain_plain = statistics.median(rate for rate, _ in plain_drains)
+    pickup_ours = statistics.median(ms for _, ms in ours_drains)
+    pickup_plain = statistics.median(ms for _, ms in plain_drains)
     p50_ours, p50_plain = percentile(ours_start, 50), percentile(plain_start, 50)
     cost_ours, cost_plain = percentile(ours_cost, 50), percentile(plain_cost, 50)
     body = f"""
@@ -252,6 +336,8 @@ task whose body pushes its time to a Redis list. Same machine, same run, interle
 | --- | ---: | ---: | ---: |
 | no-op throughput, {args.actions} starts, median of {args.repeat} | \
 {rate_ours:.0f} actions/s | {rate_plain:.0f} tasks/s | {rate_ours / rate_plain:.2f}× |
+| no-op throughput, drain-only, {args.actions} queued, median of {args.repeat} | \
+{drain_ours:.0f} actions/s | {drain_plain:.0f} tasks/s | {drain_ours / drain_plain:.2f}× |
 | start latency, idle worker, p50 of {len(ours_start)} | {p50_ours:.1f} ms | \
 {p50_plain:.1f} ms | {p50_ours / p50_plain:.1f}× |
 | start latency p90 | {percentile(ours_start, 90):.1f} ms | \
@@ -260,7 +346,15 @@ task whose body pushes its time to a Redis list. Same machine, same run, interle
 {cost_ours / cost_plain:.1f}× |
 
 Throughput runs: ours {", ".join(f"{r:.0f}" for r in ours)}; plain \
-{", ".join(f"{r:.0f}" for r in plain)}. Start latency is the time just before the call
+{", ".join(f"{r:.0f}" for r in plain)}.
+Drain-only runs, alternated with those: ours \
+{", ".join(f"{r:.0f}" for r, _ in ours_drains)}; plain \
+{", ".join(f"{r:.0f}" for r, _ in plain_drains)}. Drain-only: the worker stops consuming
+the queue (Celery's remote control `cancel_consumer`), the messages are sent (ours by
+`service.start` and the CeleryRunner, plain by `send_task`), then timed from `add_consumer`
+to the last finish, so the caller's start cost is left out; that time includes the
+worker's pick-up after `add_consumer` (to the first body, median: ours {pickup_ours:.0f} ms,
+plain {pickup_plain:.0f} ms). Start latency is the time just before the call
 to the body starting (ours: `started_at`, written by the claim). Caller cost is the time
 the starting process spends in `service.start` (the INSERT, which stores the message's
 id, and its commit, then the send with the handler and `run_after` the start knows) against
@@ -285,6 +379,15 @@ machine, and an action makes several where the plain task makes none).
                 "verdict": verdict(rate_ours / rate_plain >= TARGET_THROUGHPUT_RATIO),
                 "key": "celery_throughput",
                 "profile": "py-spy",  # the worker's pool, a pass of its own
+            },
+            {
+                "figure": "no-op throughput, drain-only (queue filled, then released), "
+                "CeleryRunner / plain Celery tasks, prefork -c 2",
+                "ours": f"{drain_ours:.0f} actions/s",
+                "peer": f"{drain_plain:.0f} tasks/s (plain Celery)",
+                "ratio": f"{drain_ours / drain_plain:.2f}×",
+                "target": "",
+                "key": "celery_drain_throughput",
             },
             {
                 "figure": "start latency p50, idle Celery worker",

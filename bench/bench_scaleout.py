@@ -5,7 +5,9 @@
    ActionConsumer -> TCP WebSocket frame. ``PUSH_INTERVAL`` is 0 in the publishing
    process so every update is pushed; one update at a time so nothing queues.
 2. Throughput: no-op actions per second with 2 ``db_worker`` processes (django-tasks-db
-   on PostgreSQL), from the first start to the last finish, median of repetitions.
+   on PostgreSQL), from the first start to the last finish, median of repetitions; and
+   drain-only: the tasks enqueued first on a queue the workers do not listen to, then
+   moved to theirs in one UPDATE, timed from that UPDATE to the last task's finish.
 3. Start latency with idle workers: ``created_at`` -> ``started_at`` of one action at a
    time (bounded below by the workers' ``--interval``, 0.05 s here).
 
@@ -27,6 +29,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,8 @@ ENV = {
 TARGET_P50_MS = 10.0
 TARGET_THROUGHPUT_RATIO = 0.8
 TARGET_START_RATIO = 1.5
+#: The workers' queue, and the one the drain-only runs fill while no worker listens to it.
+WORKERS_QUEUE, HELD_QUEUE = "default", "aa-bench-held"
 
 
 def _admin(sql: str) -> None:
@@ -76,9 +82,17 @@ def _setup_django() -> None:
 
     settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "PUSH_INTERVAL": 0.0}
     settings.LOGGING = {"version": 1}
+    # The backend accepts tasks for the held queue (this process only; the workers never
+    # load a task while it is there).
+    settings.TASKS = {
+        alias: {**options, "QUEUES": [WORKERS_QUEUE, HELD_QUEUE]}
+        for alias, options in settings.TASKS.items()
+    }
     from async_actions.conf import action_settings
+    from async_actions.tasks_compat import task_backends
 
     action_settings.reload()
+    assert HELD_QUEUE in task_backends["default"].queues  # not built before the change
 
 
 async def _latency(port: int, updates: int, warmup: int) -> list[float]:
@@ -180,6 +194,77 @@ def _peer_throughput(jobs: int) -> tuple[float, list[float]]:
     return jobs / elapsed, costs
 
 
+@contextmanager
+def _runner_queue(name: str) -> Iterator[None]:
+    """The TasksRunner enqueues on ``name`` (its ``TASKS_QUEUE`` setting) in the block."""
+    from django.conf import settings
+
+    from async_actions.conf import action_settings
+
+    previous = settings.ASYNC_ACTIONS
+    settings.ASYNC_ACTIONS = {**previous, "TASKS_QUEUE": name}
+    action_settings.reload()
+    try:
+        yield
+    finally:
+        settings.ASYNC_ACTIONS = previous
+        action_settings.reload()
+
+
+def _drained(task_ids: list[str]) -> tuple[float, float]:
+    """Release the held tasks ``task_ids`` to the workers in one UPDATE of their queue
+    name, wait for the last to finish; tasks per second from the UPDATE to the last
+    task's ``finished_at`` (django-tasks-db's own rows, for both sides), and the ms from
+    the UPDATE to the first task's ``started_at`` (the workers' pick-up, in that time)."""
+    from django.db.models import Max, Min
+    from django_tasks_db.models import DBTaskResult
+
+    held = DBTaskResult.objects.filter(id__in=task_ids, queue_name=HELD_QUEUE, status="READY")
+    assert held.count() == len(task_ids), "a held task is missing or was taken"
+    released = time.time()
+    moved = held.update(queue_name=WORKERS_QUEUE)
+    assert moved == len(task_ids), moved
+    deadline = time.monotonic() + 300
+    while DBTaskResult.objects.filter(id__in=task_ids, finished_at__isnull=True).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("drained tasks unfinished after 300s")
+        time.sleep(0.02)
+    done = DBTaskResult.objects.filter(id__in=task_ids)
+    assert done.filter(status="SUCCESSFUL").count() == len(task_ids)
+    ends = done.aggregate(first=Min("started_at"), last=Max("finished_at"))
+    rate = len(task_ids) / (ends["last"].timestamp() - released)
+    return rate, (ends["first"].timestamp() - released) * 1000
+
+
+def _drain(actions: int) -> tuple[float, float]:
+    """Drain-only throughput of ours: ``service.start()`` with the TasksRunner routed to
+    the held queue, so the actions and their tasks wait as in production, then
+    :func:`_drained` on the tasks the runner enqueued."""
+    from async_actions import service
+    from async_actions.models import Action
+
+    ids = []
+    with _runner_queue(HELD_QUEUE):
+        for i in range(actions):
+            result = service.start("demo.noop", {}, session_key=f"drain-{i}")
+            assert result.ok, result
+            ids.append(result.action.pk)
+    tasks = list(Action.objects.filter(pk__in=ids).values_list("task_id", flat=True))
+    assert len(tasks) == actions and all(tasks), "an action names no task"
+    drained = _drained(tasks)
+    assert Action.objects.filter(pk__in=ids, status="succeeded").count() == actions
+    return drained
+
+
+def _peer_drain(jobs: int) -> tuple[float, float]:
+    """Drain-only throughput of the peer: ``enqueue()`` on the held queue, then
+    :func:`_drained`."""
+    from bench.tasks_peer import noop
+
+    held = noop.using(queue_name=HELD_QUEUE)
+    return _drained([str(held.enqueue().id) for _ in range(jobs)])
+
+
 def _costs(actions: int) -> dict[str, Any]:
     """What one start and one action cost in this process, against the peer's enqueue:
     the SQL statements each sends (BEGIN and COMMIT included) and cProfile runs of
@@ -274,6 +359,8 @@ def main() -> None:
         _throughput(20)  # warm-up: both workers importing, connections open
         _peer_throughput(20)
         rates, peer_rates, costs, peer_costs = [], [], [], []
+        drains: list[tuple[float, float]] = []
+        peer_drains: list[tuple[float, float]] = []
         for _ in range(args.repeat):  # alternated, so both see the same machine
             rate, cost = _throughput(args.actions)
             peer_rate, peer_cost = _peer_throughput(args.actions)
@@ -281,6 +368,8 @@ def main() -> None:
             peer_rates.append(peer_rate)
             costs += cost
             peer_costs += peer_cost
+            drains.append(_drain(args.actions))
+            peer_drains.append(_peer_drain(args.actions))
         starts = _start_latency(args.starts)
         connection.close()
     finally:
@@ -289,6 +378,10 @@ def main() -> None:
         _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
 
     rate, peer_rate = statistics.median(rates), statistics.median(peer_rates)
+    drain_runs, peer_drain_runs = [r for r, _ in drains], [r for r, _ in peer_drains]
+    drain, peer_drain = statistics.median(drain_runs), statistics.median(peer_drain_runs)
+    pickup = statistics.median(ms for _, ms in drains)
+    peer_pickup = statistics.median(ms for _, ms in peer_drains)
     cost, peer_cost = statistics.median(costs), statistics.median(peer_costs)
     p50 = percentile(latency, 50)
     verdict_text = "met: meets the target" if p50 <= TARGET_P50_MS else "MISSED: misses the target"
@@ -321,6 +414,22 @@ workers, from the first `enqueue()` to the last result, run alternately with our
 {peer_cost:.2f} / {percentile(peer_costs, 90):.2f} ms (`enqueue()`) |
 | ratio | {rate / peer_rate:.2f}× (target ≥ {TARGET_THROUGHPUT_RATIO:g}×) | | \
 {cost / peer_cost:.2f}× (target ≤ {TARGET_START_RATIO:g}×) |
+
+**Drain-only throughput**, the same workers warmed, alternated with the runs above: the
+{args.actions} tasks are enqueued first on a queue the workers do not listen to (ours:
+`service.start` with the runner's `TASKS_QUEUE` set to it; the peer: `enqueue()` on it),
+then moved to the workers' queue in one `UPDATE` of `queue_name`, and timed from that
+`UPDATE` to the last task's `finished_at` (django-tasks-db's rows on both sides), so the
+caller's start cost is left out. The time includes the workers' pick-up after the
+`UPDATE` (up to one poll interval), the same on both sides:
+
+| | median | runs | `UPDATE` → first task started, median |
+| --- | ---: | --- | ---: |
+| ours, `TasksRunner` | **{drain:.0f}/s** | {", ".join(f"{r:.0f}" for r in drain_runs)} | \
+{pickup:.0f} ms |
+| django-tasks-db alone | **{peer_drain:.0f}/s** | \
+{", ".join(f"{r:.0f}" for r in peer_drain_runs)} | {peer_pickup:.0f} ms |
+| ratio | {drain / peer_drain:.2f}× | | |
 
 The machine's 2 cores are shared by this process, both workers, PostgreSQL and Redis.
 Our start is one transaction: the owner's limits and backlog counted, the task's INSERT
@@ -383,6 +492,15 @@ Machine: {machine()}; PostgreSQL and Redis on loopback.
                 "key": "tasks_throughput",
                 "profile": "cProfile of executor.execute() (a worker's part: claim, no-op, "
                 f"finish), {args.profile} actions in one process:\n{spent['run_profile']}",
+            },
+            {
+                "figure": "no-op throughput, drain-only (queue filled, then released), "
+                "TasksRunner / the same tasks-db alone, 2 workers",
+                "ours": f"{drain:.0f}/s",
+                "peer": f"{peer_drain:.0f}/s",
+                "ratio": f"{drain / peer_drain:.2f}×",
+                "target": "",
+                "key": "tasks_drain_throughput",
             },
             {
                 "figure": "service.start() cost / tasks-db enqueue(), in the caller, median",
