@@ -33,7 +33,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -119,10 +122,13 @@ def _redis():  # type: ignore[no-untyped-def]
     return _client
 
 
-def _send_plain(key: str) -> None:
+PLAIN, PLAIN_LATE = "bench.plain_noop", "bench.plain_noop_late"
+
+
+def _send_plain(key: str, task: str = PLAIN) -> None:
     from celery import current_app
 
-    current_app.send_task("bench.plain_noop", (key,))
+    current_app.send_task(task, (key,))
 
 
 def _ours_throughput(actions: int) -> tuple[float, list[float]]:
@@ -165,6 +171,49 @@ def _plain_throughput(tasks: int) -> tuple[float, list[float]]:
     last = max(float(t) for t in _redis().lrange(key, 0, -1))
     _redis().delete(key)
     return tasks / (last - t0), costs
+
+
+CPU_PARTS = ("worker main process", "worker pool processes", "PostgreSQL", "Redis")
+
+
+def _cpu_seconds(worker_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) spent so far by the worker's main process, its pool
+    processes (its process group), the PostgreSQL backends serving the bench's
+    database, and the Redis server, read from ``/proc`` (empty elsewhere). Redis is
+    shared with anything else running on the machine."""
+    out = dict.fromkeys(CPU_PARTS, 0.0)
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(fields[2]) == worker_pid:  # the worker's process group
+            part = CPU_PARTS[0] if int(entry.name) == worker_pid else CPU_PARTS[1]
+        elif command.startswith("postgres:") and DATABASE in command:
+            part = CPU_PARTS[2]
+        elif command.startswith("redis-server"):
+            part = CPU_PARTS[3]
+        else:
+            continue
+        out[part] += seconds
+    return out
+
+
+def _cpu_per_item(worker_pid: int, count: int, drain: Callable[[], Any]) -> tuple[Any, dict]:
+    """``drain()``'s result and the CPU ms per item each part spent meanwhile."""
+    before = _cpu_seconds(worker_pid)
+    result = drain()
+    after = _cpu_seconds(worker_pid)
+    return result, {part: (after[part] - before[part]) * 1000 / count for part in before}
 
 
 def _consume(on: bool) -> float:
@@ -219,14 +268,14 @@ def _ours_drain(actions: int) -> tuple[float, float]:
     return rate, (ends["first"].timestamp() - released) * 1000
 
 
-def _plain_drain(tasks: int) -> tuple[float, float]:
-    """The same for the plain task: ``send_task`` while the worker does not consume the
+def _plain_drain(tasks: int, task: str = PLAIN) -> tuple[float, float]:
+    """The same for a plain task: ``send_task`` while the worker does not consume the
     queue; tasks per second from ``add_consumer`` to the last body's time, and the ms
     to the first body's."""
     key = f"aa-bench:{RUN}:{uuid.uuid4().hex[:6]}"
     _consume(False)
     for _ in range(tasks):
-        _send_plain(key)
+        _send_plain(key, task)
     _held(tasks)
     released = _consume(True)
     deadline = time.monotonic() + 300
@@ -270,6 +319,37 @@ def _plain_start_latency(samples: int) -> list[float]:
     return out
 
 
+def _cpu_table(cpu: dict[str, list[dict[str, float]]], count: int, repeat: int) -> str:
+    """Where a drained item's CPU goes, per process, median of the drain-only passes."""
+    if not cpu["ours"] or not cpu["ours"][0]:
+        return "(CPU per process: /proc is not available here.)"
+
+    def cell(side: str, part: str) -> str:
+        return f"{statistics.median(run[part] for run in cpu[side]):.2f} ms"
+
+    def total(side: str) -> float:
+        return statistics.median(sum(run.values()) for run in cpu[side])
+
+    rows = [
+        f"| {part} | {cell('ours', part)} | {cell('plain', part)} | {cell('late', part)} |"
+        for part in CPU_PARTS
+    ]
+    rows.append(
+        f"| all | {total('ours'):.2f} ms | {total('plain'):.2f} ms | {total('late'):.2f} ms |"
+    )
+    return "\n".join(
+        [
+            f"CPU (user + system) per item during the drain-only passes ({count} items, "
+            f"median of {repeat}), from /proc; with {os.cpu_count()} cores, the sum bounds "
+            "throughput at cores / CPU per item:",
+            "",
+            "| process | CeleryRunner action | plain task | plain task, our options |",
+            "| --- | ---: | ---: | ---: |",
+            *rows,
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--actions", type=int, default=200)
@@ -295,6 +375,8 @@ def main() -> None:
         ours, plain, ours_cost, plain_cost = [], [], [], []
         ours_drains: list[tuple[float, float]] = []
         plain_drains: list[tuple[float, float]] = []
+        late_drains: list[float] = []
+        cpu: dict[str, list[dict[str, float]]] = {"ours": [], "plain": [], "late": []}
         for _ in range(args.repeat):  # interleaved, so load drifts hit both sides alike
             rate, costs = _ours_throughput(args.actions)
             ours.append(rate)
@@ -302,8 +384,21 @@ def main() -> None:
             rate, costs = _plain_throughput(args.actions)
             plain.append(rate)
             plain_cost += costs
-            ours_drains.append(_ours_drain(args.actions))
-            plain_drains.append(_plain_drain(args.actions))
+            drained, used = _cpu_per_item(
+                worker.pid, args.actions, partial(_ours_drain, args.actions)
+            )
+            ours_drains.append(drained)
+            cpu["ours"].append(used)
+            drained, used = _cpu_per_item(
+                worker.pid, args.actions, partial(_plain_drain, args.actions)
+            )
+            plain_drains.append(drained)
+            cpu["plain"].append(used)
+            drained, used = _cpu_per_item(
+                worker.pid, args.actions, partial(_plain_drain, args.actions, PLAIN_LATE)
+            )
+            late_drains.append(drained[0])
+            cpu["late"].append(used)
         ours_start = _ours_start_latency(args.starts)
         plain_start = _plain_start_latency(args.starts)
         if os.environ.get("BENCH_PROFILE"):  # the worker and its pool, a pass of its own
@@ -322,6 +417,8 @@ def main() -> None:
     drain_plain = statistics.median(rate for rate, _ in plain_drains)
     pickup_ours = statistics.median(ms for _, ms in ours_drains)
     pickup_plain = statistics.median(ms for _, ms in plain_drains)
+    drain_late = statistics.median(late_drains)
+    cpu_table = _cpu_table(cpu, args.actions, args.repeat)
     p50_ours, p50_plain = percentile(ours_start, 50), percentile(plain_start, 50)
     cost_ours, cost_plain = percentile(ours_cost, 50), percentile(plain_cost, 50)
     body = f"""
@@ -338,12 +435,17 @@ task whose body pushes its time to a Redis list. Same machine, same run, interle
 {rate_ours:.0f} actions/s | {rate_plain:.0f} tasks/s | {rate_ours / rate_plain:.2f}× |
 | no-op throughput, drain-only, {args.actions} queued, median of {args.repeat} | \
 {drain_ours:.0f} actions/s | {drain_plain:.0f} tasks/s | {drain_ours / drain_plain:.2f}× |
+| drain-only, the plain task with `run_action`'s `acks_late` and `reject_on_worker_lost` | \
+| {drain_late:.0f} tasks/s | {drain_late / drain_plain:.2f}× of plain |
 | start latency, idle worker, p50 of {len(ours_start)} | {p50_ours:.1f} ms | \
 {p50_plain:.1f} ms | {p50_ours / p50_plain:.1f}× |
 | start latency p90 | {percentile(ours_start, 90):.1f} ms | \
 {percentile(plain_start, 90):.1f} ms | |
 | caller cost per start, p50 | {cost_ours:.2f} ms | {cost_plain:.2f} ms | \
 {cost_ours / cost_plain:.1f}× |
+
+
+{cpu_table}
 
 Throughput runs: ours {", ".join(f"{r:.0f}" for r in ours)}; plain \
 {", ".join(f"{r:.0f}" for r in plain)}.

@@ -1,5 +1,5 @@
 """The worker's app for bench/bench_celery_runner.py: the demo's Celery app (which
-runs actions) plus one plain Celery task, so both sides run on the same worker.
+runs actions) plus plain Celery tasks, so both sides run on the same worker.
 
 Start: ``celery -A bench.celery_runner_app worker --pool prefork --concurrency 2``
 (with ``DEMO_PROFILE=celery``).
@@ -22,4 +22,13 @@ _redis = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0
 @app.task(name="bench.plain_noop", ignore_result=True)
 def plain_noop(key: str) -> None:
     """A no-op task that leaves the time its body ran, so the bench can time it."""
+    _redis.rpush(key, time.time())
+
+
+@app.task(
+    name="bench.plain_noop_late", ignore_result=True, acks_late=True, reject_on_worker_lost=True
+)
+def plain_noop_late(key: str) -> None:
+    """The same with ``async_actions.run_action``'s delivery options, so the bench can
+    tell what those options cost from what the action's own work costs."""
     _redis.rpush(key, time.time())
