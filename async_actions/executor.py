@@ -100,6 +100,9 @@ def keep_connection_if_healthy(*, ping: bool = True) -> None:
     claim) one that fails its ping too, if it sat idle for ``PING_AFTER_IDLE`` seconds
     or more: a server may have dropped it meanwhile. A worker busy with one action after
     another (its connection proven a moment ago) saves that round trip per action.
+    A connection a handler left with autocommit off is closed too (its open transaction
+    rolled back), as ``close_old_connections`` does: kept, it would hold every later
+    claim and finish of this thread in a transaction that never commits.
     """
     now = time.monotonic()
     idle = now - getattr(_last_action, "ended", -PING_AFTER_IDLE) >= PING_AFTER_IDLE
@@ -108,7 +111,8 @@ def keep_connection_if_healthy(*, ping: bool = True) -> None:
     for conn in connections.all(initialized_only=True):
         if conn.connection is None or conn.in_atomic_block:
             continue
-        if conn.errors_occurred or (ping and idle and not conn.is_usable()):
+        left_open = conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]
+        if conn.errors_occurred or left_open or (ping and idle and not conn.is_usable()):
             conn.close()
 
 

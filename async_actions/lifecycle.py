@@ -537,7 +537,7 @@ def _one_trip(conn: BaseDatabaseWrapper) -> bool:
     """Whether statements may go to the database together in one string, as one
     transaction: PostgreSQL through psycopg 3 binding parameters on the client (Django's
     default), in autocommit (inside the caller's transaction they would not commit)."""
-    return statements.batches(conn) and not conn.in_atomic_block
+    return statements.batches(conn) and conn.get_autocommit()
 
 
 def _results(conn: BaseDatabaseWrapper, sql: str, params: Sequence[Any]) -> list[list[Any]]:
