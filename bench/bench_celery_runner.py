@@ -132,10 +132,7 @@ def _send_plain(key: str, task: str = PLAIN) -> None:
 
 
 def _ours_throughput(actions: int) -> tuple[float, list[float]]:
-    from django.db.models import Max
-
     from async_actions import service
-    from async_actions.models import Action
 
     ids, costs = [], []
     t0 = time.time()
@@ -145,14 +142,25 @@ def _ours_throughput(actions: int) -> tuple[float, list[float]]:
         costs.append((time.perf_counter() - began) * 1000)
         assert result.ok, result
         ids.append(result.action.pk)
+    return actions / (_succeeded(ids)["last"].timestamp() - t0), costs
+
+
+def _succeeded(ids: list) -> dict[str, Any]:
+    """Wait until the actions ``ids`` ended, all succeeded; their first start and last
+    finish (``first``, ``last``)."""
+    from django.db.models import Max, Min
+
+    from async_actions.models import Action
+
     deadline = time.monotonic() + 300
     while Action.objects.filter(pk__in=ids, finished_at__isnull=True).exists():
         if time.monotonic() > deadline:
             raise SystemExit("actions unfinished after 300 s")
         time.sleep(0.02)
-    assert Action.objects.filter(pk__in=ids, status="succeeded").count() == actions
-    last = Action.objects.filter(pk__in=ids).aggregate(last=Max("finished_at"))["last"]
-    return actions / (last.timestamp() - t0), costs
+    assert Action.objects.filter(pk__in=ids, status="succeeded").count() == len(ids)
+    return Action.objects.filter(pk__in=ids).aggregate(
+        first=Min("started_at"), last=Max("finished_at")
+    )
 
 
 def _plain_throughput(tasks: int) -> tuple[float, list[float]]:
@@ -242,10 +250,8 @@ def _ours_drain(actions: int) -> tuple[float, float]:
     the handler's routing, the default queue here) sent while the worker does not
     consume the queue; actions per second from ``add_consumer`` to the last
     ``finished_at``, and the ms from ``add_consumer`` to the first ``started_at``."""
-    from django.db.models import Max, Min
 
     from async_actions import service
-    from async_actions.models import Action
 
     _consume(False)
     ids = []
@@ -255,15 +261,7 @@ def _ours_drain(actions: int) -> tuple[float, float]:
         ids.append(result.action.pk)
     _held(actions)
     released = _consume(True)
-    deadline = time.monotonic() + 300
-    while Action.objects.filter(pk__in=ids, finished_at__isnull=True).exists():
-        if time.monotonic() > deadline:
-            raise SystemExit("drained actions unfinished after 300 s")
-        time.sleep(0.02)
-    assert Action.objects.filter(pk__in=ids, status="succeeded").count() == actions
-    ends = Action.objects.filter(pk__in=ids).aggregate(
-        first=Min("started_at"), last=Max("finished_at")
-    )
+    ends = _succeeded(ids)
     rate = actions / (ends["last"].timestamp() - released)
     return rate, (ends["first"].timestamp() - released) * 1000
 
