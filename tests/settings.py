@@ -46,7 +46,9 @@ for _alias in ("actions", "replica"):
     if DB == "postgres":
         _copy["TEST"]["NAME"] = f"test_async_actions_{_alias}_{os.getpid()}"
     else:
-        _copy["NAME"] = os.path.join(tempfile.gettempdir(), f"aa_dev_{_alias}_{os.getpid()}.sqlite3")
+        _copy["NAME"] = os.path.join(
+            tempfile.gettempdir(), f"aa_dev_{_alias}_{os.getpid()}.sqlite3"
+        )
         _copy["TEST"]["NAME"] = os.path.join(
             tempfile.gettempdir(), f"aa_test_{_alias}_{os.getpid()}.sqlite3"
         )
