@@ -23,6 +23,7 @@ from django.db import connections, transaction
 from django.test import override_settings
 
 from async_actions import service
+from async_actions.checks import check_settings
 from async_actions.models import Action
 from async_actions.runners import get_runner, reset_runner
 from tests.actions import gate
@@ -191,3 +192,27 @@ def test_racing_starts_of_one_owner_never_pass_its_limit_together() -> None:
             assert on("actions").count() == 1
         finally:
             reset_runner()
+
+
+class FilesElsewhere(ActionsElsewhere):
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        return "replica" if model._meta.model_name == "actionfile" else "actions"
+
+
+class UsersOnDefault(ActionsElsewhere):
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        return "actions" if model._meta.app_label == "async_actions" else "default"
+
+
+def routing_checks() -> list[str]:
+    return [m.id for m in check_settings() if m.id in ("async_actions.E050", "async_actions.W050")]
+
+
+def test_the_checks_report_a_router_that_splits_what_must_stay_together() -> None:
+    with override_settings(DATABASE_ROUTERS=[ROUTER]):
+        assert routing_checks() == []
+    with override_settings(DATABASE_ROUTERS=[f"{__name__}.FilesElsewhere"]):
+        assert routing_checks() == ["async_actions.E050"]
+    with override_settings(DATABASE_ROUTERS=[f"{__name__}.UsersOnDefault"]):
+        assert routing_checks() == ["async_actions.W050"]
+    assert routing_checks() == []
