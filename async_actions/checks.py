@@ -13,9 +13,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage
+from django.db import router
 from django.urls import NoReverseMatch, reverse
 
 from async_actions import files
@@ -27,6 +29,7 @@ from async_actions.conf import (
     is_number,
     is_whole,
 )
+from async_actions.models import Action, ActionFile
 from async_actions.runners import get_runner
 from async_actions.runners.base import BaseRunner
 from async_actions.runners.thread import ThreadRunner
@@ -65,6 +68,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> Iterable[CheckMess
     errors.extend(_check_file_storage(runner_ok=not errors))
     errors.extend(_check_channel_layer(raw))
     errors.extend(_check_session_engine())
+    errors.extend(_check_database_routing())
     errors.extend(_check_running_cap(raw))
     warnings.extend(_check_layer_check_interval(raw))
     return errors + warnings
@@ -231,6 +235,38 @@ def _check_session_engine() -> list[CheckMessage]:
             id="async_actions.W040",
         )
     ]
+
+
+def _check_database_routing() -> list[CheckMessage]:
+    """The app's rows live together, beside the users who own them: Django has no
+    relation across databases, so a router that splits them breaks every write."""
+    actions = router.db_for_write(Action)
+    found: list[CheckMessage] = []
+    if router.db_for_write(ActionFile) != actions:
+        found.append(
+            Error(
+                f"DATABASE_ROUTERS send async_actions.Action to {actions!r} but "
+                f"async_actions.ActionFile to {router.db_for_write(ActionFile)!r}.",
+                hint="Route every model of the async_actions app to one database.",
+                id="async_actions.E050",
+            )
+        )
+    try:
+        users = router.db_for_write(get_user_model())
+    except (ImproperlyConfigured, LookupError):  # the model check reports it
+        return found
+    if users != actions:
+        found.append(
+            Warning(
+                f"DATABASE_ROUTERS send async_actions.Action to {actions!r} and the user "
+                f"model to {users!r}: an action's user is a foreign key, which Django "
+                "keeps within one database.",
+                hint="Route the user model (and the auth app) to the actions' database, "
+                "or the actions to the users'.",
+                id="async_actions.W050",
+            )
+        )
+    return found
 
 
 def _check_layer_check_interval(raw: dict[str, Any]) -> list[CheckMessage]:

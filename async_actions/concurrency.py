@@ -16,11 +16,11 @@ import logging
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 from django.db.models import Q
 from django.utils import timezone
 
-from async_actions import dispatcher
+from async_actions import dispatcher, statements
 from async_actions.handlers import HandlerError
 from async_actions.models import Action
 
@@ -58,8 +58,9 @@ def lock(key: str) -> None:
     PostgreSQL gets an advisory lock; SQLite needs none because the INSERT that
     precedes the busy check takes the database's single write lock.
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+    conn = statements.writer()
+    if conn.vendor == "postgresql":
+        with conn.cursor() as cursor:
             cursor.execute(*lock_sql(key))
 
 
@@ -72,7 +73,9 @@ def lock_sql(key: str) -> tuple[str, list[Any]]:
 
 def busy(key: str, *, exclude: Any = None) -> bool:
     """Whether another action with ``key`` is pending or running."""
-    return Action.objects.active().filter(concurrency_key=key).exclude(pk=exclude).exists()
+    return (
+        Action.objects.primary().active().filter(concurrency_key=key).exclude(pk=exclude).exists()
+    )
 
 
 def release(key: str) -> None:
@@ -86,7 +89,8 @@ def release(key: str) -> None:
     now = timezone.now()
     try:
         waiting = (
-            Action.objects.filter(status=Action.Status.PENDING, concurrency_key=key)
+            Action.objects.primary()
+            .filter(status=Action.Status.PENDING, concurrency_key=key)
             .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
             .order_by("created_at", "pk")  # the order claims enforce (executor)
             .values_list("pk", flat=True)

@@ -178,7 +178,7 @@ class ActionContext:
 
     def files(self, kind: str | None = None) -> list[StoredFile]:
         """The action's files so far: uploads (``"input"``), results (``"output"``) or both."""
-        rows = ActionFile.objects.filter(action_id=self.action_id)
+        rows = ActionFile.objects.primary().filter(action_id=self.action_id)
         if kind is not None:
             rows = rows.filter(kind=kind)
         return [StoredFile(row) for row in rows]

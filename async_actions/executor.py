@@ -123,7 +123,8 @@ def _not_claimed(action_id: UUID | str, runner: Dispatcher) -> None:
     waiting for a free key: wake the oldest (its dispatch may have been lost).
     """
     row = (
-        Action.objects.filter(pk=action_id, status=Action.Status.PENDING)
+        Action.objects.primary()
+        .filter(pk=action_id, status=Action.Status.PENDING)
         .values("run_after", "concurrency_key")
         .first()
     )

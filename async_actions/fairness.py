@@ -25,11 +25,11 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from async_actions import dispatcher
+from async_actions import dispatcher, statements
 from async_actions.conf import action_settings
 from async_actions.models import Action
 
@@ -76,8 +76,9 @@ class Owner:
         The lock's key is hashed by PostgreSQL (``hashtext``), so a claim can take it in
         the statement that reads the owner from the row (:func:`lock_owner_of_pending`).
         """
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
+        conn = statements.writer()
+        if conn.vendor == "postgresql":
+            with conn.cursor() as cursor:
                 cursor.execute(*self.lock_sql())
 
     def lock_sql(self) -> tuple[str, list[Any]]:
@@ -101,7 +102,7 @@ _LOCK_KEY_SQL = (
 def lock_owner_of_pending(pk: Any) -> Owner | None:
     """PostgreSQL, in a transaction: the pending action's owner, read and locked
     (:meth:`Owner.lock`) in one statement where a claim used to send two."""
-    with connection.cursor() as cursor:
+    with statements.writer().cursor() as cursor:
         cursor.execute(lock_pending_sql(), [pk, PENDING])
         row = cursor.fetchone()
     return owner_of(*row[:3]) if row is not None else None
@@ -150,7 +151,7 @@ def running_cap() -> int | None:
 
 def at_cap(owner: Owner, cap: int) -> bool:
     """Whether the owner runs ``cap`` actions (or more) right now."""
-    running = Action.objects.filter(owner.actions(), status=Action.Status.RUNNING)
+    running = Action.objects.primary().filter(owner.actions(), status=Action.Status.RUNNING)
     return running.order_by()[cap - 1 : cap].exists()
 
 
@@ -164,8 +165,9 @@ def backlog(action_id: Any) -> int:
     if running_cap() is None:
         return 0
     try:
-        pk = Action._meta.pk.get_db_prep_value(action_id, connection)
-        with connection.cursor() as cursor:
+        conn = statements.writer()
+        pk = Action._meta.pk.get_db_prep_value(action_id, conn)
+        with conn.cursor() as cursor:
             cursor.execute(f"SELECT {', '.join(OWNER_FIELDS)} FROM {_table()} WHERE id = %s", [pk])
             row = cursor.fetchone()
             owner = owner_of(*row) if row is not None else None
@@ -197,7 +199,7 @@ def release(owner: Owner | None) -> None:
         return
     sql, params = waiting_sql(owner, cap)
     try:
-        with connection.cursor() as cursor:
+        with statements.writer().cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
     except DatabaseError:
@@ -210,7 +212,7 @@ def waiting_sql(owner: Owner, cap: int) -> tuple[str, list[Any]]:
     """:func:`release`'s query: the owner's oldest due waiting actions (at most ``cap``),
     each with the owner's running count. ``lifecycle.finish`` sends it with the final
     write on PostgreSQL, after the owner's lock (:meth:`Owner.lock_sql`)."""
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    now = statements.writer().ops.adapt_datetimefield_value(timezone.now())
     running, params = owner.sql("r")
     waiting, waiting_params = owner.sql("w")
     return (
@@ -230,7 +232,7 @@ def dispatch_waiting(rows: Sequence[Sequence[Any]], cap: int) -> None:
 
 
 def _table() -> str:
-    return connection.ops.quote_name(Action._meta.db_table)
+    return statements.writer().ops.quote_name(Action._meta.db_table)
 
 
 def wake_after_end(action: Action) -> None:
@@ -243,4 +245,4 @@ def wake_after_end(action: Action) -> None:
     """
     owner = owner_of(action.user_id, action.client_address, action.session_key)
     if owner is not None and running_cap() is not None:
-        transaction.on_commit(partial(release, owner))
+        transaction.on_commit(partial(release, owner), using=statements.writer().alias)

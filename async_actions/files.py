@@ -29,7 +29,7 @@ from uuid import UUID
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import FileSystemStorage, InvalidStorageError, Storage, storages
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
@@ -162,7 +162,11 @@ def check_limits(
                 f"A file of {size} bytes is over the limit of {biggest} bytes "
                 "(ASYNC_ACTIONS['MAX_FILE_BYTES'])."
             )
-    have = ActionFile.objects.filter(action_id=action_id).count() if already is None else already
+    have = (
+        ActionFile.objects.primary().filter(action_id=action_id).count()
+        if already is None
+        else already
+    )
     most = action_settings.MAX_FILES_PER_ACTION
     if have + len(sizes) > most:
         raise FileLimitError(
@@ -338,8 +342,13 @@ def resolve_inputs(action_id: UUID | str, request: Any) -> Any:
     current: Any = action_id
     while current is not None and len(owners) < MAX_RETRY_DEPTH:
         owners.append(current)
-        current = Action.objects.filter(pk=current).values_list("retry_of_id", flat=True).first()
-    rows = ActionFile.objects.filter(
+        current = (
+            Action.objects.primary()
+            .filter(pk=current)
+            .values_list("retry_of_id", flat=True)
+            .first()
+        )
+    rows = ActionFile.objects.primary().filter(
         action_id__in=owners, kind=ActionFile.Kind.INPUT, path__in=wanted
     )
     return _replaced(request, {row.path: StoredFile(row) for row in rows})
@@ -356,7 +365,8 @@ def open_for_download(row: ActionFile) -> IO[bytes] | None:
 @receiver(post_delete, sender=ActionFile, dispatch_uid="async_actions.files.removed")
 def _removed(sender: Any, instance: ActionFile, **kwargs: Any) -> None:
     """A deleted row's file leaves storage once the deletion commits (not if it rolls back)."""
-    transaction.on_commit(partial(remove_stored, [instance.path]), robust=True)
+    using = kwargs.get("using") or router.db_for_write(ActionFile)
+    transaction.on_commit(partial(remove_stored, [instance.path]), using=using, robust=True)
 
 
 @receiver(action_finished, dispatch_uid="async_actions.files.finished")
@@ -365,6 +375,8 @@ def _finished(sender: Any, action: Action, **kwargs: Any) -> None:
     if not action_settings.DELETE_UPLOADS_AT_FINISH:
         return
     try:
-        ActionFile.objects.filter(action_id=action.pk, kind=ActionFile.Kind.INPUT).delete()
+        ActionFile.objects.primary().filter(
+            action_id=action.pk, kind=ActionFile.Kind.INPUT
+        ).delete()
     except Exception:  # the end is recorded; a leftover upload goes with the purge
         logger.exception("Could not delete the uploads of %s", action.pk)

@@ -353,13 +353,18 @@ def end(action_id: UUID, status: str, **fields: Any) -> bool:
     ``DatabaseError`` (nothing written).
     """
     now = timezone.now()
-    with transaction.atomic():  # a savepoint: a failure leaves the caller's transaction usable
-        updated = Action.objects.filter(pk=action_id, status__in=Action.ACTIVE_STATUSES).update(
-            status=status,
-            finished_at=now,
-            expires_at=now + retention(),
-            seq=F("seq") + 1,
-            **fields,
+    # A savepoint: a failure leaves the caller's transaction usable.
+    with transaction.atomic(using=_connection().alias):
+        updated = (
+            Action.objects.primary()
+            .filter(pk=action_id, status__in=Action.ACTIVE_STATUSES)
+            .update(
+                status=status,
+                finished_at=now,
+                expires_at=now + retention(),
+                seq=F("seq") + 1,
+                **fields,
+            )
         )
     if updated:
         _after_end(action_id, status)
@@ -370,13 +375,17 @@ def cancel_pending(action_id: UUID) -> bool:
     """Cancel an action that has not started; True if it was pending. Raises
     ``DatabaseError`` (nothing written)."""
     now = timezone.now()
-    with transaction.atomic():
-        updated = Action.objects.filter(pk=action_id, status=PENDING).update(
-            status=Action.Status.CANCELLED,
-            cancel_requested=True,
-            finished_at=now,
-            expires_at=now + retention(),
-            seq=F("seq") + 1,
+    with transaction.atomic(using=_connection().alias):
+        updated = (
+            Action.objects.primary()
+            .filter(pk=action_id, status=PENDING)
+            .update(
+                status=Action.Status.CANCELLED,
+                cancel_requested=True,
+                finished_at=now,
+                expires_at=now + retention(),
+                seq=F("seq") + 1,
+            )
         )
     if updated:
         _after_end(action_id, Action.Status.CANCELLED)
@@ -410,8 +419,10 @@ def requeue_lost(action_id: UUID, stale: Q, note: str) -> bool:
 def _write_lost(action_id: UUID, stale: Q, status: str, **fields: Any) -> bool:
     """Move a lost running action to ``status`` if ``stale`` still holds, then run the
     after-step of a requeue (``pending``) or of an end."""
-    updated = Action.objects.filter(stale, pk=action_id).update(
-        status=status, seq=F("seq") + 1, **fields
+    updated = (
+        Action.objects.primary()
+        .filter(stale, pk=action_id)
+        .update(status=status, seq=F("seq") + 1, **fields)
     )
     if updated and status == PENDING:
         _after_requeue(action_id, None)
@@ -432,7 +443,7 @@ def wake_next(key: str) -> None:
 def _read(action_id: UUID) -> Action | None:
     """The row as stored now; None if it is gone or the database fails."""
     try:
-        return Action.objects.get(pk=action_id)
+        return Action.objects.primary().get(pk=action_id)
     except Action.DoesNotExist:
         return None
     except DatabaseError:

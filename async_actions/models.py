@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from django.conf import settings
-from django.db import models
+from django.db import models, router
 from django.db.models import Q
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -15,8 +15,21 @@ from django.utils.translation import gettext_lazy as _
 from async_actions import events
 from async_actions.conf import action_settings
 
+_M = TypeVar("_M", bound=models.Model)
 
-class ActionQuerySet(models.QuerySet["Action"]):
+
+class PrimaryQuerySet(models.QuerySet[_M]):
+    def primary(self) -> Self:
+        """On the database the rows are written to (the router's ``db_for_write``).
+
+        The engine decides on what it reads (is the key busy, is this request a repeat,
+        what waits, what is stale, which files a worker gets), so it never reads from a
+        replica that lags the writes; the surfaces may.
+        """
+        return self.using(router.db_for_write(self.model))
+
+
+class ActionQuerySet(PrimaryQuerySet["Action"]):
     def active(self) -> ActionQuerySet:
         return self.filter(status__in=Action.ACTIVE_STATUSES)
 
@@ -239,6 +252,8 @@ class ActionFile(models.Model):
         _("content type"), max_length=127, default="application/octet-stream"
     )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    objects = PrimaryQuerySet["ActionFile"].as_manager()
 
     class Meta:
         verbose_name = _("action file")

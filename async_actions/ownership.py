@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, router, transaction
 from django.db.models import Q
 
 from async_actions.conf import action_settings
@@ -96,7 +96,7 @@ def may_see_tracebacks(user: Any) -> bool:
 
 def visible_actions(user: Any, session: Any) -> ActionQuerySet:
     """Actions the visitor may see; anything else is answered as if it did not exist."""
-    return Action.objects.all() if may_see_all(user) else owned_actions(user, session)
+    return Action.objects.primary().all() if may_see_all(user) else owned_actions(user, session)
 
 
 def visible_action(
@@ -192,25 +192,28 @@ def claim_session_actions(sender: Any, request: Any, user: Any, **kwargs: Any) -
 
 
 def _move(keys: list[str], user: Any) -> int:
-    candidates = Action.objects.filter(user__isnull=True, session_key__in=keys)
+    candidates = Action.objects.primary().filter(user__isnull=True, session_key__in=keys)
     # An unfinished action with an idempotency key the user already uses stays behind:
     # one owner has one unfinished action per key.
     taken = list(
-        Action.objects.filter(user=user)
+        Action.objects.primary()
+        .filter(user=user)
         .active()
         .exclude(idempotency_key="")
         .values_list("idempotency_key", flat=True)
     )
     clash = Q(status__in=Action.ACTIVE_STATUSES, idempotency_key__in=taken)
     try:
-        with transaction.atomic():
+        with transaction.atomic(using=router.db_for_write(Action)):
             return candidates.exclude(clash).update(user=user)
     except IntegrityError:  # a start raced us; move what can be moved, one by one
         moved = 0
         for pk in candidates.values_list("pk", flat=True):
             try:
-                with transaction.atomic():
-                    moved += Action.objects.filter(pk=pk, user__isnull=True).update(user=user)
+                with transaction.atomic(using=router.db_for_write(Action)):
+                    moved += (
+                        Action.objects.primary().filter(pk=pk, user__isnull=True).update(user=user)
+                    )
             except IntegrityError:
                 continue
         return moved

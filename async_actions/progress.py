@@ -324,7 +324,11 @@ class Publisher:
     def store(self, fields: dict[str, Any], seq: int, log_dirty: bool) -> None:
         """Write what :meth:`take_write` gave, on condition the row still runs."""
         try:
-            updated = Action.objects.filter(pk=self.action_id, status="running").update(**fields)
+            updated = (
+                Action.objects.primary()
+                .filter(pk=self.action_id, status="running")
+                .update(**fields)
+            )
         except DatabaseError:
             logger.warning("Progress of action %s not written; will retry", self.action_id)
             close_old_connections()

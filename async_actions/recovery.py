@@ -84,7 +84,9 @@ def _recover_stale(report: SweepReport, now: datetime, dry_run: bool) -> None:
 
     Each write re-checks staleness (``stale_running(now)``) so a row that came back to
     life since the listing is left alone."""
-    stale = list(Action.objects.filter(stale_running(now)).values_list("pk", "handler", "attempt"))
+    stale = list(
+        Action.objects.primary().filter(stale_running(now)).values_list("pk", "handler", "attempt")
+    )
     for pk, handler_name, attempt in stale:
         handler = get_handler(handler_name)
         retry = handler is not None and attempt < handler.max_attempts
@@ -106,7 +108,9 @@ def _recover_stale(report: SweepReport, now: datetime, dry_run: bool) -> None:
 
 def _redispatch_lost(report: SweepReport, now: datetime, dry_run: bool) -> None:
     """Dispatch again the pending actions no live queue holds; wake each keyed queue."""
-    waiting = Action.objects.filter(lost_pending(now)).values_list("pk", "concurrency_key")
+    waiting = (
+        Action.objects.primary().filter(lost_pending(now)).values_list("pk", "concurrency_key")
+    )
     keys: set[str] = set()
     unkeyed: list[UUID] = []
     for pk, key in waiting:
@@ -121,7 +125,9 @@ def _redispatch_lost(report: SweepReport, now: datetime, dry_run: bool) -> None:
         # The rows were read before the queue was asked: one a thread took and finished
         # in between is held nowhere yet no longer pending. Ask the rows again.
         still = set(
-            Action.objects.filter(lost_pending(now), pk__in=candidates).values_list("pk", flat=True)
+            Action.objects.primary()
+            .filter(lost_pending(now), pk__in=candidates)
+            .values_list("pk", flat=True)
         )
         candidates = [pk for pk in candidates if pk in still]
     for pk in candidates:
@@ -146,9 +152,9 @@ def _schedule_delayed(report: SweepReport, now: datetime, dry_run: bool) -> None
     if runner.supports_defer:
         return
     rows = dict(
-        Action.objects.filter(
-            status=Action.Status.PENDING, run_after__gte=stale_before(now)
-        ).values_list("pk", "run_after")
+        Action.objects.primary()
+        .filter(status=Action.Status.PENDING, run_after__gte=stale_before(now))
+        .values_list("pk", "run_after")
     )
     if not rows:
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
@@ -47,10 +47,14 @@ def purge(queryset: QuerySet[Action], batch_size: int = DEFAULT_BATCH_SIZE) -> I
         pks = list(queryset.values_list("pk", flat=True)[:batch_size])
         if not pks:
             return
-        with transaction.atomic():  # retries of a deleted row keep running: SET_NULL
-            deleted = Action.objects.filter(
-                pk__in=pks, status__in=Action.TERMINAL_STATUSES
-            ).delete()[0]
+        with transaction.atomic(
+            using=router.db_for_write(Action)
+        ):  # retries of a deleted row keep running: SET_NULL
+            deleted = (
+                Action.objects.primary()
+                .filter(pk__in=pks, status__in=Action.TERMINAL_STATUSES)
+                .delete()[0]
+            )
         yield deleted
         if len(pks) < batch_size:
             return

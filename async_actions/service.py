@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, signals
 
 from async_actions import addresses, concurrency, fairness, lifecycle, statements
@@ -258,10 +258,10 @@ def _find(handler: str | None, request: Any, public_only: bool) -> ActionHandler
 
 def _owned(owner_user: Any, owner_session: str) -> Any:
     """The owner's actions: the user's, or (anonymous) the session's."""
-    owned = Action.objects.filter(user=owner_user) if owner_user else None
-    if owned is None:
-        owned = Action.objects.filter(user__isnull=True, session_key=owner_session)
-    return owned
+    actions = Action.objects.primary()  # a repeat is answered from what is written
+    if owner_user:
+        return actions.filter(user=owner_user)
+    return actions.filter(user__isnull=True, session_key=owner_session)
 
 
 def _create(
@@ -289,12 +289,12 @@ def _create(
     # django-tasks-db on the actions' database: the task is inserted in this transaction,
     # before the action whose INSERT carries its id (one commit, no dispatch after it).
     inline = runner.enqueues_in_start()
-    alias = router.db_for_write(Action)
+    conn = statements.writer()
     # Count before the INSERT where the owner's lock is held from here on: PostgreSQL's
     # advisory lock, or SQLite's write lock taken at BEGIN (``enqueues_in_start``).
-    count_first = inline or connections[alias].vendor == "postgresql"
+    count_first = inline or conn.vendor == "postgresql"
     pk = action_id or uuid4()
-    with transaction.atomic():
+    with transaction.atomic(using=conn.alias):
         if key:
             existing = owned.active().filter(idempotency_key=key).first()
             if existing is not None:
@@ -331,7 +331,7 @@ def _create(
             run_after=run_after,
             task_id=task_id,
         )
-        _insert(action, alias)
+        _insert(action, conn.alias)
         if not count_first:
             _check_inserted(action, refuse)
     if not inline:
@@ -383,19 +383,29 @@ def _lost_race(found: ActionHandler, owned: Any, key: str) -> StartResult:
 def _lock_owner(user: Any, session_key: str, address: str) -> None:
     """Serialize this owner's starts (PostgreSQL) so racing ones cannot all slip under a
     limit; SQLite's INSERT takes its single write lock."""
-    owner = _limited_owner(user, session_key, address)
-    if owner is not None:
+    for owner in _limited_owners(user, session_key, address):
         owner.lock()
 
 
-def _limited_owner(user: Any, session_key: str, address: str) -> fairness.Owner | None:
-    """The owner whose starts :func:`_lock_owner` serializes: None when no active limit
-    applies to it."""
-    per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS if user is None else None
-    owner = fairness.owner_of(getattr(user, "pk", None), address, session_key)
-    if owner is not None and (action_settings.MAX_ACTIVE_PER_OWNER or per_address):
-        return owner
-    return None
+def _limited_owners(user: Any, session_key: str, address: str) -> list[fairness.Owner]:
+    """Whose starts :func:`_lock_owner` serializes: one lock per limit the start is
+    counted against, so no limit is guarded by another's lock.
+
+    An anonymous visitor counts twice, against its session (``MAX_ACTIVE_PER_OWNER``)
+    and its address (``MAX_ACTIVE_PER_ANONYMOUS_ADDRESS``): one session starting from
+    many addresses must not pass its session's limit in parallel. Always the session's
+    lock before the address's, so two starts never wait for each other in a circle.
+    """
+    per_owner = action_settings.MAX_ACTIVE_PER_OWNER is not None
+    user_id = getattr(user, "pk", None)
+    if user_id is not None:
+        return [fairness.Owner("user", user_id)] if per_owner else []
+    owners = []
+    if per_owner and session_key:
+        owners.append(fairness.Owner("session", session_key))
+    if action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS is not None and address:
+        owners.append(fairness.Owner("address", address))
+    return owners
 
 
 def _over_limit(action: Action) -> bool:
@@ -422,7 +432,7 @@ def _counts(user_id: Any, session_key: str, address: str, pk: UUID, fair: bool) 
     if counting is None:
         return False, 0
     sql, params, limits = counting
-    with connections[router.db_for_write(Action)].cursor() as cursor:
+    with statements.writer().cursor() as cursor:
         cursor.execute(sql, params)
         return _over_and_backlog(cursor.fetchone(), limits)
 
@@ -437,12 +447,10 @@ def _locked_counts(
     statements in one message; each statement still takes its own snapshot, so the
     counts see every start that committed before the locks were granted.
     """
-    conn = connections[router.db_for_write(Action)]
+    conn = statements.writer()
     queries: list[tuple[str, list[Any]]] = []
     if conn.vendor == "postgresql":
-        owner = _limited_owner(user, session_key, address)
-        if owner is not None:
-            queries.append(owner.lock_sql())
+        queries.extend(owner.lock_sql() for owner in _limited_owners(user, session_key, address))
         if key:
             queries.append(concurrency.lock_sql(key))
     counting = _count_sql(getattr(user, "pk", None), session_key, address, pk, fair)
@@ -490,7 +498,7 @@ def _count_sql(
         conditions.append((condition, params))
     if not conditions:
         return None
-    conn = connections[router.db_for_write(Action)]
+    conn = statements.writer()
     table = conn.ops.quote_name(Action._meta.db_table)
     db_pk = Action._meta.pk.get_db_prep_value(pk, conn)
     active = [str(status) for status in Action.ACTIVE_STATUSES]
@@ -521,7 +529,9 @@ def _pk(action_id: Any) -> UUID | None:
 
 def _missing_or_done(pk: UUID) -> OpStatus:
     return (
-        OpStatus.ACTION_COMPLETED if Action.objects.filter(pk=pk).exists() else OpStatus.NOT_FOUND
+        OpStatus.ACTION_COMPLETED
+        if Action.objects.primary().filter(pk=pk).exists()
+        else OpStatus.NOT_FOUND
     )
 
 
@@ -529,7 +539,7 @@ def _push_stored(pk: UUID) -> None:
     """Push the stored state after a change that is no transition (progress, a cancel
     request), so watchers see it at once."""
     try:
-        action = Action.objects.get(pk=pk)
+        action = Action.objects.primary().get(pk=pk)
     except (Action.DoesNotExist, DatabaseError):
         return
     push_action(action)
@@ -577,9 +587,12 @@ def update_progress(
     if data is not None:
         fields["data"] = validate_data(data)
     try:
-        with transaction.atomic():  # a savepoint: a failure leaves the caller's transaction usable
-            updated = Action.objects.filter(pk=pk, status__in=Action.ACTIVE_STATUSES).update(
-                **fields
+        # A savepoint: a failure leaves the caller's transaction usable.
+        with transaction.atomic(using=statements.writer().alias):
+            updated = (
+                Action.objects.primary()
+                .filter(pk=pk, status__in=Action.ACTIVE_STATUSES)
+                .update(**fields)
             )
         if not updated:
             return _missing_or_done(pk)
@@ -632,9 +645,11 @@ def cancel(action_id: Any) -> OpStatus:
         if lifecycle.cancel_pending(pk):
             get_runner().discard(pk)  # its queued message, where the queue can drop one
             return OpStatus.OK
-        with transaction.atomic():
-            requested = Action.objects.filter(pk=pk, status=Action.Status.RUNNING).update(
-                cancel_requested=True
+        with transaction.atomic(using=statements.writer().alias):
+            requested = (
+                Action.objects.primary()
+                .filter(pk=pk, status=Action.Status.RUNNING)
+                .update(cancel_requested=True)
             )
         if not requested:
             return _missing_or_done(pk)

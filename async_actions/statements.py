@@ -10,12 +10,20 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from django.db import connections
+from django.db import connections, router
 
 from async_actions.models import Action
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
+
+
+def writer() -> BaseDatabaseWrapper:
+    """The connection the actions are written on: the router's ``db_for_write``, which
+    need not be ``default``. Every statement of a transition, its transaction, its locks
+    and its after-commit steps run there, or a refusal cannot roll its INSERT back and a
+    lock guards nothing."""
+    return connections[router.db_for_write(Action)]
 
 
 def batches(conn: BaseDatabaseWrapper) -> bool:

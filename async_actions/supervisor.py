@@ -237,7 +237,8 @@ class Supervisor:
             return
         try:
             flagged = set(
-                Action.objects.filter(pk__in=list(waiting))
+                Action.objects.primary()
+                .filter(pk__in=list(waiting))
                 .filter(Q(cancel_requested=True) | ~Q(status=Action.Status.RUNNING))
                 .values_list("pk", flat=True)
             )
@@ -251,7 +252,7 @@ class Supervisor:
         if not ids:
             return
         try:
-            Action.objects.filter(pk__in=ids, status=Action.Status.RUNNING).update(
+            Action.objects.primary().filter(pk__in=ids, status=Action.Status.RUNNING).update(
                 heartbeat_at=timezone.now()
             )
         except DatabaseError:
@@ -293,9 +294,9 @@ class Supervisor:
         if written:
             return
         try:
-            still_running = Action.objects.filter(
-                pk=action_id, status=Action.Status.RUNNING
-            ).exists()
+            still_running = (
+                Action.objects.primary().filter(pk=action_id, status=Action.Status.RUNNING).exists()
+            )
         except DatabaseError:
             close_old_connections()
             return  # the database is down: try again on the next tick

@@ -18,7 +18,7 @@ from django import forms
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import File
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, models, transaction
+from django.db import DatabaseError, models, router, transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
@@ -468,7 +468,7 @@ class AsyncFormView(BaseAsyncView):
         if not getattr(self, "uploads", None):  # none stored, or a post() of the site's own
             return super().start(data, run_after=run_after)
         try:
-            with transaction.atomic():
+            with transaction.atomic(using=router.db_for_write(Action)):
                 response = super().start(data, run_after=run_after)
                 if self.started_action is not None:
                     files.record_uploads(self.uploads)

@@ -38,6 +38,22 @@ else:
     if os.environ.get("AA_SQLITE_PATH"):  # a server process a test starts shares one file
         DATABASES["default"]["NAME"] = os.environ["AA_SQLITE_PATH"]
 
+# Two more databases for tests/test_database_routers.py (a router sends the actions to
+# "actions" and their reads to "replica"); pytest-django creates them only for tests
+# that ask for them.
+for _alias in ("actions", "replica"):
+    _copy = {**DATABASES["default"], "TEST": dict(DATABASES["default"]["TEST"])}
+    if DB == "postgres":
+        _copy["TEST"]["NAME"] = f"test_async_actions_{_alias}_{os.getpid()}"
+    else:
+        _copy["NAME"] = os.path.join(
+            tempfile.gettempdir(), f"aa_dev_{_alias}_{os.getpid()}.sqlite3"
+        )
+        _copy["TEST"]["NAME"] = os.path.join(
+            tempfile.gettempdir(), f"aa_test_{_alias}_{os.getpid()}.sqlite3"
+        )
+    DATABASES[_alias] = _copy
+
 # Uploads and result files of tests that do not set their own MEDIA_ROOT: never the repository.
 if not os.environ.get("DEMO_MEDIA_ROOT"):
     MEDIA_ROOT = os.path.join(tempfile.gettempdir(), f"aa_media_{os.getpid()}")

@@ -94,10 +94,12 @@ def test_a_limited_owners_start_counts_once_and_takes_its_priority_from_that(
         "COMMIT",
     ]
     if connection.vendor == "postgresql":
-        # The owner's advisory lock goes in the same round trip, as its own statement
-        # ahead of the counts, so their snapshot is taken once the lock is held.
-        lock, counts = sql[1].split("; ")
-        assert lock.startswith("SELECT pg_advisory_xact_lock(")
+        # The advisory locks of the session's and the address's limits go in the same
+        # round trip, each its own statement ahead of the counts, so their snapshot is
+        # taken once the locks are held.
+        *locks, counts = sql[1].split("; ")
+        assert len(locks) == 2
+        assert all(lock.startswith("SELECT pg_advisory_xact_lock(") for lock in locks)
         assert counts.startswith("SELECT (SELECT COUNT(*)")
     task = DBTaskResult.objects.get(pk=Action.objects.get(pk=started.action.pk).task_id)
     assert task.priority == -2  # two unfinished actions of this owner before it

@@ -16,9 +16,10 @@ from typing import Any
 from uuid import UUID
 
 from django.core.checks import CheckMessage
-from django.db import transaction
+from django.db import router, transaction
 
 from async_actions import recovery
+from async_actions.models import Action
 from async_actions.runners.timers import Timers
 
 
@@ -88,9 +89,9 @@ class BaseRunner(ABC):
         override it: a test's own transaction never commits.)
         """
         if when is None:
-            transaction.on_commit(partial(self.dispatch, action_id))
+            transaction.on_commit(partial(self.dispatch, action_id), using=_alias())
         else:
-            transaction.on_commit(partial(self.dispatch_at, action_id, when))
+            transaction.on_commit(partial(self.dispatch_at, action_id, when), using=_alias())
 
     def enqueues_in_start(self) -> bool:
         """Whether ``service.start`` may hand the action over inside its own transaction
@@ -141,3 +142,9 @@ class BaseRunner(ABC):
     def check(self) -> Iterable[CheckMessage]:
         """System-check messages about this runner's configuration."""
         return ()
+
+
+def _alias() -> str:
+    """The actions' database: a start's transaction runs there, so its dispatch waits
+    for that commit, not for one on ``default``."""
+    return router.db_for_write(Action)

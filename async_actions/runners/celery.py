@@ -34,7 +34,7 @@ from celery import Task, current_app, shared_task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_ready
 from django.core import checks
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -102,7 +102,9 @@ def _forget_message(action_id: str, task_id: str | None) -> None:
     if not task_id:
         return
     try:
-        Action.objects.filter(pk=action_id, status=PENDING, task_id=task_id).update(task_id="")
+        Action.objects.primary().filter(pk=action_id, status=PENDING, task_id=task_id).update(
+            task_id=""
+        )
     except DatabaseError:
         close_old_connections()
 
@@ -110,7 +112,7 @@ def _forget_message(action_id: str, task_id: str | None) -> None:
 def _fail_timed_out(action_id: str, exc: TimeLimitExceeded) -> None:
     """Fail the still-running action whose child Celery is killing for its hard limit."""
     try:
-        row = Action.objects.filter(pk=action_id).values("handler").first()
+        row = Action.objects.primary().filter(pk=action_id).values("handler").first()
         if row is None:
             return
         handler = get_handler(row["handler"])
@@ -170,7 +172,8 @@ class CeleryRunner(BaseRunner):
             return
         eta_from = when or action.run_after
         transaction.on_commit(
-            partial(self._publish, action_id, action.handler, action.task_id, eta_from)
+            partial(self._publish, action_id, action.handler, action.task_id, eta_from),
+            using=router.db_for_write(Action),
         )
 
     def _send(self, action_id: UUID, when: datetime | None) -> None:
@@ -178,7 +181,8 @@ class CeleryRunner(BaseRunner):
             return
         try:
             row = (
-                Action.objects.filter(pk=action_id, status=PENDING)
+                Action.objects.primary()
+                .filter(pk=action_id, status=PENDING)
                 .values("handler", "run_after")
                 .first()
             )
@@ -186,7 +190,7 @@ class CeleryRunner(BaseRunner):
                 return  # ended or claimed meanwhile: nothing to run
             task_id = str(uuid.uuid4())
             # Stored before the send, so a worker that takes the message at once finds it.
-            Action.objects.filter(pk=action_id, status=PENDING).update(task_id=task_id)
+            Action.objects.primary().filter(pk=action_id, status=PENDING).update(task_id=task_id)
         except DatabaseError:
             logger.exception("Could not dispatch action %s; recovery will retry", action_id)
             close_old_connections()
@@ -234,7 +238,12 @@ class CeleryRunner(BaseRunner):
     def discard(self, action_id: UUID) -> None:
         """Revoke the message of a pending action just cancelled, so no worker takes it."""
         try:
-            ref = Action.objects.filter(pk=action_id).values_list("task_id", flat=True).first()
+            ref = (
+                Action.objects.primary()
+                .filter(pk=action_id)
+                .values_list("task_id", flat=True)
+                .first()
+            )
             if ref:
                 run_action.app.control.revoke(ref)
         except Exception:  # the claim refuses a cancelled action anyway
@@ -247,7 +256,8 @@ class CeleryRunner(BaseRunner):
         trusted: with ``acks_late`` a worker that dies holding it gives it back.
         """
         return set(
-            Action.objects.filter(pk__in=list(action_ids), status=PENDING)
+            Action.objects.primary()
+            .filter(pk__in=list(action_ids), status=PENDING)
             .exclude(task_id="")
             .values_list("pk", flat=True)
         )

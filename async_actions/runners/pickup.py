@@ -88,9 +88,9 @@ def waiting_here(runner: Dispatcher) -> list[UUID]:
     """
     since = timezone.now() - action_settings.stale_after
     rows = list(
-        Action.objects.filter(status=Action.Status.PENDING, created_at__gte=since).values_list(
-            "pk", "run_after", "concurrency_key"
-        )
+        Action.objects.primary()
+        .filter(status=Action.Status.PENDING, created_at__gte=since)
+        .values_list("pk", "run_after", "concurrency_key")
     )
     if not rows:
         return []
@@ -110,7 +110,9 @@ def waiting_here(runner: Dispatcher) -> list[UUID]:
         else:
             runner.dispatch(pk)
     if keys:
-        running = Action.objects.filter(status=Action.Status.RUNNING, concurrency_key__in=keys)
+        running = Action.objects.primary().filter(
+            status=Action.Status.RUNNING, concurrency_key__in=keys
+        )
         for key in keys - set(running.values_list("concurrency_key", flat=True)):
             lifecycle.wake_next(key)
     return taken

@@ -191,7 +191,8 @@ class TasksRunner(BaseRunner):
 
     def _held_by_backend(self, action_ids: list[UUID]) -> set[UUID]:
         refs = dict(
-            Action.objects.filter(pk__in=action_ids)
+            Action.objects.primary()
+            .filter(pk__in=action_ids)
             .exclude(task_id="")
             .values_list("pk", "task_id")
         )
