@@ -20,7 +20,7 @@ from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_noop
 
-from async_actions import dispatcher, lifecycle
+from async_actions import dispatcher, lifecycle, transactions
 from async_actions.conf import action_settings
 from async_actions.context import ActionCancelled, ActionContext, ActionError, _current
 from async_actions.files import add_file
@@ -43,6 +43,10 @@ logger = logging.getLogger("async_actions")
 #: LANGUAGE_CODE in a worker) when they are written: see docs/i18n.md.
 UNEXPECTED_ERROR = gettext_noop("The action failed because of an unexpected error.")
 BASE_EXCEPTION_ERROR = gettext_noop("The action failed: its handler raised {name}.")
+LEFT_OPEN_ERROR = gettext_noop(
+    "The action failed: its handler left a database transaction open, and what it "
+    "wrote in it was rolled back."
+)
 
 
 def claim(action_id: UUID | str) -> Action | None:
@@ -161,6 +165,7 @@ def run_claimed(
     handler: ActionHandler | None = None
     retry: Exception | None = None
     escaped: BaseException | None = None
+    before = transactions.snapshot()
     try:
         action_started.send(sender=Action, action=action)
         handler = get_handler(action.handler)
@@ -187,6 +192,17 @@ def run_claimed(
     finally:
         _current.reset(token)
         limit = supervisor.stop_clock(action.pk)
+        left_open = transactions.close_left_open(before)
+    if left_open:
+        logger.error(
+            "The handler of action %s (%s) left a transaction open on %s; it was rolled back",
+            action.pk,
+            action.handler,
+            ", ".join(left_open),
+        )
+        if status == Action.Status.SUCCEEDED and retry is None:
+            status, response = Action.Status.FAILED, None
+            error = gettext(LEFT_OPEN_ERROR)
     if retry is not None and handler is not None:
         return _retry(action, handler, publisher, retry, runner)
     return _finish(action, publisher, status, response, error, trace, limit)

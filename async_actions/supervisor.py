@@ -232,21 +232,29 @@ class Supervisor:
                 entry.ctx.cancel("its row stopped running")
 
     def _poll_cancels(self, entries: list[_Running]) -> None:
-        waiting = {e.ctx.action_id: e for e in entries if not e.ctx.cancelled}
+        """Stop handlers whose cancel was requested elsewhere, or whose row was ended
+        from outside. An action whose handler has just written its own end (its
+        publisher closed, before or during the read) is neither: it is left alone,
+        where it used to be "asked to cancel" in the log after it had ended."""
+        waiting = {
+            e.ctx.action_id: e for e in entries if not e.ctx.cancelled and not e.publisher.closed
+        }
         if not waiting:
             return
         try:
-            flagged = set(
+            flagged = list(
                 Action.objects.primary()
                 .filter(pk__in=list(waiting))
                 .filter(Q(cancel_requested=True) | ~Q(status=Action.Status.RUNNING))
-                .values_list("pk", flat=True)
+                .values_list("pk", "cancel_requested")
             )
         except DatabaseError:
             close_old_connections()
             return
-        for action_id in flagged:
-            waiting[action_id].ctx.cancel("requested")
+        for action_id, requested in flagged:
+            entry = waiting[action_id]
+            if not entry.publisher.closed:
+                entry.ctx.cancel("requested" if requested else "ended from outside")
 
     def _heartbeat(self, ids: list[UUID]) -> None:
         if not ids:
