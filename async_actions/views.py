@@ -24,7 +24,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.cache import get_conditional_response
+from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy as _lazy
@@ -368,7 +368,7 @@ class BaseAsyncView(View):
         if result.created:
             self.started_action = result.action
         if result.status is OpStatus.OK and result.action is not None:
-            return redirect_303(self.url_for("processing", result.action))
+            return redirect_303(self.url_for("processing", result.action), self.request)
         if result.status is OpStatus.NO_HANDLER:
             # The view names its own handler: a missing one is the site's fault (503),
             # not the visitor's request (the API's 400).
@@ -388,7 +388,7 @@ class BaseAsyncView(View):
             return JsonResponse({"status": status.value}, status=http.outcome(status).status)
         action.refresh_from_db()
         page = "result" if action.is_finished else "processing"
-        return redirect_303(self.url_for(page, action))
+        return redirect_303(self.url_for(page, action), self.request)
 
     def refused(self, exc: PayloadError) -> HttpResponse:
         """400 (413 when too large) for submitted data that cannot become a request."""
@@ -661,10 +661,23 @@ ACTION_PAGES: dict[str, type[ActionPageMixin]] = {
 }
 
 
-def redirect_303(url: str) -> HttpResponse:
-    """See Other: the browser follows with GET, so reload does not resubmit the form."""
-    response = HttpResponse(status=303)
-    response["Location"] = url
+def redirect_303(url: str, request: HttpRequest | None = None) -> HttpResponse:
+    """See Other: the browser follows with GET, so reload does not resubmit the form.
+
+    A form posted by htmx (``HX-Request``, not a boosted one) gets ``HX-Redirect``
+    instead: htmx's XMLHttpRequest would follow the 303 itself and swap the whole
+    processing page into the element that posted, a page inside a page whose script and
+    live connection do not belong there. Boosted forms swap the body and take the URL,
+    so a 303 is right for them.
+    """
+    headers = request.headers if request is not None else {}
+    if headers.get("HX-Request") == "true" and headers.get("HX-Boosted") != "true":
+        response = HttpResponse(status=200)
+        response["HX-Redirect"] = url
+    else:
+        response = HttpResponse(status=303)
+        response["Location"] = url
+    patch_vary_headers(response, ("HX-Request",))
     return response
 
 

@@ -435,3 +435,45 @@ def test_a_mixin_on_the_users_view_class_guards_every_action_page(
         assert (
             client.get(reverse(f"members_only_view:{page}", kwargs={"pk": pk})).status_code == 200
         )
+
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def test_a_start_posted_by_htmx_answers_hx_redirect_to_the_processing_page(
+    client: Client, runner: Any
+) -> None:
+    """htmx's request would follow a 303 and swap the whole processing page into the
+    form's element; HX-Redirect makes the browser load it as a page."""
+    response = client.post(reverse("echo_view:initial"), {"word": "hi"}, **HTMX)
+    assert response.status_code == 200
+    assert "Location" not in response
+    target = response["HX-Redirect"]
+    pk = re.search(r"[0-9a-f-]{36}", target).group(0)
+    assert target == reverse("echo_view:processing", kwargs={"pk": pk})
+    assert "HX-Request" in response["Vary"]
+    assert wait_finished(pk).response == {"echo": {"word": "hi"}}
+
+
+def test_a_cancel_posted_by_htmx_answers_hx_redirect(client: Client, runner: Any) -> None:
+    gate("htmx-cancel").clear()
+    pk = start(client, "gate_view", {"gate": "htmx-cancel"})
+    response = client.post(reverse("gate_view:cancel", kwargs={"pk": pk}), **HTMX)
+    assert response.status_code == 200
+    assert response["HX-Redirect"] in (
+        reverse("gate_view:processing", kwargs={"pk": pk}),
+        reverse("gate_view:result", kwargs={"pk": pk}),
+    )
+    assert wait_finished(pk).status == "cancelled"
+
+
+def test_a_boosted_form_and_a_plain_one_still_get_303(client: Client, runner: Any) -> None:
+    """hx-boost swaps the body and takes the response's URL, so a 303 is right there."""
+    boosted = client.post(
+        reverse("echo_view:initial"), {"word": "hi"}, HTTP_HX_BOOSTED="true", **HTMX
+    )
+    plain = client.post(reverse("echo_view:initial"), {"word": "hi"}, HTTP_HX_REQUEST="false")
+    for response in (boosted, plain):
+        assert response.status_code == 303
+        assert "HX-Redirect" not in response
+        wait_finished(action_id_from(response))
