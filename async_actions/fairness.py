@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.db import DatabaseError, transaction
@@ -33,12 +33,17 @@ from async_actions import dispatcher, statements
 from async_actions.conf import action_settings
 from async_actions.models import Action
 
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
 logger = logging.getLogger("async_actions")
 
 #: Advisory lock namespace (concurrency keys use 0x4A41).
 _LOCK_SPACE = 0x4A42
 # Plain strings: database drivers may adapt an enum member by its name.
 RUNNING, PENDING = str(Action.Status.RUNNING), str(Action.Status.PENDING)
+#: The action's user foreign key: its target field prepares and converts user pks.
+_USER = Action._meta.get_field("user")
 #: The row fields an owner is read from.
 OWNER_FIELDS = ("user_id", "client_address", "session_key")
 
@@ -62,7 +67,7 @@ class Owner:
         """:meth:`actions` as SQL on the table named ``alias``, for hand-written statements
         (``lifecycle.claim``): the same rows, without compiling a ``Q`` per call."""
         if self.kind == "user":
-            return f"{alias}.user_id = %s", [self.value]
+            return f"{alias}.user_id = %s", [user_db_value(self.value, statements.writer())]
         if self.kind == "address":
             return f"{alias}.user_id IS NULL AND {alias}.client_address = %s", [self.value]
         return (
@@ -83,7 +88,12 @@ class Owner:
 
     def lock_sql(self) -> tuple[str, list[Any]]:
         """PostgreSQL: the statement of :meth:`lock`, for a caller that sends it in one
-        round trip with the statements it protects (a start's counts, a finish)."""
+        round trip with the statements it protects (a start's counts, a finish).
+
+        The key is the one ``_LOCK_KEY_SQL`` spells from the row: :func:`owner_of` keeps a
+        user's pk as the field's Python value, whose ``str`` is PostgreSQL's ``::text``
+        of the column (``42``; a UUID's hyphenated lower-case form), or two claims of one
+        owner would take two locks."""
         return "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [
             _LOCK_SPACE,
             f"{self.kind}:{self.value}",
@@ -134,14 +144,25 @@ def lock_pending_sql() -> str:
 
 
 def owner_of(user_id: Any, client_address: str = "", session_key: str = "") -> Owner | None:
-    """The owner an action with these fields counts against (None: not capped)."""
+    """The owner an action with these fields counts against (None: not capped).
+
+    ``user_id`` may be a column as read by a hand-written statement (SQLite's 32 hex
+    digits for a UUID pk) or the model's value: the owner keeps the field's Python value,
+    so both give one owner, one lock key and one :meth:`Owner.sql` parameter."""
     if user_id is not None:
-        return Owner("user", user_id)
+        return Owner("user", _USER.to_python(user_id))
     if client_address:
         return Owner("address", client_address)
     if session_key:
         return Owner("session", session_key)
     return None
+
+
+def user_db_value(user_id: Any, connection: BaseDatabaseWrapper) -> Any:
+    """A user pk as a hand-written statement on ``connection`` binds it: the database
+    value of the user model's pk field (SQLite stores a ``UUIDField`` as 32 hex digits,
+    so a bound ``uuid.UUID`` fails or matches nothing)."""
+    return _USER.get_db_prep_value(user_id, connection)
 
 
 def running_cap() -> int | None:

@@ -483,8 +483,9 @@ def _count_sql(
     per_address = action_settings.MAX_ACTIVE_PER_ANONYMOUS_ADDRESS
     conditions: list[tuple[str, list[Any]]] = []  # one COUNT's condition and parameters
     limits: list[int] = []
+    conn = statements.writer()
     if per_owner is not None and user_id is not None:
-        conditions.append(("a.user_id = %s", [user_id]))
+        conditions.append(("a.user_id = %s", [fairness.user_db_value(user_id, conn)]))
         limits.append(int(per_owner))
     elif per_owner is not None and session_key:
         conditions.append(("a.user_id IS NULL AND a.session_key = %s", [session_key]))
@@ -498,7 +499,6 @@ def _count_sql(
         conditions.append((condition, params))
     if not conditions:
         return None
-    conn = statements.writer()
     table = conn.ops.quote_name(Action._meta.db_table)
     db_pk = Action._meta.pk.get_db_prep_value(pk, conn)
     active = [str(status) for status in Action.ACTIVE_STATUSES]
