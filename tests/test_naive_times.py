@@ -77,3 +77,18 @@ def test_the_processing_page_and_the_admin_show_the_scheduled_time(staff: Client
     assert stamp is not None and re.search(r"[+-]\d\d:\d\d$", stamp.group(1))
     admin = staff.get(reverse("admin:async_actions_action_change", args=[pk]))
     assert admin.status_code == 200
+
+
+@NAIVE
+def test_the_status_json_gives_the_page_script_instants(client: Client) -> None:
+    """The script reads a time without an offset as the browser's; the stored one is
+    naive in TIME_ZONE, so the snapshot names the offset."""
+    response = client.post(reverse("later_view:initial"), {"seconds": 3600})
+    pk = action_id_from(response)
+    state = client.get(reverse("later_view:status", kwargs={"pk": pk})).json()
+    row = Action.objects.get(pk=pk)
+    assert row.run_after is not None and timezone.is_naive(row.run_after)
+    for key in ("run_after", "created_at"):
+        assert datetime.fromisoformat(state[key]).utcoffset() is not None, state[key]
+    expected = timezone.make_aware(row.run_after, timezone.get_default_timezone())
+    assert datetime.fromisoformat(state["run_after"]) == expected
