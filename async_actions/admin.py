@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
@@ -30,6 +31,10 @@ from async_actions import http, retention, service
 from async_actions.metrics import queue
 from async_actions.models import Action
 from async_actions.service import OpStatus
+
+#: The owner's name as a lookup: the user model's ``USERNAME_FIELD`` (a site's model may
+#: be named by e-mail and have no ``username``). Admin modules load once the apps are.
+OWNER_NAME = f"user__{get_user_model().USERNAME_FIELD}"
 
 if TYPE_CHECKING:
     # django-stubs makes ModelAdmin generic; at runtime Django's class is not subscriptable.
@@ -60,7 +65,7 @@ class ActionAdmin(_ModelAdmin):
     list_display_links = ["short_id"]
     list_filter = ["status", ("handler", admin.AllValuesFieldListFilter), "created_at"]
     list_select_related = ["user"]
-    search_fields = ["handler", "user__username", "session_key"]
+    search_fields = ["handler", OWNER_NAME, "session_key"]
     search_help_text = _("An id (or its first characters), a handler name or an owner.")
     date_hierarchy = "created_at"
     list_per_page = 50
@@ -136,7 +141,7 @@ class ActionAdmin(_ModelAdmin):
     def short_id(self, action: Action) -> str:
         return action.short_id
 
-    @admin.display(description=_("owner"), ordering="user__username")
+    @admin.display(description=_("owner"), ordering=OWNER_NAME)
     def owner(self, action: Action) -> str:
         if action.user_id and action.user:
             return action.user.get_username()

@@ -14,11 +14,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage
 from django.db import router
 from django.urls import NoReverseMatch, reverse
+from django.utils.module_loading import import_string
 
 from async_actions import files
 from async_actions.conf import (
@@ -222,6 +224,16 @@ def _check_channel_layer(raw: dict[str, Any]) -> list[CheckMessage]:
 
 def _check_session_engine() -> list[CheckMessage]:
     """Anonymous ownership rests on a session key the server holds and can revoke."""
+    if not _has_session_middleware():
+        return [
+            Warning(
+                "No SessionMiddleware in MIDDLEWARE: an anonymous visitor's action has no "
+                "owner, so the start redirects them to a page that answers 404.",
+                hint="Add 'django.contrib.sessions.middleware.SessionMiddleware' to "
+                "MIDDLEWARE, or let only logged-in users start actions.",
+                id="async_actions.W041",
+            )
+        ]
     engine = getattr(settings, "SESSION_ENGINE", "")
     if engine != "django.contrib.sessions.backends.signed_cookies":
         return []
@@ -235,6 +247,18 @@ def _check_session_engine() -> list[CheckMessage]:
             id="async_actions.W040",
         )
     ]
+
+
+def _has_session_middleware() -> bool:
+    """Whether MIDDLEWARE sets ``request.session`` (Django's middleware or a subclass)."""
+    for dotted in getattr(settings, "MIDDLEWARE", None) or ():
+        try:
+            middleware = import_string(dotted)
+        except ImportError:  # Django reports a middleware that does not import
+            continue
+        if isinstance(middleware, type) and issubclass(middleware, SessionMiddleware):
+            return True
+    return False
 
 
 def _check_database_routing() -> list[CheckMessage]:

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from django.utils import timezone
+
 __all__ = ["EVENT_TYPE", "event_for", "group_name", "snapshot"]
 
 #: The channel-layer message type of an action's update (a consumer's handler name).
@@ -88,4 +90,10 @@ def event_for(state: dict[str, Any], group: str | None = None) -> dict[str, Any]
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    """ISO 8601 with an offset: with ``USE_TZ`` off the stored time is naive in
+    ``TIME_ZONE``, which a browser would read as its own zone, so it is made aware first."""
+    if value is None:
+        return None
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, timezone.get_default_timezone())
+    return value.isoformat()

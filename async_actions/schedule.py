@@ -4,8 +4,9 @@
 time. A delayed start sets it, a retry's backoff sets it, every runner honours it
 (the claim checks it; a too-early delivery is dispatched again for then). Callers hand
 a start a ``datetime`` or a ``timedelta`` (the command line and the API hand text); this
-module turns each into an aware ``datetime``, or None for "now". It imports nothing of
-the package.
+module turns each into a ``datetime`` of the kind the site stores (aware, or naive in
+``TIME_ZONE`` when ``USE_TZ`` is off), or None for "now". It imports nothing of the
+package.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -23,18 +25,23 @@ _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 def run_after_from(value: datetime | timedelta | None) -> datetime | None:
-    """The stored ``run_after`` for a start: None (due now) or a future aware datetime.
+    """The stored ``run_after`` for a start: None (due now) or a future datetime.
 
-    A ``timedelta`` counts from now; a time already past means now. A naive
-    ``datetime`` is refused (which zone it meant is a guess); a negative ``timedelta``
-    is past, so now.
+    A ``timedelta`` counts from now; a time already past means now; a negative
+    ``timedelta`` is past, so now. With ``USE_TZ`` on, a naive ``datetime`` is refused
+    (which zone it meant is a guess). With it off, the site's times are naive in
+    ``TIME_ZONE`` (``timezone.now()`` is naive), so a naive one is taken as such and an
+    aware one is converted to it: comparing or storing a mix would fail.
     """
     if value is None:
         return None
     if isinstance(value, timedelta):
         value = timezone.now() + value
     elif isinstance(value, datetime):
-        if timezone.is_naive(value):
+        if not settings.USE_TZ:
+            if timezone.is_aware(value):
+                value = timezone.make_naive(value, timezone.get_default_timezone())
+        elif timezone.is_naive(value):
             raise ValueError(
                 "run_after must be an aware datetime (e.g. timezone.now() + timedelta(...)) "
                 "or a timedelta, not a naive datetime."
@@ -64,6 +71,6 @@ def parse_run_after(text: str) -> datetime | None:
             f"{text!r} is neither an ISO 8601 time (2030-01-31T06:00:00+01:00) "
             "nor a duration (90s, 10m, 1h30m, 2d)."
         )
-    if timezone.is_naive(parsed):
+    if timezone.is_naive(parsed) and settings.USE_TZ:
         parsed = timezone.make_aware(parsed)
     return run_after_from(parsed)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -59,3 +62,28 @@ def test_the_schema_is_yaml_by_default(client: Client) -> None:
     assert response.status_code == 200
     assert response["Content-Type"].startswith("application/vnd.oai.openapi")
     assert b"/api/actions/{id}/cancel/:" in response.content
+
+
+def test_the_schema_is_served_when_the_site_keeps_drfs_default_schema_class() -> None:
+    """docs/api.md: no ``DEFAULT_SCHEMA_CLASS`` needed. The setting is read when the API
+    module is imported, so the site's settings are those of a fresh process."""
+    script = (
+        "import json, django; django.setup()\n"
+        "from django.test import Client\n"
+        "from django.test.utils import setup_test_environment\n"
+        "setup_test_environment()\n"
+        "response = Client().get('/api/schema/', {'format': 'json'})\n"
+        "print(response.status_code)\n"
+        "print(sorted(json.loads(response.content)['paths']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings_drf_defaults"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    status, paths = done.stdout.splitlines()[-2:]
+    assert status == "200"
+    assert "/api/actions/{id}/cancel/" in paths

@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.contrib.sessions.models import Session
 from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -492,12 +494,18 @@ def test_login_leaves_behind_an_unfinished_action_whose_idempotency_key_the_user
     assert Action.objects.get(pk=done.pk).user == user
 
 
+class SiteSessionMiddleware(SessionMiddleware):
+    """A site's own session middleware: it sets ``request.session`` as Django's does."""
+
+
 def test_checks_refuse_a_bad_move_setting_and_warn_about_signed_cookie_sessions() -> None:
     from async_actions.checks import check_settings
 
     def ids() -> list[str]:
         return [
-            m.id for m in check_settings() if m.id in ("async_actions.E040", "async_actions.W040")
+            m.id
+            for m in check_settings()
+            if m.id in ("async_actions.E040", "async_actions.W040", "async_actions.W041")
         ]
 
     assert ids() == []
@@ -505,6 +513,24 @@ def test_checks_refuse_a_bad_move_setting_and_warn_about_signed_cookie_sessions(
         assert ids() == ["async_actions.E040"]
     with override_settings(SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies"):
         assert ids() == ["async_actions.W040"]
+    session = "django.contrib.sessions.middleware.SessionMiddleware"
+    without = [m for m in settings.MIDDLEWARE if m != session]
+    with override_settings(MIDDLEWARE=without):
+        assert ids() == ["async_actions.W041"]
+    with override_settings(MIDDLEWARE=[*without, "tests.test_ownership.SiteSessionMiddleware"]):
+        assert ids() == []  # a subclass of Django's sets request.session too
+
+
+def test_without_session_middleware_an_anonymous_start_leads_to_a_404(client: Client) -> None:
+    """What W041 warns about, as a visitor sees it."""
+    session = "django.contrib.sessions.middleware.SessionMiddleware"
+    kept = [
+        m for m in settings.MIDDLEWARE if m != session and "auth" not in m and "messages" not in m
+    ]
+    with override_settings(MIDDLEWARE=kept):
+        response = client.post(reverse("echo_view:initial"), {"word": "hi"})
+        assert response.status_code == 303
+        assert client.get(response["Location"]).status_code == 404
 
 
 def test_connections_count_against_the_same_owner_the_pages_recognise() -> None:

@@ -46,9 +46,13 @@ def script_strings() -> dict[str, str]:
 def scheduled_time(when: datetime | None) -> SafeString:
     """``<time>`` for a pending action's ``run_after``: the ISO instant for the page
     script, which shows it in the browser's own time zone, and as text (without the
-    script) the time in the current Django time zone, with the zone's name."""
+    script) the time in the current Django time zone, with the zone's name. With
+    ``USE_TZ`` off the stored time is naive in ``TIME_ZONE``; it is made aware there, so
+    the script still gets an instant rather than a time it would read as the browser's."""
     if when is None:
         return SafeString('<time data-aa="schedule-time"></time>')
+    if timezone.is_naive(when):
+        when = timezone.make_aware(when, timezone.get_default_timezone())
     local = timezone.localtime(when)
     text = f"{formats.date_format(local, 'DATETIME_FORMAT')} {local.tzname() or ''}".strip()
     return format_html(

@@ -72,7 +72,8 @@ class Command(BaseCommand):
         """The template with the current time (``TIME_ZONE``) filled in."""
         if not template:
             return None
-        key = timezone.localtime().strftime(template)
+        now = timezone.now()  # naive, already in TIME_ZONE, when USE_TZ is off
+        key = (timezone.localtime(now) if timezone.is_aware(now) else now).strftime(template)
         if len(key) > 255:
             raise CommandError(
                 "--idempotency-key: the key is over 255 characters.", returncode=EXIT_USAGE
