@@ -18,6 +18,9 @@ WEBSOCKET_ROUTE = "ws/async-actions/<uuid:pk>/"
 WEBSOCKET_PATH = "/ws/async-actions/{id}/"
 
 
-def websocket_path(action_id: uuid.UUID | str) -> str:
-    """The WebSocket path of one action."""
-    return WEBSOCKET_PATH.format(id=action_id)
+def websocket_path(action_id: uuid.UUID | str, prefix: str = "/") -> str:
+    """The WebSocket path of one action, under the site's script ``prefix`` (Django's
+    ``get_script_prefix()``: ``SCRIPT_NAME``/``root_path`` or ``FORCE_SCRIPT_NAME``), as
+    the page's other URLs are: a site mounted under ``/app/`` behind a proxy that only
+    forwards ``/app/`` must get its socket there too."""
+    return prefix.rstrip("/") + WEBSOCKET_PATH.format(id=action_id)

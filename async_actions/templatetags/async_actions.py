@@ -9,6 +9,7 @@ from typing import Any
 from django import template
 from django.template.loader import render_to_string
 from django.templatetags.static import static
+from django.urls import get_script_prefix
 from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -86,7 +87,7 @@ def async_action_progress(
         "status_url": status_url or context.get("status_url", ""),
         "result_url": result_url or context.get("result_url", ""),
         "cancel_url": cancel_url or context.get("cancel_url", ""),
-        "ws_path": ws_path or websocket_path(action.pk),
+        "ws_path": ws_path or websocket_path(action.pk, get_script_prefix()),
         "poll_ms": action_settings.poll_ms,
         "elapsed": f"{elapsed:.1f}",
         "script_url": static("async_actions/progress.js"),
