@@ -68,3 +68,18 @@ def client_address(meta: dict[str, Any]) -> str:
             if address:
                 return address
     return normalize(meta.get("REMOTE_ADDR"))
+
+
+def scope_address(scope: dict[str, Any]) -> str:
+    """The client's address for an ASGI ``scope`` (a WebSocket's), as for a request.
+
+    Builds the part of ``META`` :func:`client_address` reads: ``REMOTE_ADDR`` from the
+    scope's ``client`` and the headers as Django names them (``HTTP_X_FORWARDED_FOR``).
+    """
+    client = scope.get("client") or ()
+    meta: dict[str, Any] = {"REMOTE_ADDR": client[0] if client else ""}
+    for name, value in scope.get("headers") or ():
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        value_text = value.decode("latin-1")
+        meta[key] = f"{meta[key]},{value_text}" if key in meta else value_text
+    return client_address(meta)

@@ -15,6 +15,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
@@ -65,7 +66,10 @@ class ActionAdmin(_ModelAdmin):
     list_display_links = ["short_id"]
     list_filter = ["status", ("handler", admin.AllValuesFieldListFilter), "created_at"]
     list_select_related = ["user"]
-    search_fields = ["handler", OWNER_NAME, "session_key"]
+    #: A session key is the visitor's session cookie: the list shows its first 8
+    #: characters, and search matches a whole key only ("=") so that a substring search
+    #: cannot spell out the rest one character at a time.
+    search_fields = ["handler", OWNER_NAME, "=session_key"]
     search_help_text = _("An id (or its first characters), a handler name or an owner.")
     date_hierarchy = "created_at"
     list_per_page = 50
@@ -301,6 +305,16 @@ class ActionAdmin(_ModelAdmin):
         # selected" or the purge, which say what they remove.
         context = {**(extra_context or {}), **urls, "show_delete": False}
         return super().change_view(request, object_id, form_url, context)
+
+    def lookup_allowed(
+        self, lookup: str, value: str, request: HttpRequest | None = None
+    ) -> bool:
+        """No ``?session_key__…=`` filter: Django allows lookups on any local field, and
+        ``session_key__startswith`` would reveal a visitor's session cookie, prefix by
+        prefix, to whoever may view the list."""
+        if lookup.split(LOOKUP_SEP, 1)[0] == "session_key":
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     # -- search: ids as well as text -----------------------------------------------------
     def get_search_results(

@@ -22,6 +22,7 @@ from django.db import DatabaseError
 from django.db.models import QuerySet
 
 from async_actions import ownership, service
+from async_actions.addresses import scope_address
 from async_actions.conf import action_settings
 from async_actions.events import group_name
 from async_actions.fairness import Owner
@@ -204,7 +205,9 @@ class ActionConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels 
 
     # -- sockets per owner and action --------------------------------------------------
     def _owner_key(self) -> Owner | None:
-        return ownership.visitor_owner(self.scope.get("user"), self.scope.get("session"))
+        return ownership.visitor_owner(
+            self.scope.get("user"), self.scope.get("session"), scope_address(self.scope)
+        )
 
     def _take_slot(self, action_id: UUID) -> bool:
         """Count this socket against its owner and action; False when over the cap."""

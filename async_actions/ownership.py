@@ -154,17 +154,24 @@ def new_owner(user: Any, session: Any) -> tuple[Any, str | None]:
     return None, key
 
 
-def visitor_owner(user: Any, session: Any) -> Owner | None:
+def visitor_owner(user: Any, session: Any, client_address: str = "") -> Owner | None:
     """Whom a visitor's connections count against (``MAX_SOCKETS_PER_*``): their user,
-    else their issued session, the same :class:`~async_actions.fairness.Owner` keys the
-    worker share uses. ``None``: the visitor owns nothing.
+    else their address, else their issued session, the same
+    :class:`~async_actions.fairness.Owner` keys the worker share uses. ``None``: the
+    visitor owns nothing.
+
+    An anonymous visitor counts by address when it is known: a client mints a new
+    session by dropping its cookie, so a cap per session would bound nothing.
 
     Call it after the session was loaded (by :func:`visible_actions`): it reads the key
     left then and makes no query, so async code may call it.
     """
     if _authenticated(user):
         return owner_of(user.pk)
-    return owner_of(None, session_key=getattr(session, "session_key", None) or "")
+    session_key = getattr(session, "session_key", None) or ""
+    if not session_key:
+        return None  # owns no anonymous action: it can open no socket to count
+    return owner_of(None, client_address=client_address, session_key=session_key)
 
 
 def claim_session_actions(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:

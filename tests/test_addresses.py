@@ -8,7 +8,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from async_actions.addresses import client_address, normalize
+from async_actions.addresses import client_address, normalize, scope_address
 
 SPOOFED = {"HTTP_X_FORWARDED_FOR": "6.6.6.6", "REMOTE_ADDR": "198.51.100.7"}
 
@@ -94,3 +94,21 @@ def test_a_running_cap_that_lets_one_owner_fill_the_pool_is_a_warning() -> None:
     assert _ids({"MAX_WORKERS": 4, "MAX_RUNNING_PER_OWNER": 3}) == []
     assert _ids({"MAX_WORKERS": 4, "MAX_RUNNING_PER_OWNER": None}) == []  # deliberately off
     assert _ids({"MAX_WORKERS": 1}) == []  # one thread: nothing to share
+
+
+SCOPE = {
+    "type": "websocket",
+    "client": ("10.0.0.2", 51000),
+    "headers": [(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"203.0.113.9")],
+}
+
+
+def test_a_sockets_address_is_its_peer_while_no_proxy_header_is_trusted() -> None:
+    assert scope_address(SCOPE) == "10.0.0.2"
+    assert scope_address({"type": "websocket", "headers": []}) == ""
+
+
+@override_settings(ASYNC_ACTIONS={"TRUSTED_PROXY_HEADER": "HTTP_X_FORWARDED_FOR"})
+def test_a_sockets_address_reads_the_trusted_header_as_a_request_does() -> None:
+    """Repeated headers join with commas, as a request's META has them."""
+    assert scope_address(SCOPE) == "203.0.113.9"

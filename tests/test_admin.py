@@ -94,6 +94,27 @@ def test_search_finds_by_id_prefix_full_id_handler_and_owner(staff: Client) -> N
     assert found("zz-no-match") == []
 
 
+def test_the_list_does_not_spell_out_a_visitors_session_key(staff: Client) -> None:
+    """The list shows 8 characters of an anonymous owner's session key (the visitor's
+    session cookie). Before, ``?session_key__startswith=`` and a substring search told
+    whoever may view the list whether a guessed prefix matched: the whole key in ~600
+    requests."""
+    key = "k3y0fav1s1torsess10nc00k1e0123456"
+    target = Action.objects.create(handler="tests.echo", session_key=key)
+    Action.objects.create(handler="tests.echo", session_key="another0session0key0000000000000")
+
+    def found(params: dict[str, str]) -> list[str]:
+        response = staff.get(LIST, params)
+        assert response.status_code == 200
+        return [a.short_id for a in response.context["cl"].result_list]
+
+    for lookup in ["session_key__startswith", "session_key__contains", "session_key__regex"]:
+        assert staff.get(LIST, {lookup: key[:9]}).status_code == 400
+    assert found({"q": key[:9]}) == []
+    assert found({"q": key[4:]}) == []
+    assert found({"q": key}) == [target.short_id]  # the whole key still finds its actions
+
+
 def test_filters_by_status_and_handler(staff: Client) -> None:
     Action.objects.create(handler="a.one", status="failed")
     Action.objects.create(handler="a.two", status="succeeded")

@@ -501,3 +501,34 @@ async def test_a_flood_of_cancel_frames_asks_the_database_once(
     assert set(answers) == {answer}
     assert calls == {"cancel": 1, "may_control": 1}
     await ws.disconnect()
+
+
+async def open_socket_from(
+    action: Action, session: str, address: str
+) -> tuple[WebsocketCommunicator, int | None]:
+    """:func:`open_socket` from a client at ``address`` (as daphne sets ``client``)."""
+    ws = communicator(action.pk, session)
+    ws.scope["client"] = (address, 40000)
+    assert (await ws.connect(TIMEOUT))[0]
+    output = await ws.receive_output(TIMEOUT)
+    return ws, (output["code"] if output["type"] == "websocket.close" else None)
+
+
+async def test_anonymous_sockets_are_capped_per_address_across_sessions(settings: Any) -> None:
+    """An anonymous client mints a session per cookie it drops: the caps counted per
+    session let one address hold MAX_SOCKETS_PER_OWNER sockets per session it made,
+    without bound. They count by address, as the anonymous start limit does."""
+    settings.ASYNC_ACTIONS = {**settings.ASYNC_ACTIONS, "MAX_SOCKETS_PER_OWNER": 2}
+    sessions = [await new_session() for _ in range(3)]
+    actions = [await make_action(session) for session in sessions]
+    tabs = [
+        await open_socket_from(action, session, "203.0.113.7")
+        for action, session in zip(actions, sessions, strict=True)
+    ]
+    assert [code for _, code in tabs] == [None, None, 4429]
+    # another address is another owner
+    other, code = await open_socket_from(actions[2], sessions[2], "198.51.100.9")
+    assert code is None
+    for ws, _ in [*tabs, (other, None)]:
+        await ws.disconnect()
+    assert not consumers._owner_sockets
