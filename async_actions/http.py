@@ -76,6 +76,11 @@ OUTCOMES: Mapping[OpStatus, HttpOutcome] = MappingProxyType(
         OpStatus.BUSY: HttpOutcome(
             409, "busy", _("This work is already running. Try again when it has finished.")
         ),
+        OpStatus.KEY_REUSED: HttpOutcome(
+            422,
+            "key_reused",
+            _("This idempotency key already names other work. Use a new key for a new start."),
+        ),
     }
 )
 

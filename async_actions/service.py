@@ -13,6 +13,7 @@ raise early, as :mod:`async_actions.exceptions`, with a message that says how to
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -89,6 +90,10 @@ class OpStatus(enum.Enum):
     #: The handler allows one action per concurrency key at a time, refuses to queue
     #: (``on_busy = "refuse"``), and one is pending or running.
     BUSY = "busy"
+    #: The idempotency key already names an unfinished action of this owner with another
+    #: handler or request: a repeat must be the same start, or a client that reuses a key
+    #: for new work silently gets the old action back.
+    KEY_REUSED = "key_reused"
 
     @property
     def status(self) -> OpStatus:
@@ -219,7 +224,7 @@ def start(
     except _LimitReached:
         return StartResult(OpStatus.LIMIT_REACHED)
     except IntegrityError:
-        return _lost_race(found, owned, key)
+        return _lost_race(found, owned, key, request)
     except DatabaseError:
         logger.exception("Could not create action for %s", found.name)
         return StartResult(OpStatus.DB_FAILED)
@@ -298,7 +303,7 @@ def _create(
         if key:
             existing = owned.active().filter(idempotency_key=key).first()
             if existing is not None:
-                return StartResult(OpStatus.OK, existing, created=False)
+                return _repeat(existing, found, request)
         backlog = 0
         if count_first:
             fair = inline and run_after is None and runner.supports_priority
@@ -367,7 +372,15 @@ def _insert(action: Action, using: str) -> None:
     )
 
 
-def _lost_race(found: ActionHandler, owned: Any, key: str) -> StartResult:
+def _repeat(existing: Action, found: ActionHandler, request: Any) -> StartResult:
+    """The answer to a start whose idempotency key names ``existing``: that action if
+    the start is the same (handler and request, as stored), else ``KEY_REUSED``."""
+    if existing.handler == found.name and existing.request == json.loads(json.dumps(request)):
+        return StartResult(OpStatus.OK, existing, created=False)
+    return StartResult(OpStatus.KEY_REUSED)
+
+
+def _lost_race(found: ActionHandler, owned: Any, key: str, request: Any) -> StartResult:
     """After an IntegrityError: a start that lost a race on the idempotency key answers
     with the other start's action."""
     try:
@@ -377,7 +390,7 @@ def _lost_race(found: ActionHandler, owned: Any, key: str) -> StartResult:
     if existing is None:
         logger.exception("Could not create action for %s", found.name)
         return StartResult(OpStatus.DB_FAILED)
-    return StartResult(OpStatus.OK, existing, created=False)
+    return _repeat(existing, found, request)
 
 
 def _lock_owner(user: Any, session_key: str, address: str) -> None:

@@ -77,6 +77,19 @@ def test_idempotent_repeat_returns_the_same_action_with_200(api: APIClient, runn
     wait_finished(first.json()["id"])
 
 
+def test_an_idempotency_key_reused_for_other_work_answers_422(api: APIClient, runner: Any):
+    gate("api-idem-reuse").clear()
+    body = {"handler": "tests.wait", "request": {"gate": "api-idem-reuse"}, "idempotency_key": "k2"}
+    first = post(api, body)
+    reused = post(api, {**body, "request": {"gate": "api-idem-reuse", "more": 1}})
+    assert (first.status_code, reused.status_code) == (201, 422)
+    assert reused.json()["code"] == "key_reused"
+    assert "idempotency key" in reused.json()["detail"]
+    assert Action.objects.count() == 1
+    gate("api-idem-reuse").set()
+    wait_finished(first.json()["id"])
+
+
 @pytest.mark.parametrize(
     "body, fragment",
     [

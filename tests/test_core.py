@@ -182,6 +182,27 @@ def test_idempotency_key_returns_the_unfinished_action_of_the_same_owner(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_idempotency_key_reused_for_other_work_is_refused(recording: Recording) -> None:
+    """A repeat must be the same start: the same handler and the same request, compared
+    as stored (a tuple is the list it is stored as, key order does not count)."""
+    first = service.start(
+        "tests.echo", {"rows": [1, 2], "a": 1}, session_key="s", idempotency_key="k"
+    )
+    same = service.start(
+        "tests.echo", {"a": 1, "rows": (1, 2)}, session_key="s", idempotency_key="k"
+    )
+    assert (same.status, same.action.pk, same.created) == (OpStatus.OK, first.action.pk, False)
+    other_request = service.start("tests.echo", {"rows": [3]}, session_key="s", idempotency_key="k")
+    other_handler = service.start(
+        "tests.wait", {"rows": [1, 2], "a": 1}, session_key="s", idempotency_key="k"
+    )
+    for refused in (other_request, other_handler):
+        assert (refused.status, refused.action, refused.ok) == (OpStatus.KEY_REUSED, None, False)
+    assert Action.objects.count() == 1
+    assert recording.dispatched == [first.action.pk]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_idempotent_starts_racing_on_postgres_create_one_action(recording: Recording) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the race needs concurrent writers (AA_TEST_DB=postgres)")

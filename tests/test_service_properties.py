@@ -6,6 +6,7 @@ answers with an ``OpStatus`` (never an exception) whatever the order of calls.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -84,10 +85,19 @@ class ServiceMachine(RuleBasedStateMachine):
     def start(self, request: Any, key: str) -> uuid.UUID:
         if self._refused(request, lambda: service.start("tests.echo", {"r": request})):
             request = "replaced"
+        holder = (
+            Action.objects.active().filter(session_key="s", idempotency_key=key).first()
+            if key
+            else None
+        )
         result = service.start(
             "tests.echo", {"r": request}, session_key="s", idempotency_key=key or None
         )
         assert isinstance(result.status, OpStatus)
+        if holder is not None and holder.request != json.loads(json.dumps({"r": request})):
+            # The key names other unfinished work: refused, nothing written.
+            assert (result.status, result.action) == (OpStatus.KEY_REUSED, None)
+            return holder.pk
         assert result.status is OpStatus.OK and result.action is not None
         pk = result.action.pk
         if not result.created:

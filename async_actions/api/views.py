@@ -223,7 +223,8 @@ class ActionViewSet(
         responses={
             201: ActionSerializer,
             200: OpenApiResponse(
-                ActionSerializer, description="The unfinished action with this idempotency key."
+                ActionSerializer,
+                description="The unfinished action with this idempotency key (the same start).",
             ),
             400: _error(
                 "Invalid body, unknown handler, a request nested deeper than MAX_JSON_DEPTH "
@@ -234,6 +235,10 @@ class ActionViewSet(
             409: _error("The handler runs one at a time for this request and refuses to queue."),
             413: _error("The body or its `request` is over MAX_REQUEST_BYTES."),
             415: _error("The body is not `application/json`."),
+            422: _error(
+                "The idempotency key already names an unfinished action of yours with "
+                "another handler or request."
+            ),
             429: _error("You have MAX_ACTIVE_PER_OWNER actions unfinished already."),
             503: UNAVAILABLE,
         },
