@@ -88,6 +88,8 @@ def claim(action_id: UUID | str) -> tuple[Action | None, bool]:
     cap = fairness.running_cap()
     if _one_trip(conn):
         return _claim_in_one_trip(conn, action_id, pk, cap)
+    if _one_statement(conn):
+        return _claim_in_one_statement(conn, action_id, pk, cap)
     # PostgreSQL reads the owner and takes its lock in one statement, in the transaction.
     in_one = cap is not None and conn.vendor == "postgresql"
     # Elsewhere read before the transaction: on SQLite with deferred transactions a read
@@ -151,6 +153,36 @@ def _claim_in_one_trip(
     return None, False
 
 
+def _claim_in_one_statement(
+    conn: BaseDatabaseWrapper, action_id: UUID | str, pk: Any, cap: int | None
+) -> tuple[Action | None, bool]:
+    """SQLite outside a transaction: :func:`claim` as one ``UPDATE … RETURNING`` in
+    autocommit instead of an owner read, BEGIN IMMEDIATE, the UPDATE and COMMIT.
+
+    SQLite takes its write lock as a writing statement starts, before it reads, so the
+    statement that counts the running actions of the row's own owner
+    (``fairness.same_owner_sql``, as :func:`_claim_in_one_trip` on PostgreSQL) also
+    claims, with no claim of another connection in between. Only a refused claim reads
+    more, to tell a claim waiting at the owner's cap from an action no longer pending.
+    As on PostgreSQL, ``started_at`` is the clock read before the statement.
+    """
+    now = _db_datetime(timezone.now(), conn)
+    params: list[Any] = [RUNNING, now, now, pk, PENDING, now, now]
+    sql = _claim_sql(conn.vendor, "*" if cap is not None else "", cap or 0)
+    try:
+        row = _returning(conn, sql, params, pk)
+    except IntegrityError:
+        logger.debug("Action %s waits: its concurrency key is busy", action_id)
+        return None, True
+    if row is not None:
+        return row, False
+    owner = _capped_owner(conn, pk) if cap is not None else None
+    if owner is not None and cap and fairness.at_cap(owner, cap):
+        logger.debug("Action %s waits: its owner runs %d actions", action_id, cap)
+        return None, True
+    return None, False
+
+
 def _capped_owner(conn: BaseDatabaseWrapper, pk: Any) -> fairness.Owner | None:
     """The pending action's owner under ``MAX_RUNNING_PER_OWNER`` (None: none). Should
     the owner change in between (a login taking over a session's actions), this one
@@ -185,7 +217,7 @@ def _claim_sql(vendor: str, owner_kind: str, cap: int) -> str:
         f"AND (w.created_at < {table}.created_at OR (w.created_at = {table}.created_at "
         f"AND w.id < {table}.id))))"
     )
-    if owner_kind == "*":  # the row's own owner, whichever kind (_claim_in_one_trip)
+    if owner_kind == "*":  # the row's own owner, whichever kind (one trip, one statement)
         sql += (
             f" AND NOT EXISTS (SELECT 1 FROM {table} r WHERE "
             f"{fairness.same_owner_sql('r', table)} "
@@ -549,6 +581,18 @@ def _one_trip(conn: BaseDatabaseWrapper) -> bool:
     transaction: PostgreSQL through psycopg 3 binding parameters on the client (Django's
     default), in autocommit (inside the caller's transaction they would not commit)."""
     return statements.batches(conn) and conn.get_autocommit()
+
+
+def _one_statement(conn: BaseDatabaseWrapper) -> bool:
+    """Whether a claim may be one ``UPDATE … RETURNING`` in autocommit: SQLite (3.35+)
+    outside any transaction of the caller's, whose write lock the statement takes as it
+    starts (inside one, the caller's transaction decides when the lock is taken)."""
+    return (
+        conn.vendor == "sqlite"
+        and conn.get_autocommit()
+        and not conn.in_atomic_block
+        and _can_return(conn)
+    )
 
 
 def _results(conn: BaseDatabaseWrapper, sql: str, params: Sequence[Any]) -> list[list[Any]]:

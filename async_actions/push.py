@@ -106,9 +106,15 @@ class Pusher:
         if layer is None:
             return
         group = group_name(action_id)
+        in_memory = isinstance(layer, InMemoryChannelLayer)
+        # Nobody in the in-memory group: the send would reach no one (a member joining
+        # meanwhile reads the stored state), so skip it and its hop to a loop. A dict
+        # look-up, safe from any thread under the GIL. Other layers can't tell cheaply.
+        if in_memory and not layer.groups.get(group):
+            return
         message = event_for(snapshot, group)
         # The in-memory layer runs on its listeners' loop; any other on the transport's.
-        loop = self.server_loop if isinstance(layer, InMemoryChannelLayer) else None
+        loop = self.server_loop if in_memory else None
         self._submit(
             loop or self._private_loop(), lambda: layer_call(layer.group_send, group, message)
         )

@@ -83,6 +83,38 @@ async def test_a_push_before_any_loop_is_named_reaches_the_group_members_of_that
     await layer.flush()
 
 
+async def test_a_push_to_an_empty_in_memory_group_sends_nothing(fresh: push.Pusher) -> None:
+    layer = get_channel_layer()
+    assert isinstance(layer, InMemoryChannelLayer)
+    sent: list[str] = []
+    real_group_send = layer.group_send
+
+    async def counted(group: str, message: dict[str, Any]) -> None:
+        sent.append(group)
+        await real_group_send(group, message)
+
+    layer.group_send = counted
+    nobody, somebody = uuid4(), uuid4()
+    member = await layer.new_channel()
+    await layer.group_add(group_name(somebody), member)
+
+    await asyncio.to_thread(from_a_thread, nobody, 1)
+    await asyncio.to_thread(from_a_thread, somebody, 1)  # after it on the same loop
+    await queued(layer, member)
+    assert await layer.receive(member) == event_for(state(somebody, 1), group_name(somebody))
+    assert sent == [group_name(somebody)]
+    await layer.group_discard(group_name(somebody), member)
+    await asyncio.to_thread(from_a_thread, somebody, 2)  # its last member left
+    await asyncio.to_thread(from_a_thread, nobody, 2)
+    third = uuid4()
+    await layer.group_add(group_name(third), member)
+    await asyncio.to_thread(from_a_thread, third, 1)
+    await queued(layer, member)
+    assert await layer.receive(member) == event_for(state(third, 1), group_name(third))
+    assert sent == [group_name(somebody), group_name(third)]
+    await layer.flush()
+
+
 async def test_the_hub_names_its_loop_and_gets_pushes_from_threads_there(
     fresh: push.Pusher,
 ) -> None:

@@ -21,7 +21,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django_tasks_db.models import DBTaskResult
 
-from async_actions import executor, service, statements
+from async_actions import executor, lifecycle, service, statements
 from async_actions.models import Action
 from async_actions.runners import get_runner, reset_runner
 from tests.helpers import TASKS_RUNNER, work
@@ -186,10 +186,8 @@ def test_a_worker_claims_and_finishes_in_a_fixed_number_of_statements(
     status, sql = _statements(lambda: executor.execute(started.action.pk))
     assert status == "succeeded"
     # With no owner cap, no owner read and no look-up of a next waiting action: the
-    # claim's UPDATE … RETURNING (PostgreSQL: alone, in autocommit; SQLite: in a
-    # transaction, whose BEGIN IMMEDIATE orders the claims) and the finish's.
-    claim = ["UPDATE"] if connection.vendor == "postgresql" else ["BEGIN", "UPDATE", "COMMIT"]
-    assert _kinds(sql) == [*claim, "UPDATE"]
+    # claim's UPDATE … RETURNING, alone in autocommit, and the finish's.
+    assert _kinds(sql) == ["UPDATE", "UPDATE"]
 
 
 def test_a_capped_owners_claim_reads_and_locks_its_owner_in_one_statement(
@@ -208,9 +206,68 @@ def test_a_capped_owners_claim_reads_and_locks_its_owner_in_one_statement(
         ]
         assert all("pg_advisory_xact_lock" in trip.split("; ")[0] for trip in sql)
     else:
-        # SQLite reads the owner before the claim's transaction (its write lock needs no
-        # advisory one); then the finish, and the look-up of the next waiting action.
-        assert _kinds(sql) == ["SELECT", "BEGIN", "UPDATE", "COMMIT", "UPDATE", "SELECT"]
+        # SQLite: one UPDATE that counts the row's own owner under the write lock it
+        # takes as it starts; then the finish, and the look-up of the next waiting action.
+        assert _kinds(sql) == ["UPDATE", "UPDATE", "SELECT"]
+        assert "RETURNING" in sql[0]
+
+
+def _claim(pk: Any) -> tuple[tuple[Any, bool], list[str]]:
+    """``lifecycle.claim`` outside a transaction, and the statements it sent (the
+    first: the claim's own UPDATE, with no owner read or BEGIN before it)."""
+    result, sql = _statements(lambda: lifecycle.claim(pk))
+    first = _kinds(sql[0].split("; "))[-1] if connection.vendor == "postgresql" else sql[0]
+    assert first.split()[0].upper() == "UPDATE", sql
+    return result, sql
+
+
+def test_a_claim_refused_at_the_owners_cap_waits(limited_runner: Any) -> None:
+    running = service.start("tests.echo", **OWNER).action.pk
+    waiting = service.start("tests.echo", **OWNER).action.pk
+    (claimed, waits), _ = _claim(running)
+    assert claimed is not None and claimed.status == "running" and not waits
+    (claimed, waits), _ = _claim(waiting)
+    assert (claimed, waits) == (None, True)
+    assert Action.objects.get(pk=waiting).status == "pending"
+
+
+def test_a_claim_of_an_action_no_longer_pending_does_not_wait_even_at_the_cap(
+    limited_runner: Any,
+) -> None:
+    pk = service.start("tests.echo", **OWNER).action.pk
+    (claimed, _), _ = _claim(pk)
+    assert claimed is not None
+    (claimed, waits), _ = _claim(pk)  # the owner is at its cap, but by this very action
+    assert (claimed, waits) == (None, False)
+
+
+def test_a_claim_waits_while_its_concurrency_key_is_busy(limited_runner: Any) -> None:
+    first = service.start("tests.echo", session_key="s-a").action.pk
+    second = service.start("tests.echo", session_key="s-b").action.pk
+    Action.objects.filter(pk__in=[first, second]).update(concurrency_key="statements-key")
+    (claimed, waits), _ = _claim(first)
+    assert claimed is not None and not waits
+    (claimed, waits), _ = _claim(second)  # the unique index on running keys refuses it
+    assert (claimed, waits) == (None, True)
+    assert Action.objects.get(pk=second).status == "pending"
+
+
+def test_a_claim_before_run_after_is_refused_without_waiting(limited_runner: Any) -> None:
+    pk = service.start("tests.echo", run_after=timedelta(hours=1), **OWNER).action.pk
+    (claimed, waits), _ = _claim(pk)
+    assert (claimed, waits) == (None, False)
+    assert Action.objects.get(pk=pk).status == "pending"
+
+
+def test_a_claim_inside_the_callers_transaction_keeps_its_transaction(
+    limited_runner: Any,
+) -> None:
+    pk = service.start("tests.echo", **OWNER).action.pk
+    with transaction.atomic():
+        claimed, waits = lifecycle.claim(pk)
+        assert claimed is not None and not waits
+        transaction.set_rollback(True)
+    assert Action.objects.get(pk=pk).status == "pending"
 
 
 def test_a_polling_worker_never_finds_a_task_without_its_action(tasks_runner: Any) -> None:
