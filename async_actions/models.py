@@ -138,6 +138,16 @@ class Action(models.Model):
                 name="aa_pending_key",
                 condition=Q(status="pending") & ~Q(concurrency_key=""),
             ),
+            # Counting an owner's running actions under MAX_RUNNING_PER_OWNER, in every
+            # claim and finish: a lookup on the owner's few entries (each kind a prefix:
+            # a user; no user and an address; neither and a session) where the index of
+            # running rows alone visits every running row and the dead entries each claim
+            # leaves there until a vacuum.
+            models.Index(
+                fields=["user", "client_address", "session_key"],
+                name="aa_running_owner",
+                condition=Q(status="running"),
+            ),
             # Counting an anonymous client's unfinished actions (limits, fair claims).
             models.Index(
                 fields=["client_address", "status"],
