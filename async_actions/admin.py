@@ -306,9 +306,7 @@ class ActionAdmin(_ModelAdmin):
         context = {**(extra_context or {}), **urls, "show_delete": False}
         return super().change_view(request, object_id, form_url, context)
 
-    def lookup_allowed(
-        self, lookup: str, value: str, request: HttpRequest | None = None
-    ) -> bool:
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         """No ``?session_key__…=`` filter: Django allows lookups on any local field, and
         ``session_key__startswith`` would reveal a visitor's session cookie, prefix by
         prefix, to whoever may view the list."""

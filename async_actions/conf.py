@@ -378,6 +378,12 @@ class ActionSettings:
         rule=OPTIONAL_LIMIT,
         doc="Largest upload or attached file in bytes; None: no limit.",
     )
+    MAX_UPLOAD_BYTES_PER_OWNER = Setting[int | None](
+        1_000_000_000,
+        to=_optional_int,
+        rule=OPTIONAL_LIMIT,
+        doc="Bytes of uploads one owner may keep stored, over all their actions; None: no limit.",
+    )
     DELETE_UPLOADS_AT_FINISH = Setting[bool](
         False,
         to=bool,

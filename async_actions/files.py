@@ -23,13 +23,14 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from functools import partial
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import FileSystemStorage, InvalidStorageError, Storage, storages
 from django.db import router, transaction
+from django.db.models import Sum
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
@@ -40,6 +41,9 @@ from async_actions.conf import action_settings
 from async_actions.exceptions import FileLimitError, FileMissing
 from async_actions.models import Action, ActionFile
 from async_actions.signals import action_finished
+
+if TYPE_CHECKING:
+    from async_actions.fairness import Owner
 
 __all__ = [
     "MARKER",
@@ -171,6 +175,33 @@ def check_limits(
     if have + len(sizes) > most:
         raise FileLimitError(
             f"An action may keep at most {most} files (ASYNC_ACTIONS['MAX_FILES_PER_ACTION'])."
+        )
+
+
+def check_owner_quota(owner: Owner | None, incoming: int) -> None:
+    """Raise FileLimitError when ``incoming`` bytes of uploads would take the owner over
+    ``MAX_UPLOAD_BYTES_PER_OWNER``, counting the uploads kept for all their actions.
+
+    The start limits count unfinished actions only, and uploads stay after the finish
+    (until ``RETENTION`` purges the action, or ``DELETE_UPLOADS_AT_FINISH``): without
+    this, one visitor posting quick actions one after another fills the disk. An
+    anonymous visitor counts by address, as the limits do (:func:`fairness.owner_of`).
+    """
+    most = action_settings.MAX_UPLOAD_BYTES_PER_OWNER
+    if most is None or owner is None or incoming <= 0:
+        return
+    owned = Action.objects.primary().filter(owner.actions()).values("pk")
+    kept = (
+        ActionFile.objects.primary()
+        .filter(kind=ActionFile.Kind.INPUT, action__in=owned)
+        .aggregate(total=Sum("size"))["total"]
+        or 0
+    )
+    if kept + incoming > most:
+        raise FileLimitError(
+            f"Your uploads would keep {kept + incoming} bytes stored, over the limit of "
+            f"{most} bytes (ASYNC_ACTIONS['MAX_UPLOAD_BYTES_PER_OWNER']). Files of "
+            "finished actions are removed when they expire."
         )
 
 

@@ -30,7 +30,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy as _lazy
 from django.views import View
 
-from async_actions import files, http, ownership, service
+from async_actions import fairness, files, http, ownership, service
 from async_actions.addresses import client_address
 from async_actions.conf import action_settings
 from async_actions.exceptions import FileLimitError
@@ -447,6 +447,7 @@ class AsyncFormView(BaseAsyncView):
         form = self.get_form()
         self.new_action_id, self.uploads = uuid.uuid4(), []
         try:
+            self.check_upload_quota()
             self.check_json_fields(form)
             if not form.is_valid():
                 return self.form_invalid(form)
@@ -461,6 +462,22 @@ class AsyncFormView(BaseAsyncView):
             self._discard_uploads()
             raise
         return self.start(data, run_after=self.get_run_after(form))
+
+    def check_upload_quota(self) -> None:
+        """Refuse (FileLimitError, 413) uploads that would take the visitor over
+        ``MAX_UPLOAD_BYTES_PER_OWNER``, before anything is stored."""
+        incoming = sum(
+            int(upload.size or 0)
+            for name in self.request.FILES
+            for upload in self.request.FILES.getlist(name)
+        )
+        if not incoming:
+            return
+        user, session_key = ownership.new_owner(*self._visitor)
+        owner = fairness.owner_of(
+            getattr(user, "pk", None), client_address(self.request.META), session_key or ""
+        )
+        files.check_owner_quota(owner, incoming)
 
     def start(self, data: Any, *, run_after: datetime | timedelta | None = None) -> HttpResponse:
         """Start the action; its uploads' rows are saved in the transaction that creates

@@ -521,3 +521,38 @@ def test_the_admin_lists_file_links_for_staff_and_its_delete_removes_the_files(
     assert response.status_code == 302
     assert not Action.objects.filter(pk__in=[action.pk, upload_action.pk]).exists()
     assert stored(media) == []
+
+
+def test_uploads_past_the_owners_stored_bytes_are_refused_before_anything_is_stored(
+    media: Path, django_user_model: Any
+) -> None:
+    """Finished actions keep their uploads, and the start limits count unfinished
+    actions only: the quota counts what the owner keeps, finished or not. An anonymous
+    visitor counts by address, so a new session per post does not reset it."""
+    quota = {**settings.ASYNC_ACTIONS, "MAX_UPLOAD_BYTES_PER_OWNER": 20}
+    with override_settings(ASYNC_ACTIONS=quota):
+        first = upload(Client(), content=b"0123456789")  # 10 bytes kept
+        assert first.status_code == 303
+        service.complete(action_id(first))  # finished: its upload stays
+        second = upload(Client(), content=b"0123456789")  # another session, same address
+        assert second.status_code == 303
+        refused = upload(Client(), content=b"x")
+        assert refused.status_code == 413
+        assert "MAX_UPLOAD_BYTES_PER_OWNER" in refused.content.decode()
+        assert Action.objects.count() == 2 and len(stored(media)) == 2
+        other = upload(Client(REMOTE_ADDR="10.9.9.9"), content=b"0123456789")
+        assert other.status_code == 303  # another address has its own share
+        alice = django_user_model.objects.create_user("alice", password="pw")
+        client = Client()
+        client.force_login(alice)
+        assert upload(client, content=b"0123456789" * 2).status_code == 303
+        assert upload(client, content=b"y").status_code == 413
+    assert len(stored(media)) == 4
+
+
+def test_without_a_quota_uploads_are_not_counted(media: Path) -> None:
+    unlimited = {**settings.ASYNC_ACTIONS, "MAX_UPLOAD_BYTES_PER_OWNER": None}
+    with override_settings(ASYNC_ACTIONS=unlimited):
+        for _ in range(3):
+            assert upload(Client(), content=b"0123456789" * 5).status_code == 303
+    assert len(stored(media)) == 3
